@@ -1,0 +1,5 @@
+import sys
+
+from lcdsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The built-in C-step operators, one family a module, registered like any plugin."""

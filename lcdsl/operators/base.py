@@ -1,0 +1,140 @@
+"""The operator contract: what a C step is, for built-ins and plugins alike.
+
+An operator is a small frozen attrs class. Its fields are exactly its spec keywords
+(``quant(k=4)`` builds ``Quant(k=4)``); attrs validators reject bad values with a
+``ValueError``/``TypeError`` whose message the plan builder shows at the call's span. Its
+docstring opens with the problem it solves. It offers:
+
+- :meth:`Operator.project`: the C step ``θ = argmin_θ ‖w − Δ(θ)‖²`` (plus the penalty term of
+  penalty forms, which needs ``μ``). Pure: the previous ``θ`` may be passed as a warm start,
+  nothing is stored on the operator.
+- :meth:`Operator.decompress`: ``Δ(θ)``, a tensor of the view's shape.
+- :meth:`Operator.storage`: the size of ``θ`` in parameters and bits.
+- :meth:`Operator.resolve`: relative amounts (``l0=5%``) turned into absolute ones once the
+  task's size is known.
+
+``θ`` is a ``dict[str, Tensor]`` (:data:`Theta`), so it saves with ``torch.save`` and loads with
+``torch.load(weights_only=True)``, and moves between devices like any tensor.
+
+**Views.** The engine hands an operator the task's weights in the view it declares:
+
+- ``"vector"``: all tensors of the task flattened and concatenated, shape ``(n,)``;
+- ``"matrix"``: one tensor as ``(out, in·kh·kw)``;
+- ``"tensor"``: one tensor in its own shape (e.g. structured pruning of conv channels).
+
+A joint group of several tensors is only possible for ``"vector"`` operators.
+
+All work happens on ``w``'s device and dtype with torch ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import attrs
+import torch
+
+__all__ = ["Theta", "View", "Storage", "Operator", "index_bits", "bits_per_index"]
+
+Theta = dict[str, torch.Tensor]
+"""The compressed representation of one task: named tensors (codebook, assignments, …)."""
+
+View = Literal["vector", "matrix", "tensor"]
+"""How an operator sees a task's weights; see the module docstring."""
+
+FLOAT_BITS = 32
+"""Bits of one stored real number (codebook entries, sparse values, factors)."""
+
+
+@attrs.frozen
+class Storage:
+    """The size of a compressed representation."""
+
+    params: int
+    """How many numbers are stored (codebook entries, non-zeros, factor entries, …)."""
+    bits: int
+    """How many bits they take, including indices and assignments."""
+
+    def __add__(self, other: Storage) -> Storage:
+        return Storage(self.params + other.params, self.bits + other.bits)
+
+
+def bits_per_index(count: int) -> int:
+    """Bits to store one index into ``count`` choices: ``⌈log₂ count⌉`` (0 for one choice)."""
+    return 0 if count <= 1 else math.ceil(math.log2(count))
+
+
+def index_bits(nonzeros: int, n: int) -> int:
+    """Bits to store which ``nonzeros`` of ``n`` positions are kept: the cheaper of a bitmask
+    (``n`` bits) and a list of indices (``nonzeros · ⌈log₂ n⌉`` bits)."""
+    return min(n, nonzeros * bits_per_index(n))
+
+
+class Operator:
+    """Base class of C-step operators. Subclasses are ``@attrs.frozen`` and set :attr:`name`.
+
+    Example (a plugin's whole operator)::
+
+        @attrs.frozen
+        class Sign(Operator):
+            \"\"\"argmin_θ ‖w − θ‖² s.t. θ ∈ {−1, +1}ⁿ: θ = sign(w) (exact).\"\"\"
+
+            name: ClassVar[str] = "sign"
+
+            def project(self, w, mu=0.0, warm=None):
+                return {"signs": torch.where(w >= 0, 1.0, -1.0).to(w.dtype)}
+
+            def decompress(self, theta, shape):
+                return theta["signs"].reshape(shape)
+
+            def storage(self, shape, theta=None):
+                n = math.prod(shape)
+                return Storage(params=0, bits=n)
+    """
+
+    name: ClassVar[str]
+    """The spec keyword, e.g. ``"quant"``."""
+    view: ClassVar[View] = "vector"
+    """The shape the engine hands to :meth:`project`."""
+
+    def resolve(self, shape: tuple[int, ...]) -> Operator:
+        """This operator with relative amounts made absolute for a task of view ``shape``.
+
+        ``prune(l0=5%)`` on 266,200 weights resolves to ``prune(l0=13310)``. Raises
+        ``ValueError`` when the amount does not fit the task (e.g. ``rank`` above the matrix's
+        smaller side). The default returns ``self``."""
+        return self
+
+    def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
+        """The C step: ``θ`` minimising ``‖w − Δ(θ)‖²`` (plus ``2/μ·α·C(θ)`` for penalties).
+
+        Args:
+            w: the target in this operator's view (``w − λ/μ`` in the LC iteration). Not
+                modified.
+            mu: the current penalty parameter; only penalty forms use it (``μ = 0`` is direct
+                compression, for which a penalty form keeps everything).
+            warm: the ``θ`` of the previous C step, if any; an exact operator may use it only to
+                go faster, never to change the answer.
+
+        Returns:
+            ``θ`` as named tensors on ``w``'s device.
+        """
+        raise NotImplementedError
+
+    def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
+        """``Δ(θ)``: the compressed weights as a tensor of the view's ``shape``."""
+        raise NotImplementedError
+
+    def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
+        """Parameters and bits of ``θ`` for a task of view ``shape``.
+
+        Without ``theta`` this is the size predicted before training, or ``None`` when only
+        ``θ`` can tell (penalty forms, rank selection)."""
+        raise NotImplementedError
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the docstring: the argmin this operator solves."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""

@@ -1,0 +1,112 @@
+"""The plan: a spec bound to a model. Which tensors form which task, under which operator.
+
+``bind(spec, model)`` resolves every selector against ``model.named_parameters()``, builds each
+rule's operator through the registry, resolves relative amounts (``l0=5%``) against the task's
+size, and reports every problem of the spec at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import attrs
+import torch
+
+from lcdsl.operators.base import Operator, Storage
+from lcdsl.settings import Settings
+from lcdsl.spec import Rule, Spec
+
+if TYPE_CHECKING:
+    from lcdsl.registry import Registry
+
+__all__ = ["Task", "Plan", "bind", "view_shape", "strip_ddp_prefix"]
+
+
+def strip_ddp_prefix(name: str) -> str:
+    """A parameter name without the ``module.`` prefix DDP/DataParallel wrappers add."""
+    while name.startswith("module."):
+        name = name[len("module.") :]
+    return name
+
+
+def view_shape(view: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The shape an operator of ``view`` sees for tensors of ``shapes``.
+
+    ``"vector"``: ``(Σ numel,)``; ``"matrix"``: ``(out, in·kh·kw)``; ``"tensor"``: the shape."""
+    if view == "vector":
+        return (sum(math.prod(s) for s in shapes),)
+    if len(shapes) != 1:
+        raise ValueError(f"a '{view}' operator takes one tensor, got {len(shapes)}")
+    shape = shapes[0]
+    if view == "matrix":
+        if len(shape) < 2:
+            raise ValueError(f"a matrix operator needs a tensor of 2 or more dimensions, got shape {tuple(shape)}")
+        return (shape[0], math.prod(shape[1:]))
+    return tuple(shape)
+
+
+@attrs.frozen
+class Task:
+    """One C-step problem: some tensors, seen together, under one operator."""
+
+    parameters: tuple[str, ...] = attrs.field(converter=tuple)
+    """Full parameter names (without a DDP ``module.`` prefix), in model order."""
+    shapes: tuple[tuple[int, ...], ...] = attrs.field(converter=lambda s: tuple(tuple(x) for x in s))
+    """The shape of each parameter."""
+    operator: Operator
+    """The operator, with amounts resolved to absolute numbers."""
+    joint: bool = False
+    """Whether the task came from a ``[ … ]`` group (one codebook / budget for all)."""
+    rule: Rule | None = attrs.field(default=None, eq=False, repr=False)
+    """The rule the task came from, for messages."""
+
+    @property
+    def name(self) -> str:
+        """``fc1.weight``, or ``[fc1.weight, fc2.weight]`` for a joint task."""
+        if self.joint:
+            return "[" + ", ".join(self.parameters) + "]"
+        return self.parameters[0]
+
+    @property
+    def numel(self) -> int:
+        """Number of weights in the task."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """The shape the operator sees; see :func:`view_shape`."""
+        return view_shape(self.operator.view, self.shapes)
+
+    def predicted_storage(self) -> Storage | None:
+        """The operator's size for this task before training, if it can tell."""
+        return self.operator.storage(self.view_shape)
+
+
+@attrs.frozen
+class Plan:
+    """A spec bound to a model: the tasks, the parameters left dense, and the settings."""
+
+    tasks: tuple[Task, ...] = attrs.field(converter=tuple)
+    """Every task, in rule order then model order."""
+    dense: tuple[str, ...] = attrs.field(converter=tuple)
+    """Parameters no rule claims; they stay 32-bit dense."""
+    dense_numel: int = 0
+    """How many numbers the dense parameters hold."""
+    settings: Settings = attrs.field(factory=Settings)
+    """The run settings."""
+    spec: Spec | None = attrs.field(default=None, eq=False, repr=False)
+    """The spec this plan was bound from."""
+
+
+def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None) -> Plan:
+    """Bind ``spec`` to ``model``.
+
+    Raises:
+        SpecError: every problem of the spec, together (selectors matching nothing, tensors
+            claimed twice, unknown operators, bad arguments, joint groups an operator cannot
+            take, …), with spans and "did you mean" suggestions.
+    """
+    from lcdsl.binding import bind_spec
+
+    return bind_spec(spec, model, registry=registry)

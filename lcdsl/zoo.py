@@ -1,0 +1,106 @@
+"""Built-in models, and loading a user's model from ``module:function``.
+
+Loading ``module:function`` imports that module and calls the function: it runs the module's
+code. Only name factories you trust, on the command line or in your own settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lcdsl.errors import ModelError, did_you_mean
+
+__all__ = ["LeNet300", "LeNet5", "MODELS", "load_model", "load_factory"]
+
+
+class LeNet300(nn.Module):
+    """LeNet300: 784-300-100-10 fully connected, tanh (the LC papers' standard example)."""
+
+    def __init__(self, in_features: int = 784, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)  # (batch, in_features)
+        x = torch.tanh(self.fc1(x))
+        x = torch.tanh(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5(nn.Module):
+    """LeNet5 (Caffe variant): conv 20@5×5, pool, conv 50@5×5, pool, fc 500, fc 10, ReLU."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        side = ((image_size - 4) // 2 - 4) // 2  # 28 → 24 → 12 → 8 → 4
+        self.fc1 = nn.Linear(50 * side * side, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # flat images (batch, side²) → (batch, 1, side, side)
+            side = int(round(x.shape[1] ** 0.5))
+            x = x.view(x.shape[0], 1, side, side)
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"lenet300": LeNet300, "lenet5": LeNet5}
+"""Built-in model factories by name."""
+
+
+def load_factory(reference: str) -> Callable[..., object]:
+    """Import ``module:function`` and return the function (this runs the module's code).
+
+    Raises:
+        ModelError: the reference is malformed, the module cannot be imported, or it has no
+            such callable.
+    """
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"'{reference}' is not of the form module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may raise anything on import
+        raise ModelError(f"cannot import '{module_name}' for '{reference}': {exc}") from exc
+    target: object = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelError(f"'{module_name}' has no attribute '{attr}'")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelError(f"'{reference}' is not callable")
+    return target
+
+
+def load_model(name: str, **kwargs: object) -> nn.Module:
+    """A model by built-in name (``lenet300``, ``lenet5``) or ``module:function``.
+
+    Raises:
+        ModelError: unknown name, a factory that raises, or one that returns no ``nn.Module``.
+    """
+    if ":" in name:
+        factory = load_factory(name)
+    elif name in MODELS:
+        factory = MODELS[name]
+    else:
+        raise ModelError(
+            f"unknown model '{name}'{did_you_mean(name, MODELS)} (built-in: {', '.join(MODELS)}; "
+            "or give module:function)"
+        )
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"model factory '{name}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
