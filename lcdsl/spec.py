@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _SPAN = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+_LEADING = attrs.field(default=(), eq=False, repr=False, kw_only=True, converter=tuple)
+_TRAILING = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
 
 @attrs.frozen
@@ -143,6 +145,10 @@ class Rule:
     """The operator calls joined by ``+``."""
     span: Span | None = _SPAN
     """The whole statement."""
+    leading: tuple[str, ...] = _LEADING
+    """Comment lines (text after ``#``) and blank lines (``""``) just above, kept by ``fmt``."""
+    comment: str | None = _TRAILING
+    """The comment at the end of the line (text after ``#``), kept by ``fmt``."""
 
 
 @attrs.frozen
@@ -155,6 +161,10 @@ class Setting:
     """The setting's value."""
     span: Span | None = _SPAN
     """The whole statement."""
+    leading: tuple[str, ...] = _LEADING
+    """Comment lines (text after ``#``) and blank lines (``""``) just above, kept by ``fmt``."""
+    comment: str | None = _TRAILING
+    """The comment at the end of the line (text after ``#``), kept by ``fmt``."""
 
 
 Statement = Union[Rule, Setting]
@@ -170,6 +180,8 @@ class Spec:
     """The text it was parsed from (empty when built in code)."""
     filename: str = attrs.field(default="<spec>", eq=False, repr=False, kw_only=True)
     """The file name used in error messages."""
+    trailing: tuple[str, ...] = _LEADING
+    """Comment and blank lines after the last statement, kept by ``fmt``."""
 
     @property
     def rules(self) -> tuple[Rule, ...]:
