@@ -35,7 +35,7 @@ from typing import ClassVar, Literal
 import attrs
 import torch
 
-__all__ = ["Theta", "View", "Storage", "Operator", "index_bits", "bits_per_index"]
+__all__ = ["Theta", "View", "Storage", "Operator", "index_bits", "bits_per_index", "describe"]
 
 Theta = dict[str, torch.Tensor]
 """The compressed representation of one task: named tensors (codebook, assignments, …)."""
@@ -138,3 +138,34 @@ class Operator:
         """The first line of the docstring: the argmin this operator solves."""
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value).replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    if isinstance(value, str):
+        return value if value.isidentifier() else f'"{value}"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    if hasattr(value, "fraction"):  # lcdsl.spec.Percent, not yet resolved against a task
+        return f"{value.value:g}%"
+    return str(value)
+
+
+def describe(op: Operator) -> str:
+    """An operator as spec text, with its non-default fields: ``prune(l0=13310)``.
+
+    An additive combination (an operator with ``terms``) is its terms joined by ``+``."""
+    terms = getattr(op, "terms", None)
+    if terms is not None:
+        return " + ".join(describe(t) for t in terms)
+    args = []
+    if attrs.has(type(op)):
+        for field in attrs.fields(type(op)):
+            value = getattr(op, field.name)
+            if field.default is not attrs.NOTHING and value == field.default:
+                continue
+            args.append(f"{field.name}={_value_text(value)}")
+    return f"{op.name}({', '.join(args)})"
