@@ -1,0 +1,70 @@
+"""``lcdsl check SPEC [--model M] [--json]``: parse, validate and (with a model) bind a spec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import attrs
+
+from lcdsl.binding import check_spec
+from lcdsl.console import console
+from lcdsl.operators.base import describe
+from lcdsl.parser import load
+from lcdsl.plan_report import plan_summary, plan_table
+from lcdsl.settings import Settings, settings_from_spec
+from lcdsl.zoo import load_model
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``check`` sub-command."""
+    parser = subparsers.add_parser(
+        "check",
+        help="parse a spec and print its plan (tasks, operators, predicted size)",
+        description="Parse SPEC, validate operators and settings, and with --model bind it to the "
+        "model's parameters and print each task with its predicted size. Exit code 2 on spec errors.",
+    )
+    parser.add_argument("spec", help="the .lc file")
+    parser.add_argument(
+        "--model", help="built-in model (lenet300, lenet5) or module:function (runs that module's code)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check one spec; returns the exit code."""
+    spec = load(args.spec)
+    if args.model is None:
+        operators = check_spec(spec)
+        settings = settings_from_spec(spec)
+        rules = [
+            {"line": rule.span.line if rule.span else None, "operator": describe(operators[i])}
+            for i, rule in enumerate(spec.rules)
+        ]
+        if args.json:
+            print(json.dumps({"spec": args.spec, "rules": rules, "settings": _settings_json(settings)}, indent=2))
+        else:
+            out = console()
+            out.print(f"{args.spec}: ok, {len(rules)} rule(s), {len(spec.settings)} setting(s)")
+            for row in rules:
+                out.print(f"  line {row['line']}: {row['operator']}")
+            out.print("(give --model to bind the selectors and see sizes)")
+        return 0
+    model = load_model(args.model)
+    plan = spec.bind(model)
+    if args.json:
+        summary = plan_summary(plan)
+        summary["spec"] = args.spec
+        summary["model"] = args.model
+        summary["settings"] = _settings_json(plan.settings)
+        print(json.dumps(summary, indent=2))
+    else:
+        console().print(plan_table(plan, title=f"{args.spec} on {args.model}"))
+    return 0
+
+
+def _settings_json(settings: Settings) -> dict:
+    return attrs.asdict(settings)
