@@ -149,7 +149,7 @@ def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool 
         span = diag.span
         where = f"{filename}:{span.line}:{span.column}:"
         lines = [f"{paint(where, _BOLD)} {paint('error:', _RED)} {diag.message}"]
-        src_lines = source.splitlines()
+        src_lines = source.split("\n")
         if 1 <= span.line <= len(src_lines):
             text = src_lines[span.line - 1].expandtabs(1)
             lines.append(f"  {text}")
