@@ -1,0 +1,60 @@
+"""The grammar file and the parser built from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from lcdsl import grammar, parser
+from lcdsl.errors import SpecError
+
+
+def test_grammar_builds_in_strict_mode_without_conflicts_or_collisions():
+    grammar.build_parser(strict=True)
+
+
+def test_parser_is_built_once():
+    assert grammar.get_parser() is grammar.get_parser()
+
+
+def test_the_packaged_or_repository_grammar_is_the_one_in_grammar_dir():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent / "grammar" / "lcdsl.lark"
+    assert grammar.grammar_text() == repo.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("label, examples", parser._SYNTAX_EXAMPLES, ids=lambda x: x if isinstance(x, str) else "")
+def test_every_error_example_is_recognised_as_its_own_label(label, examples):
+    for example in examples:
+        found, _ = parser._match_label(example, "start")
+        assert found == label, example
+
+
+@pytest.mark.parametrize(
+    "label, examples", [e for e in parser._EXPRESSION_EXAMPLES if e[1]], ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_every_expression_error_example_is_recognised_as_its_own_label(label, examples):
+    for example in examples:
+        found, _ = parser._match_label(example, "expr")
+        assert found == label, example
+
+
+@pytest.mark.parametrize("label, examples", parser._SYNTAX_EXAMPLES, ids=lambda x: x if isinstance(x, str) else "")
+def test_error_examples_give_their_message_on_any_line(label, examples):
+    prefix = "mu = geometric(start=1e-3, factor=1.5, steps=12)\n# a comment\n\nfc9 : quant(k=2)\n"
+    for example in examples:
+        with pytest.raises(SpecError) as caught:
+            parser.parse(prefix + example)
+        diagnostic = caught.value.diagnostics[0]
+        assert diagnostic.span.line == 5, example
+        head = label.split("{")[0]
+        assert diagnostic.message.startswith(head), (example, diagnostic.message)
+
+
+def test_fallback_lists_expected_tokens_by_readable_names():
+    with pytest.raises(SpecError) as caught:
+        parser.parse("fc1 : quant(bits=2 k=3)")
+    message = caught.value.diagnostics[0].message
+    assert message == "unexpected 'k'; expected ')' or ','"
+    for terminal in grammar.get_parser().terminals:
+        assert "__" not in parser._terminal_name(terminal.name)
