@@ -1,0 +1,126 @@
+"""What an LC run reports: a :class:`StepRecord` per step, and a small publish/subscribe bus
+with a fixed set of event names.
+
+The engine announces each phase of :meth:`lcdsl.engine.Engine.run` so progress bars, loggers,
+checkpointers and learning-rate schedules can hook in without subclassing::
+
+    engine.events.on("lc_step_end", lambda engine, record: print(record.to_dict()))
+
+Every callback is called with keyword arguments only (the payload below), so a callback may
+take just the ones it needs plus ``**_``. A callback's exception propagates: it is a bug in the
+callback, and the run stops there.
+
+Event names and payloads (``step`` is the LC step's number, 1-based; direct compression is
+step 0; it is also the ``step`` of the record the step produces):
+
+- ``"direct_compression"``: ``engine``, ``record`` (a :class:`~lcdsl.engine.StepRecord` with
+  ``mu=0``), after ``θ = Π(w)``.
+- ``"lc_step_start"``: ``engine``, ``step``, ``mu``, before the L step.
+- ``"l_step_end"``: ``engine``, ``step``, ``mu``, ``loss`` (float or None), after the L step.
+- ``"c_step_end"``: ``engine``, ``step``, ``mu``, after the C step and the multiplier step.
+- ``"lc_step_end"``: ``engine``, ``record``, once the step's record is in ``engine.history``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from lcdsl.errors import EngineError, did_you_mean
+
+__all__ = ["EVENTS", "EventBus", "StepRecord"]
+
+EVENTS: tuple[str, ...] = (
+    "direct_compression",
+    "lc_step_start",
+    "l_step_end",
+    "c_step_end",
+    "lc_step_end",
+)
+"""The names :class:`~lcdsl.engine.Engine` emits, in the order a run emits them."""
+
+Callback = Callable[..., Any]
+
+
+class EventBus:
+    """Callbacks by event name. Names outside ``names`` are refused, so a typo fails loudly."""
+
+    def __init__(self, names: Iterable[str] = EVENTS) -> None:
+        self._callbacks: dict[str, list[Callback]] = {name: [] for name in names}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The event names this bus knows."""
+        return tuple(self._callbacks)
+
+    def _list(self, name: str) -> list[Callback]:
+        try:
+            return self._callbacks[name]
+        except KeyError:
+            raise EngineError(
+                f"unknown event '{name}'{did_you_mean(name, self._callbacks)} "
+                f"(events: {', '.join(self._callbacks)})"
+            ) from None
+
+    def on(self, name: str, callback: Callback) -> Callback:
+        """Call ``callback(**payload)`` on every ``emit(name, …)``, after earlier subscribers.
+
+        Returns the callback, so it can be passed to :meth:`off` later.
+
+        Raises:
+            EngineError: ``name`` is not an event of this bus.
+        """
+        self._list(name).append(callback)
+        return callback
+
+    def off(self, name: str, callback: Callback) -> None:
+        """Stop calling ``callback`` on ``name``; a callback not subscribed is ignored."""
+        callbacks = self._list(name)
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+    def emit(self, name: str, **payload: Any) -> None:
+        """Call every subscriber of ``name`` with ``payload``, in subscription order.
+
+        Raises:
+            EngineError: ``name`` is not an event of this bus.
+        """
+        for callback in list(self._list(name)):
+            callback(**payload)
+
+
+@attrs.frozen
+class StepRecord:
+    """What one LC step (or direct compression, step 0) measured."""
+
+    step: int
+    """LC steps completed when the record was made; 0 for direct compression."""
+    mu: float
+    """The step's μ (0 for direct compression)."""
+    loss: float | None
+    """What the L step returned (None if it returned nothing, and for direct compression)."""
+    distortion: float
+    """``Σ_tasks ‖w − Δ(θ)‖²`` after the C step."""
+    metrics: dict[str, float] = attrs.field(factory=dict, hash=False)
+    """What ``evaluate`` returned for the compressed model (``w = Δ(θ)``)."""
+    bits: int | None = None
+    """Bits of every task's ``θ``; None when an operator cannot tell."""
+    params: int | None = None
+    """Numbers stored in every task's ``θ``; None when an operator cannot tell."""
+    seconds_l_step: float = 0.0
+    """Wall time of the L step (including the penalty's)."""
+    seconds_c_step: float = 0.0
+    """Wall time of the C step and the multiplier step."""
+    seconds_penalty: float = 0.0
+    """Wall time spent in :meth:`Engine.penalty` during the L step."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain data (JSON-ready, and loadable with ``weights_only=True``)."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+        """The record :meth:`to_dict` wrote."""
+        return cls(**{**data, "metrics": dict(data.get("metrics", {}))})
