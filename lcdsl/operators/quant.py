@@ -1,0 +1,139 @@
+"""Quantization: weights from a small codebook, learned (``quant(k=…)``, ``quant(bits=…)``) or
+given (``quant(codebook=[…])``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from lcdsl.operators._kmeans1d import kmeans1d
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, bits_per_index
+
+__all__ = ["Quant", "OPERATORS"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_k(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not (_is_int(value) and value >= 2):
+        raise ValueError(f"k must be an integer ≥ 2, got {value!r}")
+
+
+def _check_bits(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not (_is_int(value) and value >= 1):
+        raise ValueError(f"bits must be an integer ≥ 1, got {value!r}")
+    if value is not None and value > 31:
+        raise ValueError(f"bits must be at most 31, got {value!r}")
+
+
+def _to_codebook(value: Any) -> Any:
+    """A list of numbers as a tuple of floats; anything else is left for the validator."""
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(float(v) for v in value)
+    return value
+
+
+def _check_codebook(inst: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple):
+        raise TypeError(f"codebook must be a list of numbers, got {value!r}")
+    if not value:
+        raise ValueError("codebook must hold at least one number, got []")
+    bad = [v for v in value if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"codebook entries must be finite numbers, got {bad[0]}")
+    if len(set(value)) != len(value):
+        dup = next(v for v in value if value.count(v) > 1)
+        raise ValueError(f"codebook entries must be distinct, got {dup:g} twice")
+
+
+@attrs.frozen
+class Quant(Operator):
+    """argmin_θ ‖w − Δ(θ)‖² s.t. every entry of Δ(θ) is one of k codewords (exact).
+
+    Adaptive (``k`` or ``bits``, ``k = 2**bits``): θ = codebook ``(k,)`` and assignments ``(n,)``,
+    the global optimum of 1-D k-means found by dynamic programming (not Lloyd's local search).
+    Fixed (``codebook=[…]``): θ = assignments to the nearest codeword (ties: the smaller one),
+    plus the codebook in ``w``'s dtype so Δ(θ) keeps it; the codebook is in the spec, so its
+    storage is not counted.
+
+    Example spec lines::
+
+        fc1 : quant(k=4)
+        fc2 : quant(bits=1)
+        fc3 : quant(codebook=[-0.1, 0, 0.1])
+    """
+
+    name: ClassVar[str] = "quant"
+
+    k: int | None = attrs.field(default=None, validator=_check_k)
+    """Codebook size, ``≥ 2``."""
+    bits: int | None = attrs.field(default=None, validator=_check_bits)
+    """Bits per weight: the codebook holds ``2**bits`` entries."""
+    codebook: tuple[float, ...] | None = attrs.field(
+        default=None, converter=_to_codebook, validator=_check_codebook
+    )
+    """A fixed codebook: distinct finite numbers."""
+
+    def __attrs_post_init__(self) -> None:
+        given = [n for n in ("k", "bits", "codebook") if getattr(self, n) is not None]
+        if len(given) != 1:
+            shown = " and ".join(given) if given else "none"
+            raise ValueError(f"quant() takes exactly one of k, bits, codebook; got {shown}")
+
+    @property
+    def size(self) -> int:
+        """The number of codewords."""
+        if self.codebook is not None:
+            return len(self.codebook)
+        if self.bits is not None:
+            return 2**self.bits
+        return int(self.k)  # type: ignore[arg-type]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the codebook is learned (``k``/``bits``) rather than given."""
+        return self.codebook is None
+
+    def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
+        """θ for the flat target ``w`` (``(n,)``); ``mu`` and ``warm`` do not change the answer
+        and are not used."""
+        if self.adaptive:
+            codebook, assignments = kmeans1d(w, self.size)
+            return {"codebook": codebook, "assignments": assignments}
+        given = torch.tensor(self.codebook, dtype=w.dtype, device=w.device)  # (K,)
+        return {"codebook": given, "assignments": self._nearest(w)}
+
+    def _nearest(self, w: torch.Tensor) -> torch.Tensor:
+        """Index into ``self.codebook`` of the nearest codeword to each entry (ties: smaller)."""
+        flat = w.detach().reshape(-1).to(torch.float64)  # (n,)
+        given = torch.tensor(self.codebook, dtype=torch.float64, device=w.device)  # (K,)
+        sorted_cb, order = torch.sort(given)
+        hi = torch.searchsorted(sorted_cb, flat).clamp(max=sorted_cb.numel() - 1)  # first ≥ w
+        lo = (hi - 1).clamp(min=0)
+        # the upper neighbour wins only when strictly closer
+        take_hi = (sorted_cb[hi] - flat).abs() < (flat - sorted_cb[lo]).abs()
+        return order[torch.where(take_hi, hi, lo)]
+
+    def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
+        """``codebook[assignments]`` in ``shape``."""
+        return theta["codebook"][theta["assignments"].long()].reshape(shape)
+
+    def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage:
+        """Adaptive: ``k`` floats plus ``⌈log₂ k⌉`` bits a weight; fixed: the index bits only."""
+        n = math.prod(shape)
+        index = n * bits_per_index(self.size)
+        if self.adaptive:
+            return Storage(params=self.size, bits=FLOAT_BITS * self.size + index)
+        return Storage(params=0, bits=index)
+
+
+OPERATORS: tuple[type[Operator], ...] = (Quant,)
