@@ -1,0 +1,71 @@
+"""One C step from spec text on one tensor: the language, usable outside the engine."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+from lcdsl.binding import build_operator
+from lcdsl.errors import Diagnostic, SpecError
+from lcdsl.operators.base import Operator, Theta
+from lcdsl.plan import view_shape
+
+if TYPE_CHECKING:
+    from lcdsl.registry import Registry
+
+__all__ = ["Projection", "project"]
+
+
+class Projection(NamedTuple):
+    """What :func:`project` returns."""
+
+    delta: torch.Tensor
+    """``Δ(θ)``, in the input tensor's shape, dtype and device."""
+    theta: Theta
+    """The compressed representation."""
+    operator: Operator
+    """The operator, with amounts resolved against the tensor."""
+
+
+def project(
+    expression: str, tensor: torch.Tensor, mu: float = 0.0, *, registry: Registry | None = None
+) -> Projection:
+    """Compress ``tensor`` with the operator(s) of ``expression``: ``θ = argmin ‖w − Δ(θ)‖²``.
+
+    Example::
+
+        >>> w = torch.randn(300, 100)
+        >>> delta, theta, op = lcdsl.project("quant(k=4) + prune(l0=1%)", w)
+        >>> delta.unique().numel() <= 4 + 300   # 4 codewords, plus 300 sparse corrections
+        True
+
+    Args:
+        expression: the right-hand side of a rule, e.g. ``"quant(k=4)"``.
+        tensor: the weights; not modified.
+        mu: the penalty parameter (only penalty forms such as ``prune(l0_penalty=…)`` use it).
+        registry: where operators are looked up; the installed plugins by default.
+
+    Raises:
+        SpecError: the expression does not parse, names an unknown operator, or does not fit the
+            tensor (e.g. a rank above the matrix's smaller side).
+    """
+    from lcdsl.parser import parse_expression
+
+    source, filename = expression, "<expression>"
+    try:
+        terms = parse_expression(expression)
+        op = build_operator(terms, registry=registry)
+    except SpecError as exc:
+        raise exc.with_source(source, filename) from None
+    shape = (tuple(tensor.shape),)
+    try:
+        view = view_shape(op.view, shape)
+        op = op.resolve(view)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(Diagnostic(f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}", terms[0].span), source=source, filename=filename) from None
+    with torch.no_grad():
+        w = tensor.detach().reshape(view)
+        theta = op.project(w, mu)
+        delta = op.decompress(theta, view).reshape(tensor.shape)
+    return Projection(delta, theta, op)

@@ -1,0 +1,429 @@
+"""Property checks for C-step operators: the checks every built-in passes, for plugin authors.
+
+A plugin's whole test file can be::
+
+    # tests/test_sign.py
+    from lcdsl.testing import operator_properties
+    from my_plugin import Sign
+
+    test_sign = operator_properties(Sign())
+    test_sign_small = operator_properties(Sign(), shapes=[(1,), (2,), (3,)])
+
+:func:`operator_properties` builds a hypothesis test that draws weights (:func:`weights`) and runs
+:func:`check_operator` on each; :func:`check_operator` can also be called on one tensor::
+
+    from lcdsl.testing import check_operator
+
+    report = check_operator(Quant(k=2), torch.randn(100))
+    report.distortion        # ‖w − Δ(θ)‖²
+
+Every failure is an :class:`OperatorCheckError` (an ``AssertionError``, so pytest shows it as a
+test failure) whose message starts with the operator as spec text, e.g. ``quant(k=2): …``.
+
+What is checked, for one input ``w`` (see :func:`check_operator` for the details): ``w`` is not
+modified; ``θ`` is named tensors on ``w``'s device, not sharing memory with ``w``; ``Δ(θ)`` has
+``w``'s shape, dtype and device and is finite; the projection is deterministic and a warm start
+does not change it; ``storage`` agrees with ``θ`` and with the prediction; and for constraint forms
+(the default; pass ``penalty=True`` otherwise): the answer does not depend on ``μ``, ``Δ(θ)`` is
+feasible (``is_feasible``, or its own projection),
+the projection is idempotent, and no random feasible point is closer to ``w``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from hypothesis import given, reject, settings, target
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
+
+from lcdsl.errors import PluginError
+from lcdsl.operators.base import Operator, Storage, Theta, describe
+
+__all__ = [
+    "OperatorCheckError",
+    "CheckReport",
+    "check_operator",
+    "weights",
+    "default_shapes",
+    "operator_properties",
+]
+
+Feasibility = Callable[[torch.Tensor], bool]
+"""``is_feasible(Δ)``: whether a tensor lies in the operator's feasible set."""
+
+
+class OperatorCheckError(PluginError, AssertionError):
+    """An operator broke a property of the operator contract."""
+
+
+@attrs.frozen
+class CheckReport:
+    """What :func:`check_operator` measured on one input."""
+
+    operator: Operator
+    """The operator after :meth:`~lcdsl.operators.base.Operator.resolve`."""
+    theta: Theta
+    """``P(w)``."""
+    delta: torch.Tensor
+    """``Δ(P(w))``."""
+    distortion: float
+    """``‖w − Δ(θ)‖²`` (float64)."""
+    nearest_other: float | None
+    """The smallest ``‖w − f‖²`` over the random feasible points ``f`` tried; None for penalty
+    forms, for which distortion alone is not the objective."""
+
+    @property
+    def gap(self) -> float | None:
+        """``nearest_other − distortion``, relative to the larger of the two: ≥ 0 for an optimal
+        projection, and the closer to 0 the harder the input."""
+        if self.nearest_other is None:
+            return None
+        return (self.nearest_other - self.distortion) / max(self.distortion, self.nearest_other, 1e-30)
+
+
+def _label(op: Operator) -> str:
+    try:
+        return describe(op)
+    except Exception:  # a broken fake may not even describe itself
+        return repr(op)
+
+
+def _default_rtol(dtype: torch.dtype) -> float:
+    if dtype == torch.float64:
+        return 1e-9
+    if dtype == torch.float32:
+        return 1e-4
+    return 1e-2
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _squared_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.to(torch.float64) - b.to(torch.float64)).square().sum())
+
+
+class _Checker:
+    """One operator on one input: each method checks one property and fails with a message."""
+
+    def __init__(self, op: Operator, w: torch.Tensor, mu: float, rtol: float) -> None:
+        self.op = op
+        self.w = w
+        self.mu = mu
+        self.shape = tuple(w.shape)
+        self.label = _label(op)
+        # tolerances scale with the input: Δ's entries are compared within rtol·‖w‖
+        self.scale = math.sqrt(_squared_distance(w, torch.zeros_like(w)))
+        self.atol = rtol * max(self.scale, 1e-30)
+        self.dist_tol = rtol * max(self.scale**2, 1e-30)
+
+    def fail(self, message: str) -> OperatorCheckError:
+        return OperatorCheckError(f"{self.label}: {message}")
+
+    def project(
+        self, w: torch.Tensor, warm: Theta | None = None, what: str = "project", mu: float | None = None
+    ) -> Theta:
+        before = w.clone()
+        try:
+            theta = self.op.project(w, self.mu if mu is None else mu, warm)
+        except Exception as exc:
+            raise self.fail(f"{what} raised {type(exc).__name__}: {exc}") from exc
+        if not torch.equal(w, before):
+            raise self.fail(f"{what} modified its input w in place (the C step must be pure)")
+        self.check_theta(theta, w)
+        return theta
+
+    def check_theta(self, theta: Any, w: torch.Tensor) -> None:
+        if not isinstance(theta, dict):
+            raise self.fail(f"project returned {type(theta).__name__}, not a dict of tensors")
+        for key, value in theta.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise self.fail(f"θ[{key!r}] is {type(value).__name__}; θ must map names to tensors")
+            if value.device != w.device:
+                raise self.fail(f"θ[{key!r}] is on {value.device}, but w is on {w.device}")
+            if _shares_memory(value, w):
+                raise self.fail(f"θ[{key!r}] shares memory with w (return a new tensor)")
+
+    def decompress(self, theta: Theta) -> torch.Tensor:
+        saved = {k: v.clone() for k, v in theta.items()}
+        try:
+            delta = self.op.decompress(theta, self.shape)
+        except Exception as exc:
+            raise self.fail(f"decompress raised {type(exc).__name__}: {exc}") from exc
+        for key, value in saved.items():
+            if not torch.equal(theta[key], value):
+                raise self.fail(f"decompress modified θ[{key!r}] in place")
+        if not isinstance(delta, torch.Tensor):
+            raise self.fail(f"decompress returned {type(delta).__name__}, not a tensor")
+        if tuple(delta.shape) != self.shape:
+            raise self.fail(f"decompress returned shape {tuple(delta.shape)}, but w has shape {self.shape}")
+        if delta.dtype != self.w.dtype:
+            raise self.fail(f"decompress returned dtype {delta.dtype}, but w has dtype {self.w.dtype}")
+        if delta.device != self.w.device:
+            raise self.fail(f"decompress returned a tensor on {delta.device}, but w is on {self.w.device}")
+        if not bool(torch.isfinite(delta).all()):
+            bad = int((~torch.isfinite(delta)).sum())
+            raise self.fail(f"Δ(θ) has {bad} non-finite entries (NaN or inf) for a finite w")
+        if _shares_memory(delta, self.w):
+            raise self.fail("Δ(θ) shares memory with w (return a new tensor)")
+        return delta
+
+    def same(self, a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+        diff = float((a.to(torch.float64) - b.to(torch.float64)).abs().max()) if a.numel() else 0.0
+        if diff > self.atol:
+            raise self.fail(f"{what}: Δ differs by up to {diff:.3g} (tolerance {self.atol:.3g})")
+
+    def storage(self, theta: Theta) -> None:
+        try:
+            predicted = self.op.storage(self.shape)
+            actual = self.op.storage(self.shape, theta)
+        except Exception as exc:
+            raise self.fail(f"storage raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(actual, Storage):
+            raise self.fail(f"storage(shape, θ) returned {actual!r}, not a Storage")
+        for field in ("params", "bits"):
+            value = getattr(actual, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.fail(f"storage(shape, θ).{field} is {value!r}, not an integer ≥ 0")
+        stored = sum(t.numel() for t in theta.values())
+        if actual.params > stored:
+            raise self.fail(
+                f"storage(shape, θ) counts {actual.params} parameters, but θ holds only {stored} numbers"
+            )
+        if predicted is not None:
+            if not isinstance(predicted, Storage):
+                raise self.fail(f"storage(shape) returned {predicted!r}, not a Storage or None")
+            if actual.params > predicted.params or actual.bits > predicted.bits:
+                raise self.fail(
+                    f"θ takes {actual.params} parameters / {actual.bits} bits, more than the "
+                    f"predicted {predicted.params} / {predicted.bits}"
+                )
+
+    def feasible(self, delta: torch.Tensor, is_feasible: Feasibility | None) -> None:
+        if is_feasible is not None and not is_feasible(delta):
+            raise self.fail("Δ(θ) is not feasible (is_feasible returned False)")
+        # a feasible point is its own projection: Δ(P(Δ(θ))) = Δ(θ)
+        again = self.decompress(self.project(delta, what="project of Δ(θ)"))
+        self.same(again, delta, "Δ(θ) is not its own projection (not feasible, or P is not idempotent)")
+
+
+def check_operator(
+    op: Operator,
+    w: torch.Tensor,
+    *,
+    mu: float = 0.0,
+    is_feasible: Feasibility | None = None,
+    penalty: bool = False,
+    trials: int = 6,
+    seed: int = 0,
+    rtol: float | None = None,
+) -> CheckReport:
+    """Check the operator contract on one input; raises :class:`OperatorCheckError` on the first
+    broken property, with a message naming the operator.
+
+    Checked, in order: ``project`` does not modify ``w`` and returns named tensors on ``w``'s
+    device that do not share its memory; ``decompress`` does not modify ``θ`` and returns a new,
+    finite tensor of ``w``'s shape, dtype and device; projecting again, and projecting with the
+    previous ``θ`` as a warm start, give the same ``Δ``; ``storage(shape, θ)`` is a
+    :class:`Storage` of integers ≥ 0, counts no more parameters than ``θ`` holds and no more
+    than ``storage(shape)`` predicts. For constraint forms also: the answer does not depend on
+    ``μ``; ``Δ(θ)`` is feasible (``is_feasible``, if given) and its own projection
+    (``Δ(P(Δ(θ))) = Δ(θ)``: idempotence, which also shows feasibility without a callback); and
+    none of ``trials`` random feasible points (projections of random tensors, of ``w`` plus
+    noise, and of scaled ``w``) is closer to ``w`` than ``Δ(θ)``. For penalty forms at ``μ = 0``
+    (direct compression): ``Δ(θ) = w``.
+
+    Args:
+        op: the operator; it is resolved against ``w``'s shape first (``ValueError`` from
+            :meth:`~lcdsl.operators.base.Operator.resolve` propagates: the shape does not fit).
+        w: a finite floating tensor in the operator's view.
+        mu: passed to ``project``.
+        is_feasible: ``is_feasible(Δ) -> bool`` for the feasible set; without it feasibility is
+            checked by the roundtrip.
+        penalty: whether ``op`` is a penalty form (``prune(l1_penalty=α)``,
+            ``lowrank(alpha=α)``): its objective has a term besides the distortion, so
+            optimality and idempotence do not apply, and at ``μ = 0`` it must return ``w``.
+            A constraint form (the default) must give the same answer for any ``μ``.
+        trials: how many random feasible points to compare against.
+        seed: seed of those random points.
+        rtol: tolerance relative to ``‖w‖`` (to ``‖w‖²`` for distortions); by default ``1e-4``
+            for float32 and ``1e-9`` for float64.
+
+    Returns:
+        What was measured, e.g. ``report.distortion`` and ``report.gap``.
+
+    Example::
+
+        >>> from lcdsl.operators.binary import Binarize
+        >>> check_operator(Binarize(), torch.tensor([0.5, -2.0, 0.0])).distortion
+        2.25
+    """
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"w must be a floating-point tensor, got {type(w).__name__}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("w must be finite")
+    shape = tuple(w.shape)
+    op = op.resolve(shape)
+    c = _Checker(op, w, mu, rtol if rtol is not None else _default_rtol(w.dtype))
+
+    theta = c.project(w)
+    delta = c.decompress(theta)
+    c.same(c.decompress(c.project(w, what="a second project")), delta, "project is not deterministic")
+    warm = c.decompress(c.project(w, warm=theta, what="project with warm=θ"))
+    c.same(warm, delta, "a warm start changed the answer")
+    c.storage(theta)
+    distortion = _squared_distance(w, delta)
+
+    if penalty:
+        if is_feasible is not None and not is_feasible(delta):
+            raise c.fail("Δ(θ) is not feasible (is_feasible returned False)")
+        if mu == 0:
+            c.same(delta, w, "a penalty form at μ = 0 must keep w unchanged")
+        return CheckReport(op, theta, delta, distortion, None)
+
+    other_mu = 10.0 * mu + 1.0
+    at_other_mu = c.decompress(c.project(w, what=f"project with μ = {other_mu:g}", mu=other_mu))
+    c.same(
+        at_other_mu,
+        delta,
+        "the answer depends on μ (a constraint form must ignore μ; pass penalty=True for a penalty form)",
+    )
+    c.feasible(delta, is_feasible)
+    nearest = math.inf
+    gen = torch.Generator().manual_seed(seed)
+    spread = c.scale / math.sqrt(max(w.numel(), 1)) or 1.0  # the weights' rms size
+
+    def noise() -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(w.device, w.dtype)
+
+    for t in range(trials):
+        kind = t % 3
+        if kind == 0:  # anywhere
+            r = noise() * spread
+        elif kind == 1:  # near w, at two distances: points that compete with the optimum
+            r = w + noise() * ((0.03 if t % 2 else 0.3) * spread)
+        else:  # w scaled: for scale-invariant sets, a point on the same ray
+            factor = 0.5 + float(torch.rand((), generator=gen, dtype=torch.float64))
+            r = w * factor
+        other = c.decompress(c.project(r, what="project of a random tensor"))
+        if is_feasible is not None and not is_feasible(other):
+            raise c.fail("the projection of a random tensor is not feasible (is_feasible returned False)")
+        d = _squared_distance(w, other)
+        nearest = min(nearest, d)
+        if d < distortion - c.dist_tol:
+            raise c.fail(
+                f"not optimal: a feasible point (the projection of a random tensor) is closer to w: "
+                f"‖w − f‖² = {d:.6g} < ‖w − Δ(θ)‖² = {distortion:.6g}"
+            )
+    return CheckReport(op, theta, delta, distortion, nearest if trials else None)
+
+
+def weights(
+    shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]] = (8,),
+    dtype: torch.dtype = torch.float32,
+    *,
+    bound: float = 8.0,
+    device: str | torch.device = "cpu",
+) -> st.SearchStrategy[torch.Tensor]:
+    """Weight tensors with float32-exact entries in ``[-bound, bound]``.
+
+    Entries include zeros, ties and magnitudes from ``bound`` down to float32's smallest normal
+    numbers (no subnormals, NaN or inf). Float32-exact values stay exact in float64, so one
+    example means the same in both dtypes.
+
+    Args:
+        shape: a shape, or a strategy of shapes (e.g. ``array_shapes(max_dims=2)``).
+        dtype: the tensors' dtype.
+        bound: the largest magnitude.
+        device: the tensors' device.
+
+    Example::
+
+        @given(w=weights((3, 4), torch.float64))
+        def test_something(w): ...
+    """
+    elements = st.floats(
+        -bound, bound, width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False
+    )
+    shapes = shape if isinstance(shape, st.SearchStrategy) else st.just(tuple(shape))
+    return shapes.flatmap(lambda s: arrays(np.float32, s, elements=elements)).map(
+        lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).to(device=device, dtype=dtype)
+    )
+
+
+def default_shapes(view: str) -> st.SearchStrategy[tuple[int, ...]]:
+    """Small shapes for an operator's view: vectors of 4–40 entries, 3×3 to 12×12 matrices,
+    2- to 4-dimensional tensors with sides 2–6."""
+    if view == "vector":
+        return array_shapes(min_dims=1, max_dims=1, min_side=4, max_side=40)
+    if view == "matrix":
+        return array_shapes(min_dims=2, max_dims=2, min_side=3, max_side=12)
+    return array_shapes(min_dims=2, max_dims=4, min_side=2, max_side=6)
+
+
+def operator_properties(
+    op_factory: Operator | Callable[[], Operator],
+    shapes: Sequence[tuple[int, ...]] | st.SearchStrategy[tuple[int, ...]] | None = None,
+    *,
+    mu: float = 0.0,
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
+    device: str | torch.device = "cpu",
+    is_feasible: Feasibility | None = None,
+    penalty: bool = False,
+) -> Callable[[], None]:
+    """A hypothesis test running :func:`check_operator` on drawn weights.
+
+    Assign it to a ``test_*`` name in a test module and pytest runs it. Shapes the operator
+    rejects in :meth:`~lcdsl.operators.base.Operator.resolve` (``ValueError``) are skipped.
+    Hypothesis steers towards the inputs where a random feasible point comes closest.
+
+    Args:
+        op_factory: the operator, or a function returning it.
+        shapes: shapes to draw from (a list or a strategy); by default
+            :func:`default_shapes` of the operator's view.
+        mu: passed to ``project``.
+        dtypes: dtypes to draw from.
+        device: where the weights live.
+        is_feasible: see :func:`check_operator`.
+        penalty: see :func:`check_operator`.
+
+    Example::
+
+        test_quant_k3 = operator_properties(Quant(k=3))
+        test_pow2_matrix = operator_properties(lambda: Pow2(bits=3), shapes=[(2, 5), (4, 4)])
+    """
+    make = (lambda: op_factory) if isinstance(op_factory, Operator) else op_factory
+    label = _label(make())
+    if shapes is None:
+        shape_strategy = default_shapes(make().view)
+    elif isinstance(shapes, st.SearchStrategy):
+        shape_strategy = shapes
+    else:
+        shape_strategy = st.sampled_from([tuple(s) for s in shapes])
+
+    @settings(deadline=None)
+    @given(data=st.data())
+    def test_operator_properties(data: st.DataObject) -> None:
+        shape = data.draw(shape_strategy, label="shape")
+        dtype = data.draw(st.sampled_from(list(dtypes)), label="dtype")
+        w = data.draw(weights(shape, dtype, device=device), label="w")
+        op = make()
+        try:
+            op.resolve(shape)
+        except ValueError:
+            reject()  # the shape does not fit this operator (e.g. rank above the smaller side)
+        report = check_operator(op, w, mu=mu, is_feasible=is_feasible, penalty=penalty)
+        if report.gap is not None:
+            target(-report.gap, label="closest random feasible point")
+
+    test_operator_properties.__doc__ = f"The operator contract holds for {label} on drawn weights."
+    return test_operator_properties

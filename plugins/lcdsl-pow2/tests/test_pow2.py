@@ -1,0 +1,103 @@
+"""pow2: the lcdsl property kit, exact nearest levels by brute force, and the installed plugin."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from lcdsl.registry import Registry, default_registry
+from lcdsl.testing import operator_properties, weights
+from lcdsl_pow2 import Pow2
+
+# the whole contract, as every built-in operator runs it
+test_pow2_bits2 = operator_properties(Pow2(bits=2))
+test_pow2_bits3_emax_minus2 = operator_properties(Pow2(bits=3, emax=-2))
+test_pow2_bits8 = operator_properties(Pow2(bits=8, emax=3), shapes=[(1,), (7,), (64,)])
+
+
+def _brute_force_distance(op: Pow2, w: torch.Tensor) -> torch.Tensor:
+    """|w_i − nearest level| over every level of the feasible set, in float64."""
+    levels = op.levels(torch.float64)
+    candidates = torch.cat([-levels.flip(0), levels])  # (2·2^(bits−1),)
+    return (w.to(torch.float64)[:, None] - candidates[None, :]).abs().min(dim=1).values  # (n,)
+
+
+@settings(deadline=None)
+@given(
+    bits=st.integers(2, 5),
+    emax=st.integers(-4, 4),
+    w=weights(st.tuples(st.integers(1, 30)), bound=40.0),
+)
+@example(bits=3, emax=0, w=torch.tensor([0.72, 0.76, 0.375, 0.124, 0.126, 3.0, -0.72]))
+def test_every_weight_goes_to_a_nearest_level(bits, emax, w):
+    op = Pow2(bits=bits, emax=emax)
+    delta = op.decompress(op.project(w), tuple(w.shape))
+    got = (w.to(torch.float64) - delta.to(torch.float64)).abs()
+    # rounding is monotone, so an exact nearest level is never farther in float64 either
+    assert bool((got <= _brute_force_distance(op, w)).all())
+
+
+def test_midpoints_are_arithmetic_not_geometric():
+    op = Pow2(bits=3)  # levels 0, 1/4, 1/2, 1
+    w = torch.tensor([0.72, 0.7071, 0.74, 0.75, 0.76, 0.37, 0.375, 0.38, 0.124, 0.125, 0.126, 5.0, -0.72])
+    want = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 0.25, 0.5, 0.5, 0.0, 0.25, 0.25, 1.0, -0.5])
+    assert torch.equal(op.decompress(op.project(w), (w.numel(),)), want)
+
+
+def test_emax_shifts_the_levels_and_dtype_is_kept():
+    op = Pow2(bits=2, emax=3)  # levels 0, ±8
+    w = torch.tensor([5.0, 3.9, -4.0, 100.0], dtype=torch.float64)
+    delta = op.decompress(op.project(w), (4,))
+    assert delta.dtype == torch.float64
+    assert delta.tolist() == [8.0, 0.0, -8.0, 8.0]
+
+
+def test_theta_and_storage():
+    op = Pow2(bits=4)
+    theta = op.project(torch.linspace(-1, 1, 10))
+    assert theta["codes"].dtype == torch.int8
+    assert int(theta["codes"].abs().max()) <= op.exponents == 7
+    assert op.emin == -6
+    assert op.storage((10,)).bits == 40 and op.storage((10,), theta).params == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bits": 1}, "bits must be an integer from 2 to 8, got 1"),
+        ({"bits": 9}, "bits must be an integer from 2 to 8"),
+        ({"bits": True}, "bits must be an integer"),
+        ({"bits": 3, "emax": 1.5}, "emax must be an integer, got 1.5"),
+        ({"bits": 3, "emax": 128}, "emax must be from -124 to 127"),
+        ({"bits": 8, "emax": -1}, "emax must be from 0 to 127"),
+    ],
+)
+def test_bad_arguments_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Pow2(**kwargs)
+
+
+def test_the_installed_plugin_is_in_the_default_registry():
+    registry = default_registry()
+    assert registry.operator("pow2") is Pow2
+    info = registry.provider("pow2")
+    assert (info.name, info.distribution, info.version) == ("pow2", "lcdsl-pow2", "0.1.0")
+    assert registry.versions()["pow2"] == "0.1.0"
+
+
+def test_blocking_the_plugin_removes_the_operator():
+    assert "pow2" not in Registry.load(block=["pow2"]).operators
+
+
+def test_pow2_from_spec_text():
+    from lcdsl.project import project
+
+    w = torch.tensor([[0.3, -0.9], [2.0, 0.05]])
+    delta, theta, op = project("pow2(bits=3)", w)
+    assert op == Pow2(bits=3)
+    assert delta.tolist() == [[0.25, -1.0], [1.0, 0.0]]
+    assert math.prod(delta.shape) == 4

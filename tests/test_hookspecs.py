@@ -1,0 +1,103 @@
+"""Every hook is documented with the same skeleton, and the plugin guide stays true."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+import types
+
+import pytest
+import torch
+
+import lcdsl.hookspecs as hookspecs
+from lcdsl.hookspecs import PROJECT, hookimpl, hookspec
+from lcdsl.registry import PluginManager, Registry
+from lcdsl.testing import check_operator
+
+SECTIONS = ("Called:", "Args:", "Returns:", "Example:")
+
+
+def _hooks():
+    """Every function of the module that carries the hookspec marker."""
+    marker = f"{PROJECT}_spec"
+    return [
+        fn
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("lcdsl_") or hasattr(fn, marker)
+    ]
+
+
+def test_there_is_at_least_the_operator_hook():
+    names = [fn.__name__ for fn in _hooks()]
+    assert "lcdsl_register_operators" in names
+
+
+@pytest.mark.parametrize("hook", _hooks(), ids=lambda fn: fn.__name__)
+def test_every_hook_is_a_marked_spec_named_lcdsl_verb_noun(hook):
+    assert hasattr(hook, f"{PROJECT}_spec"), f"{hook.__name__} lacks @hookspec"
+    assert re.fullmatch(r"lcdsl_[a-z]+_[a-z_]+", hook.__name__)
+
+
+@pytest.mark.parametrize("hook", _hooks(), ids=lambda fn: fn.__name__)
+def test_every_hook_has_the_docstring_skeleton(hook):
+    doc = inspect.getdoc(hook)
+    assert doc, f"{hook.__name__} has no docstring"
+    summary = doc.splitlines()[0]
+    assert summary.rstrip().endswith("."), f"{hook.__name__}: the first line must say what it does"
+    positions = []
+    for section in SECTIONS:
+        match = re.search(rf"^{re.escape(section)}\n(\s+\S.*\n?)+", doc, flags=re.MULTILINE)
+        assert match, f"{hook.__name__}'s docstring lacks a non-empty '{section}' section"
+        positions.append(match.start())
+    assert positions == sorted(positions), f"{hook.__name__}: sections must come in the order {SECTIONS}"
+    example = doc[doc.index("Example:") :]
+    assert "@hookimpl" in example and f"def {hook.__name__}(" in example
+
+
+@pytest.mark.parametrize("hook", _hooks(), ids=lambda fn: fn.__name__)
+def test_every_hook_is_called_with_keywords_only(hook):
+    params = inspect.signature(hook).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+
+
+def test_a_hook_without_docstring_fails_the_check():
+    """The checker itself: a fake undocumented hook is caught."""
+
+    @hookspec
+    def lcdsl_make_things():
+        pass
+
+    with pytest.raises(AssertionError, match="has no docstring"):
+        test_every_hook_has_the_docstring_skeleton(lcdsl_make_things)
+
+    @hookspec
+    def lcdsl_make_more():
+        """Make more.
+
+        Args:
+            None.
+        """
+
+    with pytest.raises(AssertionError, match="lacks a non-empty 'Called:' section"):
+        test_every_hook_has_the_docstring_skeleton(lcdsl_make_more)
+
+
+def test_markers_belong_to_the_lcdsl_project():
+    assert hookspec.project_name == hookimpl.project_name == "lcdsl"
+
+
+def test_the_guide_example_plugin_works():
+    """The module docstring's example plugin, run as written."""
+    doc = hookspecs.__doc__
+    start = doc.rindex("\n", 0, doc.index("# my_plugin/__init__.py")) + 1
+    code = textwrap.dedent(doc[start : doc.index("**2. Declare")])
+    namespace: dict = {}
+    exec(compile(code, "<guide>", "exec"), namespace)
+    module = types.ModuleType("my_plugin")
+    module.lcdsl_register_operators = namespace["lcdsl_register_operators"]
+    pm = PluginManager()
+    pm.add_plugin(module, "sign", "my-plugin", "1.0")
+    sign = Registry.load(plugin_manager=pm).operator("sign")()
+    report = check_operator(sign, torch.tensor([0.5, -2.0, 0.0, 3.0]))
+    assert report.distortion == pytest.approx(0.25 + 1.0 + 1.0 + 4.0)
