@@ -96,7 +96,9 @@ class Operator:
     name: ClassVar[str]
     """The spec keyword, e.g. ``"quant"``."""
     view: ClassVar[View] = "vector"
-    """The shape the engine hands to :meth:`project`."""
+    """The shape the engine hands to :meth:`project`. A subclass may make it a property of the
+    instance when the view depends on a field (``prune(by=channels)`` needs ``"tensor"``,
+    ``prune(l0=…)`` a ``"vector"``); the plan and the engine read ``operator.view`` on instances."""
 
     def resolve(self, shape: tuple[int, ...]) -> Operator:
         """This operator with relative amounts made absolute for a task of view ``shape``.

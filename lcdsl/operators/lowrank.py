@@ -1,0 +1,159 @@
+"""Low-rank: truncated SVD at a given rank, or the rank chosen by a storage/flops trade-off."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View
+
+__all__ = ["LowRank", "OPERATORS", "svd", "select_rank"]
+
+_COSTS = ("storage", "flops")
+
+
+def svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD ``w = U·diag(S)·Vh`` of a matrix, with a canonical sign per component.
+
+    Computed in ``w``'s dtype (float16/bfloat16 go through float32, which LAPACK/cuSOLVER need).
+    float32 is kept for float32 input: its backward error (~1e-7·‖w‖) is far below the
+    distortion of any truncation worth making, and float64 costs 2–4× on CPUs and far more on
+    most GPUs. Each singular pair is flipped so that the largest-magnitude entry of its column
+    of ``U`` is positive, so ``θ`` does not depend on the solver's sign choice.
+
+    Returns:
+        ``U`` (m, k), ``S`` (k,) decreasing, ``Vh`` (k, n), with k = min(m, n).
+    """
+    x = w if w.dtype in (torch.float32, torch.float64) else w.float()
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)  # (m, k), (k,), (k, n)
+    pivot = u.abs().argmax(0, keepdim=True)  # (1, k): row of the largest |U| per column
+    sign = torch.sign(torch.gather(u, 0, pivot)).reshape(-1)  # (k,)
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return u * sign, s, vh * sign[:, None]
+
+
+def rank_costs(m: int, n: int, k: int, device: torch.device | None = None) -> torch.Tensor:
+    """cost(r) = r·(m + n) for r = 0..k, as float64 (k+1,).
+
+    The same number serves ``cost=storage`` (entries of U and V) and ``cost=flops`` (a product
+    ``x·Wᵀ`` costs m·n multiply-adds per input by ``W``, r·(m + n) by the factors)."""
+    return torch.arange(k + 1, device=device, dtype=torch.float64) * (m + n)
+
+
+def select_rank(s: torch.Tensor, m: int, n: int, alpha: float, mu: float) -> int:
+    """argmin over r = 0..k of α·cost(r) + μ/2·Σ_{i>r} σ_i² (exact; the smallest r on ties).
+
+    Args:
+        s: singular values (k,), decreasing.
+        m, n: the matrix's shape.
+        alpha: weight of the cost.
+        mu: the LC penalty parameter; at μ = 0 the full rank k is returned.
+    """
+    k = s.numel()
+    if mu <= 0:
+        return k
+    s2 = s.to(torch.float64).square()  # (k,)
+    # tail[r] = Σ_{i≥r} σ_i² (0-based), summed from the small end to keep digits; tail[k] = 0
+    tail = torch.cat([torch.flip(torch.cumsum(torch.flip(s2, (0,)), 0), (0,)), s2.new_zeros(1)])  # (k+1,)
+    objective = alpha * rank_costs(m, n, k, s.device) + 0.5 * mu * tail  # (k+1,)
+    return int(torch.argmin(objective).item())
+
+
+def _check_rank(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"rank must be an integer ≥ 1, got {value!r}")
+
+
+def _check_alpha(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"alpha must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"alpha must be a positive number, got {value:g}")
+
+
+def _check_cost(instance: Any, attribute: Any, value: Any) -> None:
+    if value not in _COSTS:
+        raise ValueError(f"cost must be one of {', '.join(_COSTS)}, got {value!r}")
+
+
+@attrs.frozen
+class LowRank(Operator):
+    """argmin_{U,V} ‖W − UV‖² s.t. rank ≤ r (or + (2α/μ)·cost(rank)): truncated SVD, exact.
+
+    Exactly one of:
+
+    - ``rank=r``: the r leading singular triplets (Eckart–Young); ``r`` must not exceed
+      min(m, n) of the task's matrix;
+    - ``alpha=α`` (rank selection): the rank minimising α·cost(r) + μ/2·Σ_{i>r} σ_i² over
+      r = 0..min(m, n), from one SVD, all ranks compared at once; at μ = 0 the full rank.
+      ``cost`` is ``storage`` or ``flops``; both equal r·(m + n) (see :func:`rank_costs`).
+
+    The weight is seen as the matrix ``(out, in·kh·kw)``. ``θ = {"U": (m, r) scaled by the
+    singular values, "V": (r, n)}`` in ``w``'s dtype, with canonical signs (see :func:`svd`).
+    Storage: r·(m + n) numbers at 32 bits.
+    """
+
+    name: ClassVar[str] = "lowrank"
+    view: ClassVar[View] = "matrix"
+
+    rank: int | None = attrs.field(default=None, validator=_check_rank)
+    """Keep this many singular triplets."""
+    alpha: float | None = attrs.field(
+        default=None,
+        converter=lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool) else v,
+        validator=_check_alpha,
+    )
+    """Weight of the rank's cost: larger α, smaller ranks."""
+    cost: str = attrs.field(default="storage", validator=_check_cost)
+    """What a rank costs with ``alpha``: ``storage`` or ``flops`` (both r·(m + n))."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.rank is None) == (self.alpha is None):
+            raise ValueError("lowrank takes exactly one of rank, alpha")
+
+    @staticmethod
+    def _matrix(shape: tuple[int, ...]) -> tuple[int, int]:
+        if len(shape) != 2:
+            raise ValueError(f"lowrank needs a matrix, got shape {tuple(shape)}")
+        return int(shape[0]), int(shape[1])
+
+    def resolve(self, shape: tuple[int, ...]) -> LowRank:
+        """Checks that ``rank`` fits the ``(m, n)`` matrix; nothing is relative here."""
+        m, n = self._matrix(tuple(shape))
+        if self.rank is not None and self.rank > min(m, n):
+            raise ValueError(f"rank={self.rank} is above min(m, n) = {min(m, n)} of a {m}×{n} matrix")
+        return self
+
+    def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
+        """r·(m + n) numbers at 32 bits; ``None`` before training for rank selection."""
+        m, n = self._matrix(tuple(shape))
+        if theta is not None:
+            r = theta["V"].shape[0]
+        elif self.rank is not None:
+            r = min(self.rank, m, n)
+        else:
+            return None
+        return Storage(params=r * (m + n), bits=FLOAT_BITS * r * (m + n))
+
+    def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
+        """θ for the (m, n) target ``w``; ``warm`` is unused (one SVD is exact and cheap enough)."""
+        m, n = self._matrix(tuple(w.shape))
+        if self.rank is not None and self.rank > min(m, n):
+            raise ValueError(f"rank={self.rank} is above min(m, n) = {min(m, n)} of a {m}×{n} matrix")
+        u, s, vh = svd(w)  # (m, k), (k,), (k, n)
+        r = self.rank if self.rank is not None else select_rank(s, m, n, self.alpha, mu)
+        return {"U": (u[:, :r] * s[:r]).to(w.dtype), "V": vh[:r].to(w.dtype)}
+
+    def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
+        """``U·V`` (zeros at rank 0) reshaped to ``shape``."""
+        return (theta["U"] @ theta["V"]).reshape(shape)
+
+
+OPERATORS: tuple[type[Operator], ...] = (LowRank,)

@@ -1,0 +1,228 @@
+"""Pruning: L0/L1 constraints and penalties on the weights, and structured L0 on groups.
+
+Every form is an exact projection:
+
+- ``prune(l0=κ)``: keep the κ largest magnitudes;
+- ``prune(l1=κ)``: Euclidean projection on the L1 ball of radius κ (Duchi et al., 2008);
+- ``prune(l0_penalty=α)``: hard threshold ``√(2α/μ)``;
+- ``prune(l1_penalty=α)``: soft threshold ``α/μ``;
+- ``prune(l0=κ, by=rows|filters|channels)``: keep the κ groups of largest L2 norm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View, index_bits
+from lcdsl.units import Amount, check_amount, optional_amount, resolve_amount
+
+__all__ = ["Prune", "OPERATORS", "top_k_mask", "project_l1_ball"]
+
+_FORMS = ("l0", "l1", "l0_penalty", "l1_penalty")
+_BY = ("weights", "rows", "filters", "channels")
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A boolean mask of the ``k`` largest entries of the 1-D ``scores``.
+
+    Ties are broken by position (the lower index wins), so the mask is the same on every device
+    (``torch.topk`` makes no such promise). O(n): one selection, no sort.
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    t = torch.kthvalue(scores, n - k + 1).values  # the k-th largest value
+    above = scores > t
+    need = k - above.sum()  # how many entries equal to t still fit (≥ 1), as a tensor: no sync
+    tied = scores == t
+    return above | (tied & (torch.cumsum(tied, 0) <= need))
+
+
+def _accumulation_dtype(w: torch.Tensor) -> torch.dtype:
+    # Sums of many magnitudes lose digits in float32; MPS has no float64.
+    return torch.float32 if w.device.type == "mps" else torch.float64
+
+
+def project_l1_ball(w: torch.Tensor, radius: float) -> torch.Tensor:
+    """argmin_θ ‖w − θ‖² s.t. ‖θ‖₁ ≤ radius, for a 1-D ``w`` (exact, sort-based).
+
+    Duchi et al. (2008): with ``u`` the magnitudes sorted in decreasing order and
+    ``ρ = max{j : u_j − (Σ_{i≤j} u_i − radius)/j > 0}``, the threshold is
+    ``τ = max(0, (Σ_{i≤ρ} u_i − radius)/ρ)`` and ``θ = sign(w)·max(|w| − τ, 0)``. Inside the ball
+    τ is clamped to 0, so no branch (and no device sync) is needed. The threshold is computed in
+    float64 (float32 on MPS); θ is returned in ``w``'s dtype.
+    """
+    acc = _accumulation_dtype(w)
+    a = w.abs().to(acc)  # (n,)
+    u = torch.sort(a, descending=True).values  # (n,)
+    css = torch.cumsum(u, 0)  # (n,)
+    j = torch.arange(1, a.numel() + 1, device=w.device, dtype=acc)  # (n,)
+    cond = u - (css - radius) / j > 0  # true on a prefix
+    rho = torch.clamp((cond * j).max(), min=1)  # last j where cond holds
+    tau = torch.clamp((css[rho.long() - 1] - radius) / rho, min=0)
+    return (torch.sign(w).to(acc) * torch.clamp(a - tau, min=0)).to(w.dtype)
+
+
+def _sparse_theta(dense: torch.Tensor) -> Theta:
+    # (n,) → non-zeros: indices ascending (int64) and their values.
+    indices = torch.nonzero(dense, as_tuple=False).reshape(-1)  # (nnz,)
+    return {"indices": indices, "values": dense[indices]}
+
+
+def _check_positive(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attribute.name} must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number, got {value:g}")
+
+
+def _to_float(value: Any) -> Any:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return float(value)
+
+
+def _check_by(instance: Any, attribute: Any, value: Any) -> None:
+    if value not in _BY:
+        raise ValueError(f"by must be one of {', '.join(_BY)}, got {value!r}")
+
+
+@attrs.frozen
+class Prune(Operator):
+    """argmin_θ ‖w − θ‖² s.t. ‖θ‖₀ ≤ κ or ‖θ‖₁ ≤ κ (or + (2α/μ)·‖θ‖₀ or ‖θ‖₁; or κ groups): exact.
+
+    Exactly one of ``l0``, ``l1``, ``l0_penalty``, ``l1_penalty`` is given:
+
+    - ``l0=κ`` (a count, or a fraction of the weights): the κ largest magnitudes, ties broken
+      by position (lower index kept) so every device keeps the same set;
+    - ``l1=κ`` (the L1-ball radius, a positive real, not a count): Euclidean projection on the
+      L1 ball, sort-based (Duchi et al., 2008);
+    - ``l0_penalty=α``: argmin ‖w − θ‖² + (2α/μ)·‖θ‖₀, the hard threshold: keep ``w_i`` when
+      ``w_i² > 2α/μ``; at μ = 0 everything is kept;
+    - ``l1_penalty=α``: argmin ‖w − θ‖² + (2α/μ)·‖θ‖₁, the soft threshold α/μ; at μ = 0
+      everything is kept.
+
+    ``by`` makes ``l0`` structured: keep the κ groups of largest L2 norm, κ a count or a fraction
+    of the groups. ``rows`` and ``filters`` are the same groups, ``w[i]`` (rows of the
+    ``(out, in·kh·kw)`` matrix); ``channels`` are the input channels ``w[:, c]`` (columns of a
+    Linear weight). Structured forms see the tensor in its own shape (view ``"tensor"``), the
+    others a flat vector: :attr:`view` is a property of the instance.
+
+    ``θ`` is ``{"indices": int64 (nnz,), "values": (nnz,)}`` for weights, and for groups
+    ``{"indices": int64 (κ,), "values": w.index_select(dim, indices)}``. Storage: non-zeros at
+    32 bits plus the cheaper of a bitmask and an index list; groups: kept values at 32 bits plus
+    one bit per group.
+    """
+
+    name: ClassVar[str] = "prune"
+
+    l0: Amount | None = attrs.field(
+        default=None, converter=optional_amount, validator=attrs.validators.optional(check_amount)
+    )
+    """Keep this many weights (or groups): a count, or a fraction (``5%``, ``0.05``)."""
+    l1: float | None = attrs.field(default=None, converter=_to_float, validator=_check_positive)
+    """Radius of the L1 ball θ must lie in."""
+    l0_penalty: float | None = attrs.field(default=None, converter=_to_float, validator=_check_positive)
+    """α of the penalty α·‖θ‖₀."""
+    l1_penalty: float | None = attrs.field(default=None, converter=_to_float, validator=_check_positive)
+    """α of the penalty α·‖θ‖₁."""
+    by: str = attrs.field(default="weights", validator=_check_by)
+    """What is kept or dropped: single ``weights``, or whole ``rows``/``filters``/``channels``."""
+
+    def __attrs_post_init__(self) -> None:
+        given = [f for f in _FORMS if getattr(self, f) is not None]
+        if len(given) != 1:
+            which = f"got {', '.join(given)}" if given else "got none"
+            raise ValueError(f"prune takes exactly one of l0, l1, l0_penalty, l1_penalty; {which}")
+        if self.by != "weights" and given[0] != "l0":
+            raise ValueError(f"by={self.by} needs l0 (the number of groups to keep), got {given[0]}")
+
+    @property
+    def view(self) -> View:  # type: ignore[override]
+        """``"vector"`` for single weights, ``"tensor"`` for groups."""
+        return "vector" if self.by == "weights" else "tensor"
+
+    # ---------------------------------------------------------------- sizes
+
+    def _group_dim(self, shape: tuple[int, ...]) -> int:
+        if len(shape) < 2:
+            raise ValueError(f"by={self.by} needs a weight of 2 or more dimensions, got shape {tuple(shape)}")
+        return 1 if self.by == "channels" else 0
+
+    def _count(self, shape: tuple[int, ...]) -> int:
+        """κ resolved against the number of weights (or groups) of ``shape``."""
+        if self.by == "weights":
+            return resolve_amount(self.l0, math.prod(shape), "l0")
+        return resolve_amount(self.l0, shape[self._group_dim(shape)], "l0")
+
+    def resolve(self, shape: tuple[int, ...]) -> Prune:
+        """``l0`` as an absolute count for a task of view ``shape``; other forms unchanged."""
+        if self.l0 is None:
+            return self
+        return attrs.evolve(self, l0=self._count(tuple(shape)))
+
+    def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
+        """Kept values at 32 bits plus their positions; ``None`` before training unless ``l0``."""
+        shape = tuple(shape)
+        n = math.prod(shape)
+        if self.by != "weights":
+            groups = shape[self._group_dim(shape)]
+            kept = theta["values"].numel() if theta is not None else self._count(shape) * (n // groups)
+            return Storage(params=kept, bits=FLOAT_BITS * kept + groups)
+        if theta is not None:
+            nnz = theta["values"].numel()
+        elif self.l0 is not None:
+            nnz = self._count(shape)
+        else:
+            return None
+        return Storage(params=nnz, bits=FLOAT_BITS * nnz + index_bits(nnz, n))
+
+    # ------------------------------------------------------------ the C step
+
+    def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
+        """θ for target ``w`` (flat for weights, own shape for groups); ``warm`` is unused."""
+        if self.by != "weights":
+            return self._project_groups(w)
+        x = w.reshape(-1)  # (n,)
+        if self.l0 is not None:
+            keep = top_k_mask(x.abs(), self._count(tuple(w.shape)))  # (n,)
+            indices = torch.nonzero(keep, as_tuple=False).reshape(-1)  # (κ,) ascending
+            return {"indices": indices, "values": x[indices]}
+        if self.l1 is not None:
+            return _sparse_theta(project_l1_ball(x, self.l1))
+        if mu <= 0:  # direct compression: a penalty form keeps everything
+            return {"indices": torch.arange(x.numel(), device=x.device), "values": x.clone()}
+        if self.l0_penalty is not None:
+            keep = x.to(_accumulation_dtype(x)).square() > 2.0 * self.l0_penalty / mu  # (n,)
+            indices = torch.nonzero(keep, as_tuple=False).reshape(-1)
+            return {"indices": indices, "values": x[indices]}
+        soft = torch.sign(x) * torch.clamp(x.abs() - self.l1_penalty / mu, min=0)  # (n,)
+        return _sparse_theta(soft)
+
+    def _project_groups(self, w: torch.Tensor) -> Theta:
+        dim = self._group_dim(tuple(w.shape))
+        groups = w.movedim(dim, 0).reshape(w.shape[dim], -1)  # (G, rest)
+        norms = groups.to(_accumulation_dtype(w)).square().sum(1)  # (G,) squared L2 norms
+        keep = top_k_mask(norms, self._count(tuple(w.shape)))
+        indices = torch.nonzero(keep, as_tuple=False).reshape(-1)  # (κ,) ascending
+        return {"indices": indices, "values": w.index_select(dim, indices)}
+
+    def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
+        """Zeros of ``shape`` with the kept values (or groups) put back."""
+        shape = tuple(shape)
+        values = theta["values"]
+        out = torch.zeros(shape, dtype=values.dtype, device=values.device)
+        if self.by != "weights":
+            return out.index_copy_(self._group_dim(shape), theta["indices"], values)
+        return out.reshape(-1).index_copy_(0, theta["indices"], values).reshape(shape)
+
+
+OPERATORS: tuple[type[Operator], ...] = (Prune,)
