@@ -34,13 +34,23 @@ class LeNet300(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet5 (Caffe variant): conv 20@5×5, pool, conv 50@5×5, pool, fc 500, fc 10, ReLU."""
+    """LeNet5 (Caffe variant): conv 20@5×5, pool, conv 50@5×5, pool, fc 500, fc 10, ReLU.
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+    Images smaller than 16×16 (e.g. the 8×8 digits) get ``padding=2`` in both convolutions, so
+    the stack still fits (8 → 8 → 4 → 4 → 2)."""
+
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, padding: int | None = None
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
-        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
-        side = ((image_size - 4) // 2 - 4) // 2  # 28 → 24 → 12 → 8 → 4
+        if padding is None:
+            padding = 0 if image_size >= 16 else 2
+        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5, padding=padding)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5, padding=padding)
+        shrink = 4 - 2 * padding  # each 5×5 convolution takes this many pixels off a side
+        side = ((image_size - shrink) // 2 - shrink) // 2  # 28 → 24 → 12 → 8 → 4
+        if side < 1:
+            raise ValueError(f"images of side {image_size} are too small for LeNet5 with padding {padding}")
         self.fc1 = nn.Linear(50 * side * side, 500)
         self.fc2 = nn.Linear(500, num_classes)
 

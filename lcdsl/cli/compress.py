@@ -1,0 +1,261 @@
+"""``lcdsl compress SPEC``: train (or load) a reference, run LC along the spec, save the results.
+
+The output folder (``--out``, default ``runs/<spec name>``) gets:
+
+- ``reference.pt``: the reference trained here when no ``--reference`` is given (kept and reused);
+- ``checkpoint.pt``: after every LC step (model, engine state, data order, history), for ``--resume``;
+- ``compressed.pt``: ``θ`` per task and the dense parameters (:func:`lcdsl.checkpoint.load_compressed`);
+- ``report.json`` and ``curves.png``: every step's numbers, the plan, the sizes, the errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from lcdsl.checkpoint import check_writable, compressed_state, load_checkpoint, save_atomic
+from lcdsl.cli.train import add_model_data_arguments, build_model, load_reference, resolve_device, train
+from lcdsl.console import console
+from lcdsl.data import Dataset, load_data
+from lcdsl.engine import Engine
+from lcdsl.errors import Diagnostic, EngineError, SpecError
+from lcdsl.events import StepRecord
+from lcdsl.operators.base import FLOAT_BITS
+from lcdsl.parser import load
+from lcdsl.plan_report import plan_table
+from lcdsl.report import StepPrinter, build_report, plot_curves, size_summary, size_table, write_report
+from lcdsl.settings import Explicit, Geometric, Settings, settings_from_spec
+from lcdsl.spec import Spec
+from lcdsl.training import LStep, default_recipe, error_rate, make_l_step
+
+__all__ = ["add_parser", "run", "CHECKPOINT_FORMAT", "settings_with_overrides"]
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint.pt layout."""
+
+# Command-line options that override a setting of the same name.
+_PLAIN_OVERRIDES = ("lr", "lr_decay", "epochs", "first_epochs", "batch_size", "seed", "optimizer", "penalty")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``compress`` sub-command."""
+    parser = subparsers.add_parser(
+        "compress",
+        help="compress a model with the LC algorithm as a spec says",
+        description="Train (or load) a reference model, bind SPEC to it, run the Learning-Compression "
+        "algorithm along the spec's μ schedule, and save report.json, curves.png, compressed.pt and "
+        "a checkpoint after every LC step in --out. Options below override the spec's settings.",
+    )
+    parser.add_argument("spec", metavar="SPEC", help="the .lc file")
+    add_model_data_arguments(parser)
+    parser.add_argument(
+        "--reference",
+        metavar="PATH",
+        help="reference weights from 'lcdsl train' (default: train one into OUT/reference.pt)",
+    )
+    parser.add_argument(
+        "--reference-epochs",
+        metavar="N",
+        type=int,
+        help="epochs of the reference trained here (default 30; 20 on digits)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/<spec name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint.pt")
+    group = parser.add_argument_group("settings (override the spec)")
+    group.add_argument("--steps", metavar="N", type=int, help="number of LC steps (the μ schedule's length)")
+    group.add_argument("--mu-start", metavar="X", type=float, help="μ of the first LC step (geometric schedules)")
+    group.add_argument("--mu-factor", metavar="X", type=float, help="μ growth per LC step (geometric schedules)")
+    group.add_argument("--epochs", metavar="N", type=int, help="epochs per L step")
+    group.add_argument("--first-epochs", metavar="N", type=int, help="epochs of the first L step")
+    group.add_argument("--lr", metavar="X", type=float, help="L-step learning rate at the first LC step")
+    group.add_argument("--lr-decay", metavar="X", type=float, help="learning rate factor per LC step")
+    group.add_argument("--batch-size", metavar="N", type=int, help="mini-batch size")
+    group.add_argument("--seed", metavar="N", type=int, help="seed of the weights, the data split and order")
+    group.add_argument("--optimizer", choices=("sgd", "adam"), help="the L step's optimizer")
+    group.add_argument("--penalty", choices=("augmented-lagrangian", "quadratic"), help="penalty form")
+    parser.set_defaults(func=run)
+
+
+def _cli_error(message: str) -> SpecError:
+    return SpecError(Diagnostic(message), filename="command line")
+
+
+def settings_with_overrides(spec: Spec, args: argparse.Namespace) -> Settings:
+    """The spec's settings with the command line's overrides on top.
+
+    Raises:
+        SpecError: the spec's settings are wrong, or an override is (as ``command line: error: …``).
+    """
+    overrides = {name: getattr(args, name, None) for name in _PLAIN_OVERRIDES}
+    try:
+        settings = settings_from_spec(spec, **overrides)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise _cli_error(str(exc)) from exc
+    mu = settings.mu
+    steps, start, factor = args.steps, args.mu_start, args.mu_factor
+    try:
+        if isinstance(mu, Geometric):
+            changes = {k: v for k, v in (("steps", steps), ("start", start), ("factor", factor)) if v is not None}
+            mu = attrs.evolve(mu, **changes)
+        elif isinstance(mu, Explicit):
+            if start is not None or factor is not None:
+                raise ValueError("--mu-start and --mu-factor need a geometric μ schedule; the spec gives a list")
+            if steps is not None:
+                if not 1 <= steps <= len(mu.mus):
+                    raise ValueError(f"--steps must be between 1 and {len(mu.mus)} for the spec's list of μ")
+                mu = Explicit(mu.mus[:steps])
+        mu.values()  # a schedule that overflows is an error now, not at step k
+    except ValueError as exc:
+        raise _cli_error(str(exc)) from exc
+    return attrs.evolve(settings, mu=mu)
+
+
+def _reference(
+    args: argparse.Namespace, model: torch.nn.Module, data: Dataset, folder: Path, settings: Settings
+) -> dict[str, Any]:
+    """Load the reference into ``model`` (or train and cache one); returns its metadata."""
+    out = console()
+    if args.reference:
+        meta = load_reference(args.reference, model, model_name=args.model, data_name=data.name)
+        meta["path"] = str(args.reference)
+    else:
+        cached = folder / "reference.pt"
+        if cached.exists():
+            meta = load_reference(cached, model, model_name=args.model, data_name=data.name)
+            out.print(f"reference: {cached} (cached; delete it to train a new one)")
+        else:
+            recipe = default_recipe(data.name, epochs=args.reference_epochs, seed=settings.seed)
+            out.print(f"training the reference ({recipe.epochs} epochs) into {cached}")
+            meta = train(model, args.model, data, recipe, cached)
+        meta["path"] = str(cached)
+    seed = meta.get("recipe", {}).get("seed")
+    if data.name == "digits" and seed is not None and seed != settings.seed:
+        out.print(
+            f"note: the reference was trained with seed {seed}, this run splits digits with seed "
+            f"{settings.seed}: its test images may have been training images of the reference"
+        )
+    return {k: meta.get(k) for k in ("path", "model", "data", "test_error", "train_error", "recipe")}
+
+
+def _restore(checkpoint: dict[str, Any], path: Path, args: argparse.Namespace, data: Dataset,
+             model: torch.nn.Module, engine: Engine, l_step: LStep) -> dict[str, Any]:  # fmt: skip
+    """Put a checkpoint's state back into the model, the engine and the L step."""
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise EngineError(f"{path}: not an lcdsl checkpoint of format {CHECKPOINT_FORMAT}")
+    for key, ours in (("model_name", args.model), ("data_name", data.name)):
+        if checkpoint.get(key) != ours:
+            raise EngineError(
+                f"cannot resume {path}: it was made for {key.split('_')[0]} '{checkpoint.get(key)}', not '{ours}'"
+            )
+    try:
+        engine.load_state_dict(checkpoint["engine"])
+    except EngineError as exc:
+        raise EngineError(f"{exc} — start over without --resume, or choose another --out") from exc
+    try:
+        model.load_state_dict(checkpoint["model"])
+        l_step.load_state_dict(checkpoint["trainer"])
+    except (RuntimeError, KeyError) as exc:
+        raise EngineError(f"cannot resume {path}: {exc}") from exc
+    return dict(checkpoint["reference"])
+
+
+def _checkpoint(args: argparse.Namespace, data: Dataset, spec: Spec, model: torch.nn.Module,
+                engine: Engine, l_step: LStep, reference: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": args.model,
+        "data_name": data.name,
+        "spec_text": spec.source,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "engine": engine.state_dict(),
+        "trainer": l_step.state_dict(),
+        "reference": reference,
+        "history": [r.to_dict() for r in engine.history],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one compression; returns the exit code."""
+    out = console()
+    spec = load(args.spec)
+    settings = settings_with_overrides(spec, args)
+    folder = check_writable(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem)
+    data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
+    model = build_model(args.model, data, seed=settings.seed, device=args.device)
+    plan = attrs.evolve(spec.bind(model), settings=settings)  # spec errors before any training
+
+    checkpoint_path = folder / "checkpoint.pt"
+    checkpoint = None
+    if args.resume:
+        if checkpoint_path.exists():
+            checkpoint = load_checkpoint(checkpoint_path)
+        else:
+            out.print(f"nothing to resume in {folder} (no checkpoint.pt): starting a new run")
+    elif checkpoint_path.exists():
+        out.print(f"starting over in {folder} (give --resume to continue the run saved there)")
+
+    engine = Engine(model, plan, settings=settings)
+    l_step = make_l_step(model, data, settings)
+    if checkpoint is not None:
+        reference = _restore(checkpoint, checkpoint_path, args, data, model, engine, l_step)
+        out.print(f"resuming {checkpoint_path} after LC step {engine.step} of {len(engine.mus)}")
+    else:
+        reference = _reference(args, model, data, folder, settings)
+
+    mus = engine.mus
+    out.print(plan_table(plan, title=f"{args.spec} on {args.model} / {data.name}"))
+    out.print(
+        f"{len(mus)} LC steps, μ {mus[0]:.3g} → {mus[-1]:.3g}; reference test error "
+        f"{100 * reference['test_error']:.2f}%"
+    )
+    summary = size_summary(plan, [task.predicted_storage() for task in plan.tasks])
+    printer = StepPrinter(out, dense_bits=plan.dense_numel * FLOAT_BITS, bits_before=summary["bits_before"])
+    for record in engine.history:  # the steps a resumed run already has
+        printer.print(record)
+
+    def evaluate(_engine: Engine) -> dict[str, float]:
+        return {
+            "train_error": error_rate(model, data.x_train, data.y_train),
+            "test_error": error_rate(model, data.x_test, data.y_test),
+        }
+
+    def on_step(engine: Engine, record: StepRecord, **_: Any) -> None:
+        printer.print(record)
+        save_atomic(_checkpoint(args, data, spec, model, engine, l_step, reference), checkpoint_path)
+
+    engine.events.on("direct_compression", on_step)
+    engine.events.on("lc_step_end", on_step)
+    engine.run(l_step, evaluate)
+
+    thetas = engine.finalize()  # the model now holds Δ(θ)
+    final = {
+        "train_error": error_rate(model, data.x_train, data.y_train),
+        "test_error": error_rate(model, data.x_test, data.y_test),
+    }
+    storages = [size for _, size in engine.storage()]
+    compressed = compressed_state(model, plan, thetas, spec_text=spec.source, model_name=args.model)
+    save_atomic(compressed, folder / "compressed.pt")
+    report = build_report(
+        spec_path=str(args.spec), spec_text=spec.source, model=args.model, data=data.name, settings=settings,
+        plan=plan, history=engine.history, storages=storages, reference=reference, final=final,
+    )  # fmt: skip
+    write_report(folder / "report.json", report)
+    title = f"{Path(args.spec).name}: {args.model} on {data.name}"
+    note = plot_curves(engine.history, folder / "curves.png", title=title)
+
+    out.print(size_table(report["size"], title="compressed model"))
+    direct = engine.history[0].metrics.get("test_error") if engine.history else None
+    line = f"test error: reference {100 * reference['test_error']:.2f}%"
+    if direct is not None:
+        line += f", direct compression {100 * direct:.2f}%"
+    out.print(f"{line}, LC {100 * final['test_error']:.2f}%")
+    if note:
+        out.print(note)
+    out.print(f"results in {folder}/: report.json, compressed.pt, checkpoint.pt" + ("" if note else ", curves.png"))
+    return 0

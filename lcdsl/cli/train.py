@@ -1,0 +1,159 @@
+"""``lcdsl train --model M --data D --out ref.pt``: train a reference model to compress later."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from lcdsl.checkpoint import check_writable, load_checkpoint, save_atomic
+from lcdsl.console import console
+from lcdsl.data import Dataset, check_fits, load_data, model_kwargs
+from lcdsl.errors import ModelError
+from lcdsl.training import Recipe, default_recipe, error_rate, train_reference
+from lcdsl.zoo import load_model
+
+__all__ = [
+    "add_parser",
+    "run",
+    "REFERENCE_FORMAT",
+    "add_model_data_arguments",
+    "resolve_device",
+    "build_model",
+    "reference_state",
+    "load_reference",
+    "train",
+]
+
+REFERENCE_FORMAT = 1
+"""Version of the reference file layout."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``train`` sub-command."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a reference model (the starting point of compression)",
+        description="Train MODEL on DATA with the LeNet300 recipe (SGD, Nesterov 0.9, lr × 0.95 per "
+        "epoch) and save its weights with the model and data names and its test error.",
+    )
+    add_model_data_arguments(parser)
+    parser.add_argument("--out", metavar="PATH", required=True, help="where to save the weights (e.g. ref.pt)")
+    parser.add_argument("--epochs", metavar="N", type=int, help="epochs (default 30; 20 on digits)")
+    parser.add_argument("--lr", metavar="X", type=float, help="learning rate of the first epoch (default 0.1)")
+    parser.add_argument("--batch-size", metavar="N", type=int, help="mini-batch size (default 256; 64 on digits)")
+    parser.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="seed of the weights and the data order (default 0)"
+    )
+    parser.set_defaults(func=run)
+
+
+def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--data``, ``--data-dir`` and ``--device``, shared with ``compress``."""
+    parser.add_argument(
+        "--model", metavar="M", default="lenet300",
+        help="built-in model (lenet300, lenet5) or module:function (runs that module's code); default lenet300",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", metavar="D", default="digits",
+        help="digits, fashion-mnist, mnist, or module:function (runs that module's code); default digits",
+    )  # fmt: skip
+    parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files for fashion-mnist / mnist")
+    parser.add_argument("--device", metavar="DEVICE", default="cpu", help="torch device to train on (default cpu)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` names, if this machine has it.
+
+    Raises:
+        ModelError: a malformed name, or a device this machine lacks.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelError(f"'{name}' is not a torch device (cpu, cuda, cuda:1, mps, …)") from exc
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, True)
+    if not available:
+        raise ModelError(f"device '{name}' is not available on this machine")
+    return device
+
+
+def build_model(name: str, data: Dataset, *, seed: int, device: str = "cpu") -> nn.Module:
+    """The model ``name`` sized for ``data``, initialised from ``seed``, on ``device``.
+
+    Raises:
+        ModelError: unknown model, or one that does not fit the data's shapes.
+    """
+    torch.manual_seed(seed)
+    model = load_model(name, **model_kwargs(name, data)).to(resolve_device(device))
+    check_fits(model, data, model_name=f"model '{name}'")
+    return model
+
+
+def reference_state(
+    model: nn.Module, *, model_name: str, data: Dataset, recipe: Recipe | None, history: list
+) -> dict[str, Any]:
+    """What a reference file holds: weights, names, recipe, errors (all ``weights_only``-loadable)."""
+    return {
+        "format": REFERENCE_FORMAT,
+        "model": model_name,
+        "data": data.name,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "recipe": attrs.asdict(recipe) if recipe is not None else {},
+        "history": history,
+        "test_error": error_rate(model, data.x_test, data.y_test),
+        "train_error": error_rate(model, data.x_train, data.y_train),
+    }
+
+
+def load_reference(path: str | Path, model: nn.Module, *, model_name: str, data_name: str) -> dict[str, Any]:
+    """Load reference weights into ``model``; returns the file's metadata (without the weights).
+
+    Raises:
+        ModelError: the file is missing or malformed, or was saved for another model or dataset
+            (or its weights do not fit).
+    """
+    state = load_checkpoint(path, error=ModelError)
+    if state.get("format") != REFERENCE_FORMAT or "state_dict" not in state:
+        raise ModelError(f"{path}: not an lcdsl reference (make one with 'lcdsl train')")
+    for key, ours in (("model", model_name), ("data", data_name)):
+        if state.get(key) != ours:
+            raise ModelError(f"{path} was trained for {key} '{state.get(key)}', not '{ours}'")
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: the weights do not fit model '{model_name}': {exc}") from exc
+    return {k: v for k, v in state.items() if k != "state_dict"}
+
+
+def train(model: nn.Module, model_name: str, data: Dataset, recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Train a reference, save it atomically to ``out``; returns its metadata."""
+    start = time.perf_counter()
+    history = train_reference(model, data, recipe)
+    state = reference_state(model, model_name=model_name, data=data, recipe=recipe, history=history)
+    save_atomic(state, out)
+    console().print(
+        f"reference {model_name} on {data.name}: {recipe.epochs} epochs in {time.perf_counter() - start:.1f}s, "
+        f"train error {100 * state['train_error']:.2f}%, test error {100 * state['test_error']:.2f}% → {out}"
+    )
+    return {k: v for k, v in state.items() if k != "state_dict"}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and save a reference model; returns the exit code."""
+    out = Path(args.out)
+    check_writable(out.parent if str(out.parent) else Path("."))
+    data = load_data(args.data, data_dir=args.data_dir, seed=args.seed).to(resolve_device(args.device))
+    model = build_model(args.model, data, seed=args.seed, device=args.device)
+    recipe = default_recipe(data.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    train(model, args.model, data, recipe, out)
+    return 0
