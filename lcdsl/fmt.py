@@ -29,7 +29,6 @@ from lcdsl.spec import (
     Percent,
     Rule,
     Selector,
-    Setting,
     Spec,
     Statement,
     TypeSelector,

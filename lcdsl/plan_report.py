@@ -9,7 +9,7 @@ from rich.table import Table
 
 from lcdsl.console import human_bits
 from lcdsl.operators.base import FLOAT_BITS, Storage, describe
-from lcdsl.plan import Plan, Task
+from lcdsl.plan import Plan
 
 __all__ = ["plan_rows", "plan_summary", "plan_table"]
 

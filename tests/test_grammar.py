@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lcdsl import grammar, parser
+from lcdsl import grammar, parser, syntax_errors
 from lcdsl.errors import SpecError
 
 
@@ -23,23 +23,23 @@ def test_the_packaged_or_repository_grammar_is_the_one_in_grammar_dir():
     assert grammar.grammar_text() == repo.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("label, examples", parser._SYNTAX_EXAMPLES, ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("label, examples", syntax_errors._SYNTAX_EXAMPLES, ids=lambda x: x if isinstance(x, str) else "")
 def test_every_error_example_is_recognised_as_its_own_label(label, examples):
     for example in examples:
-        found, _ = parser._match_label(example, "start")
+        found, _ = syntax_errors._match_label(example, "start")
         assert found == label, example
 
 
 @pytest.mark.parametrize(
-    "label, examples", [e for e in parser._EXPRESSION_EXAMPLES if e[1]], ids=lambda x: x if isinstance(x, str) else ""
+    "label, examples", [e for e in syntax_errors._EXPRESSION_EXAMPLES if e[1]], ids=lambda x: x if isinstance(x, str) else ""
 )
 def test_every_expression_error_example_is_recognised_as_its_own_label(label, examples):
     for example in examples:
-        found, _ = parser._match_label(example, "expr")
+        found, _ = syntax_errors._match_label(example, "expr")
         assert found == label, example
 
 
-@pytest.mark.parametrize("label, examples", parser._SYNTAX_EXAMPLES, ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("label, examples", syntax_errors._SYNTAX_EXAMPLES, ids=lambda x: x if isinstance(x, str) else "")
 def test_error_examples_give_their_message_on_any_line(label, examples):
     prefix = "mu = geometric(start=1e-3, factor=1.5, steps=12)\n# a comment\n\nfc9 : quant(k=2)\n"
     for example in examples:
@@ -57,4 +57,4 @@ def test_fallback_lists_expected_tokens_by_readable_names():
     message = caught.value.diagnostics[0].message
     assert message == "unexpected 'k'; expected ')' or ','"
     for terminal in grammar.get_parser().terminals:
-        assert "__" not in parser._terminal_name(terminal.name)
+        assert "__" not in syntax_errors._terminal_name(terminal.name)
