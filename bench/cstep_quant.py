@@ -7,7 +7,8 @@ above theirs (relative 1e-9), prints a table and writes ``bench/results/cstep_qu
 
 Usage::
 
-    .venv/bin/python bench/cstep_quant.py [--quick]     # --quick: n ≤ 1e6
+    .venv/bin/python bench/cstep_quant.py [--quick] [--all-baselines]
+    # --quick: n ≤ 1e6; --all-baselines: run the kmeans1d package at n·k ≤ 3e8 in quick mode too
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def time_kmeans1d(x: np.ndarray, k: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n up to 1e6 only")
+    parser.add_argument("--all-baselines", action="store_true", help="kmeans1d package up to n·k = 3e8 with --quick")
     args = parser.parse_args()
     sizes = [10**4, 10**5, 10**6] + ([] if args.quick else [10**7])
     ks = [2, 16, 256]
@@ -88,7 +90,7 @@ def main() -> None:
             if n * k <= 2 * 10**7 and n < 10**7:
                 row["sklearn_s"], row["sklearn_obj"] = time_sklearn(x, k)
             # kmeans1d keeps (k, n) float64 and int tables: skipped where that passes ~4 GB
-            if n * k <= 3 * 10**8 and not (args.quick and n * k > 10**8):
+            if n * k <= 3 * 10**8 and not (args.quick and not args.all_baselines and n * k > 10**8):
                 row["kmeans1d_s"], row["kmeans1d_obj"] = time_kmeans1d(x, k)
             for other in ("sklearn", "kmeans1d"):
                 if f"{other}_obj" in row:
@@ -120,7 +122,8 @@ def main() -> None:
     RESULTS.write_text(
         json.dumps(
             {
-                "command": "bench/cstep_quant.py" + (" --quick" if args.quick else ""),
+                "command": "bench/cstep_quant.py" + (" --quick" if args.quick else "")
+                + (" --all-baselines" if args.all_baselines else ""),
                 "machine": {"python": platform.python_version(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "processor": platform.processor()},
                 "first_call_s": warmup,

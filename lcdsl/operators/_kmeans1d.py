@@ -3,24 +3,47 @@
 Optimal clusters are contiguous in sorted order, so the problem is a dynamic programme over
 split points (Wang & Song's Ckmeans.1d.dp; Grønlund et al. 2017). Here:
 
-1. ``torch.unique`` sorts ``w`` and merges equal values into weighted points (``u ≤ n``);
+1. ``w`` is sorted and equal values merge into weighted points (``u ≤ n``);
 2. prefix sums of counts, values and squares (float64, shifted by the mean) give any segment's
    cost in O(1);
-3. each DP layer ``D_m(j) = min_i D_{m−1}(i) + cost(i, j)`` is solved by divide and conquer over
-   ``j`` (the cost is Monge, so the leftmost argmin is monotone): ``O(k · u log u)`` time;
-4. when the table of argmins would exceed :data:`TABLE_BUDGET` bytes, the problem is split at the
-   start of its middle cluster (found in ``O(u)`` memory) and both halves are solved apart.
+3. the split points come from one of two exact methods:
+
+   - ``"penalty"`` (Lagrangian relaxation, Aggarwal–Schieber–Tokuyama; numba only): a penalty λ
+     per cluster turns the problem into one ``O(u log u)`` pass with no ``k`` in it, and a few
+     λ (a secant search on the convex curve ``D(c)``, ending in a splice of two partitions when
+     no λ singles out ``k``) give the optimal ``k``-partition; time nearly independent of ``k``;
+   - ``"dp"``: each layer ``D_m(j) = min_i D_{m−1}(i) + cost(i, j)`` by divide and conquer over
+     ``j`` (the cost is Monge, so the leftmost argmin is monotone): ``O(k · u log u)``; when the
+     table of argmins would exceed :data:`TABLE_BUDGET` bytes, the problem is split at the start
+     of its middle cluster (found in ``O(u)`` memory) and both halves are solved apart;
+4. each weight is assigned to its cluster (binary search against the clusters' first values on
+   CPU, the inverse of ``torch.unique`` elsewhere); centroids are cluster means.
 
 CPU tensors use the compiled kernels of :mod:`lcdsl.operators._kmeans1d_cpu`; other devices use
-the vectorised torch layer below (all midpoints of one divide-and-conquer level at once, segment
-minima by ``scatter_reduce``). Both evaluate the same expressions in the same order.
+the vectorised torch DP layer below (all midpoints of one divide-and-conquer level at once,
+segment minima by ``scatter_reduce``). Both evaluate the same expressions in the same order.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["TABLE_BUDGET", "Clusters", "kmeans1d", "prefix_sums"]
+__all__ = [
+    "PENALTY_MAX_PASSES",
+    "PENALTY_MIN_K",
+    "TABLE_BUDGET",
+    "Clusters",
+    "kmeans1d",
+    "prefix_sums",
+]
+
+PENALTY_MIN_K = 3
+"""Smallest ``k`` solved by the Lagrangian relaxation by default (below, one or two DP layers are
+cheaper than several penalised passes)."""
+
+PENALTY_MAX_PASSES = 60
+"""Penalised passes allowed before the Lagrangian search gives way to the DP."""
 
 TABLE_BUDGET = 2**30
 """Largest argmin table (bytes) kept at once; larger problems are split (Hirschberg)."""
@@ -43,13 +66,16 @@ def prefix_sums(x: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, to
     return S1, S2, W
 
 
-def kmeans1d(w: torch.Tensor, k: int, *, backend: str | None = None) -> Clusters:
+def kmeans1d(w: torch.Tensor, k: int, *, backend: str | None = None, method: str | None = None) -> Clusters:
     """Optimal 1-D k-means of the entries of ``w`` (any shape, floating point; not modified).
 
     Args:
         w: the values; flattened.
         k: codebook size, ``≥ 1``.
         backend: ``"numba"`` or ``"torch"``; by default numba for CPU tensors, torch otherwise.
+        method: ``"penalty"`` (Lagrangian relaxation, numba only) or ``"dp"`` (divide-and-conquer
+            DP); by default penalty for numba when ``k ≥`` :data:`PENALTY_MIN_K`, dp otherwise.
+            Both return an optimal partition.
 
     Returns:
         ``(codebook, assignments)``: ``codebook[assignments]`` is the optimal quantization of
@@ -61,9 +87,17 @@ def kmeans1d(w: torch.Tensor, k: int, *, backend: str | None = None) -> Clusters
         backend = "numba" if w.device.type == "cpu" else "torch"
     if backend not in ("numba", "torch"):
         raise ValueError(f"backend must be 'numba' or 'torch', got {backend!r}")
+    if method is None:
+        method = "penalty" if backend == "numba" and k >= PENALTY_MIN_K else "dp"
+    if method not in ("penalty", "dp"):
+        raise ValueError(f"method must be 'penalty' or 'dp', got {method!r}")
+    if method == "penalty" and backend != "numba":
+        raise ValueError("method 'penalty' needs backend 'numba'")
     flat = w.detach().reshape(-1)
     if flat.numel() == 0:
         raise ValueError("cannot quantize an empty tensor")
+    if backend == "numba" and flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        return _kmeans1d_numpy(flat, k, method)
     values, inverse, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
     u = values.numel()
     if u <= k:
@@ -71,7 +105,7 @@ def kmeans1d(w: torch.Tensor, k: int, *, backend: str | None = None) -> Clusters
         pad = values[-1:].expand(k - u)
         return torch.cat([values, pad]), inverse.to(torch.int64)
     S1, S2, W = prefix_sums(values, counts)
-    starts = _starts(S1, S2, W, u, k, backend)  # (k+1,) int64 on CPU
+    starts = _starts(S1, S2, W, u, k, backend, method)  # (k+1,) int64 on CPU
     sizes = (starts[1:] - starts[:-1]).to(values.device)  # (k,) distinct values per cluster
     # cluster of each distinct value, then of each weight
     cluster_of_value = torch.repeat_interleave(torch.arange(k, device=values.device), sizes)  # (u,)
@@ -88,8 +122,43 @@ def kmeans1d(w: torch.Tensor, k: int, *, backend: str | None = None) -> Clusters
     return codebook, assignments
 
 
-def _starts(S1: torch.Tensor, S2: torch.Tensor, W: torch.Tensor, u: int, k: int, backend: str) -> torch.Tensor:
+def _kmeans1d_numpy(flat: torch.Tensor, k: int, method: str) -> Clusters:
+    """The CPU pipeline: sort, distinct values and prefix sums in one compiled pass, optimise,
+    then assign each weight by binary search against the clusters' first values (no inverse
+    permutation needed)."""
+    from lcdsl.operators import _kmeans1d_cpu
+
+    x = flat.numpy()  # (n,)
+    xs = np.sort(x)  # (n,)
+    values, first, S1, S2, W = _kmeans1d_cpu.sorted_prefix_sums(xs)
+    u = values.size
+    if u <= k:
+        # every distinct value is its own centroid; pad with the last one (never assigned)
+        codebook = np.concatenate([values, np.repeat(values[-1:], k - u)])
+        return torch.from_numpy(codebook), torch.from_numpy(np.searchsorted(values, x).astype(np.int64))
+    S = (torch.from_numpy(S1), torch.from_numpy(S2), torch.from_numpy(W))
+    starts = _starts(*S, u, k, "numba", method).numpy()  # (k+1,)
+    # weights below the first value of cluster m + 1 and not below that of cluster m are in m
+    assignments = np.searchsorted(values[starts[1:-1]], x, side="right").astype(np.int64)  # (n,)
+    sums = _kmeans1d_cpu.cluster_sums(xs, first, starts)  # (k,) float64
+    counts = (first[starts[1:]] - first[starts[:-1]]).astype(np.float64)  # (k,)
+    codebook = (sums / counts).astype(values.dtype)
+    single = starts[1:] - starts[:-1] == 1
+    codebook[single] = values[starts[:-1][single]]
+    return torch.from_numpy(codebook), torch.from_numpy(assignments)
+
+
+def _starts(
+    S1: torch.Tensor, S2: torch.Tensor, W: torch.Tensor, u: int, k: int, backend: str, method: str = "dp"
+) -> torch.Tensor:
     """``(k+1,)`` int64 on CPU: cluster ``m`` holds distinct values ``starts[m] … starts[m+1]−1``."""
+    if method == "penalty" and 1 < k < u:
+        from lcdsl.operators import _kmeans1d_cpu
+
+        found = _kmeans1d_cpu.lagrangian(S1.numpy(), S2.numpy(), W.numpy(), u, k, PENALTY_MAX_PASSES)
+        if found is not None:
+            return torch.from_numpy(found)
+        # not settled within the pass budget: the DP below is exact whatever the input
     starts = torch.empty(k + 1, dtype=torch.int64)
     starts[0], starts[k] = 0, u
     # explicit work list: (lo, hi, first cluster index, clusters)
