@@ -37,6 +37,8 @@ from lcdsl.errors import EngineError
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
 rank = dist.get_rank()
+# one file per rank: two processes printing to one pipe can interleave within a line
+sys.stdout = open(f"{sys.argv[1]}/checks-rank{rank}.txt", "w", buffering=1)
 torch.manual_seed(0)
 net = nn.Sequential()
 net.add_module("fc", nn.Linear(6, 5))
@@ -80,6 +82,7 @@ try:
 except EngineError as exc:
     print("RUN:", exc)
 dist.destroy_process_group()
+sys.stdout.close()
 """
 
 
@@ -111,7 +114,7 @@ def test_two_ranks_equal_one_process_and_each_other(tmp_path) -> None:
     # the three jobs run side by side: the slow part is starting Python and torch
     single = subprocess.Popen([sys.executable, *example(tmp_path / "one", spec)], **kw)
     ddp = subprocess.Popen(torchrun(*example(tmp_path / "two", spec)), **kw)
-    checks = subprocess.Popen(torchrun(str(helpers)), **kw)
+    checks = subprocess.Popen(torchrun(str(helpers), str(tmp_path)), **kw)
     single_out, ddp_out, checks_out = finish(single), finish(ddp), finish(checks)
 
     assert "1 process(es)" in single_out and "2 process(es)" in ddp_out
@@ -137,8 +140,10 @@ def test_two_ranks_equal_one_process_and_each_other(tmp_path) -> None:
     assert torch.linalg.matrix_rank(final["fc2.weight"]) <= 6
     assert int((final["fc3.weight"] != 0).sum()) <= 100
 
-    lines = checks_out.splitlines()
-    assert "NO ERROR" not in checks_out
+    assert "Traceback" not in checks_out, checks_out
+    checks_text = "".join((tmp_path / f"checks-rank{rank}.txt").read_text() for rank in (0, 1))
+    lines = checks_text.splitlines()
+    assert "NO ERROR" not in checks_text
     errors = [line for line in lines if line.startswith("ERROR:")]
     assert len(errors) == 2 and all("ranks disagree on fc.bias" in e and "by 0.5" in e for e in errors)
     assert sum("THETA:" in line and "θ[fc.weight]" in line for line in lines) == 2
