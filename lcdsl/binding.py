@@ -14,7 +14,7 @@ from lcdsl.operators.base import Operator
 from lcdsl.plan import Plan, Task, view_shape
 from lcdsl.selectors import ModelIndex
 from lcdsl.settings import Settings, settings_from_spec
-from lcdsl.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
+from lcdsl.spec import Call, Exclude, JointGroup, NameSelector, Rule, Setting, Spec, TypeSelector
 
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
@@ -82,6 +82,8 @@ def _build_call(call: Call, registry: Registry, diags: _Diagnostics) -> Operator
 
 def _clean(exc: Exception) -> str:
     """An exception's message, without the noise attrs' own TypeErrors carry."""
+    if len(exc.args) > 1 and isinstance(exc.args[0], str):
+        return exc.args[0]  # attrs' validators add the attribute and the bound to args
     text = str(exc)
     if isinstance(exc, TypeError) and "__init__()" in text:
         text = text.split("__init__() ", 1)[1]
@@ -115,11 +117,25 @@ def _build_terms(terms: Sequence[Call], registry: Registry, rounds: int, diags: 
 
 
 def _settings(spec: Spec, diags: _Diagnostics) -> Settings:
+    """The spec's settings (the defaults where they are wrong); adds its whole-file problems."""
     try:
-        return settings_from_spec(spec)
+        settings = settings_from_spec(spec)
     except SpecError as exc:
         diags.extend(exc.diagnostics)
-        return Settings()
+        settings = Settings()
+    else:
+        try:
+            settings.mu.values()  # an overflowing schedule is a spec error now, not at step k
+        except ValueError as exc:
+            where = next((s.span for s in spec.statements if isinstance(s, Setting) and s.name == "mu"), None)
+            diags.add(f"bad value for 'mu': {exc}", where)
+    if not spec.rules:
+        diags.add(
+            "the spec has no rules, so nothing would be compressed",
+            None,
+            hint="add a rule such as 'fc1 : quant(k=2)' (selectors : operator)",
+        )
+    return settings
 
 
 def check_spec(spec: Spec, *, registry: Registry | None = None) -> dict[int, Operator]:

@@ -9,6 +9,13 @@ loads with ``torch.load(weights_only=True)``: tensors and plain data only, no pi
 
     model = LeNet300(in_features=64)
     load_compressed(model, "runs/demo/compressed.pt")   # weights are now Δ(θ)
+
+**Fault injection** (for tests of what a crash leaves behind): ``LCDSL_FAULT=point:n`` makes the
+process kill itself (``SIGKILL``, no clean-up of any kind) the ``n``-th time it reaches ``point``;
+several are comma-separated. The points (:func:`fault_point`) are ``l_step`` (a mini-batch of an
+L step, in :meth:`~lcdsl.engine.Engine.penalty`), ``c_step`` (after one task's projection, in
+:meth:`~lcdsl.engine.Engine.c_step`) and ``save`` (in :func:`write_atomic`, after the data went
+to the temporary file and before it is flushed and renamed). Unset, it costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +44,9 @@ __all__ = [
     "check_writable",
     "compressed_state",
     "load_compressed",
+    "FAULT_ENV",
+    "fault_point",
+    "remove_stale_temporaries",
 ]
 
 COMPRESSED_FORMAT = 1
@@ -43,6 +54,26 @@ COMPRESSED_FORMAT = 1
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 """Free space :func:`check_writable` asks for by default."""
+
+FAULT_ENV = "LCDSL_FAULT"
+"""The environment variable of the fault-injection hook (see the module docstring)."""
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """Kill this process with ``SIGKILL`` if ``LCDSL_FAULT`` asks for this visit of ``point``.
+
+    A test hook, off unless the variable is set: ``LCDSL_FAULT=c_step:5`` kills the process at
+    its 5th visit of the ``c_step`` point, ``l_step:8,save:3`` at whichever comes first."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    count = _fault_counts[point] = _fault_counts.get(point, 0) + 1
+    for item in wanted.split(","):
+        name, _, visit = item.partition(":")
+        if name.strip() == point and visit.strip() == str(count):
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -83,6 +114,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         with tempfile.NamedTemporaryFile("wb", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as fh:
             tmp_name = fh.name
             write(fh)
+            fault_point("save")
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, _mode_for(path))
@@ -128,6 +160,19 @@ def load_checkpoint(path: str | os.PathLike[str], *, error: type[LcdslError] = E
     if not isinstance(obj, dict):
         raise error(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files a killed :func:`write_atomic` left for ``names`` in ``folder``.
+
+    Only call this when no other process writes there. Returns the files removed."""
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
 
 
 def check_writable(folder: str | os.PathLike[str], *, min_free_bytes: int = MIN_FREE_BYTES) -> Path:

@@ -29,13 +29,14 @@ import attrs
 import torch
 from torch import nn
 
-from lcdsl.errors import EngineError, PluginError, did_you_mean
+from lcdsl.checkpoint import fault_point
+from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.events import EventBus, StepRecord
-from lcdsl.operators.base import Storage, Theta
+from lcdsl.operators.base import Operator, Storage, Theta
 from lcdsl.plan import Plan, Task, strip_ddp_prefix
 from lcdsl.settings import Settings
 
-__all__ = ["Engine", "StepRecord", "plan_fingerprint", "plugin_versions", "STATE_FORMAT"]
+__all__ = ["Engine", "StepRecord", "plan_fingerprint", "plugin_versions", "operator_origin", "STATE_FORMAT"]
 
 STATE_FORMAT = 1
 """Version of the :meth:`Engine.state_dict` layout."""
@@ -76,6 +77,72 @@ class _TaskState:
     theta: Theta | None = None
     delta: torch.Tensor | None = None  # Δ(θ), shape = view shape, no grad
     lam: torch.Tensor | None = None  # λ, shape = view shape
+
+
+def operator_origin(op: Operator) -> str:
+    """Where an operator comes from, for messages: ``plugin 'builtin' (lcdsl 0.1.0)``.
+
+    An additive combination names each term's plugin."""
+    try:
+        from lcdsl.registry import default_registry
+
+        registry = default_registry()
+    except Exception:  # a broken plugin set must not hide the error being reported
+        registry = None
+    terms = getattr(op, "terms", None) or (op,)
+    parts = []
+    for term in terms:
+        name = getattr(term, "name", type(term).__name__)
+        label = "an unknown plugin"
+        if registry is not None and registry.operators.get(name) is type(term):
+            label = f"plugin {registry.provider(name).label()}"
+        parts.append(f"'{name}' from {label}" if len(terms) > 1 else label)
+    return ", ".join(parts)
+
+
+def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
+    """``θ = Π(target)`` and ``Δ(θ)``, refusing what breaks the operator contract.
+
+    Raises:
+        PluginError: the operator raised, or returned a θ that is not named tensors, or a
+            ``Δ(θ)`` of another shape, dtype or device than ``target``, or non-finite values;
+            the message names the operator and its plugin.
+        EngineError: the target itself is not finite (the weights diverged).
+    """
+    op, task = state.task.operator, state.task.name
+
+    def blame(what: str) -> PluginError:
+        name = getattr(op, "name", type(op).__name__)
+        return PluginError(f"operator {name} {what} (from {operator_origin(op)})")
+
+    try:
+        theta = op.project(target, mu=mu, warm=state.theta)
+        if not isinstance(theta, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in theta.items()
+        ):
+            raise blame(f"returned a θ of type {type(theta).__name__} for task {task}, not a dict of named tensors")
+        delta = op.decompress(theta, state.shape)
+    except LcdslError:
+        raise
+    except Exception as exc:  # a plugin may raise anything; report it with its name
+        raise blame(f"raised {type(exc).__name__} on task {task}: {exc}") from exc
+    if not isinstance(delta, torch.Tensor):
+        raise blame(f"decompressed task {task} to a {type(delta).__name__}, not a tensor")
+    delta = delta.detach()
+    if tuple(delta.shape) != state.shape:
+        raise blame(f"decompressed task {task} to shape {tuple(delta.shape)}, expected {state.shape}")
+    if delta.dtype != target.dtype or delta.device != target.device:
+        raise blame(
+            f"decompressed task {task} to {delta.dtype} on {delta.device}, expected {target.dtype} on {target.device}"
+        )
+    floats = [delta] + [v for v in theta.values() if v.is_floating_point()]
+    flags = torch.stack([torch.isfinite(t).all().to(delta.device) for t in floats])  # one sync below
+    if not bool(flags.all()):
+        if not bool(torch.isfinite(target).all()):
+            raise EngineError(f"task {task}: the weights to compress are not finite; lower the learning rate or μ")
+        where = "Δ(θ)" if not bool(flags[0]) else "θ"
+        raise blame(f"returned non-finite values in {where} of task {task}")
+    return theta, delta
 
 
 class Engine:
@@ -219,14 +286,10 @@ class Engine:
                 target = w - state.lam / mu
             else:
                 target = w.clone()  # the operator must never alias a live parameter
-            theta = state.task.operator.project(target, mu=mu, warm=state.theta)
+            theta, delta = _checked_projection(state, target, mu)
+            fault_point("c_step")
             state.theta = theta
-            state.delta = state.task.operator.decompress(theta, state.shape).detach()
-            if tuple(state.delta.shape) != state.shape:
-                raise PluginError(
-                    f"operator {state.task.operator.name} decompressed task {state.task.name} to shape "
-                    f"{tuple(state.delta.shape)}, expected {state.shape}"
-                )
+            state.delta = delta
             if state.lam is None:
                 state.lam = torch.zeros_like(w)
             self.thetas[state.task.name] = theta
@@ -248,6 +311,7 @@ class Engine:
         Differentiable in ``w``: its gradient is ``μ (w − Δ(θ)) − λ``. A 0-dim tensor on the
         parameters' device; 0 while ``μ = 0``.
         """
+        fault_point("l_step")
         start = time.perf_counter()
         mu = self._mu
         if mu == 0 or not self._tasks:

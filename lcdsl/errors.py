@@ -15,6 +15,7 @@ print them without a traceback.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -63,6 +64,10 @@ class Diagnostic:
     """An optional second line saying how to fix it."""
 
 
+MAX_RENDERED = 50
+"""The most diagnostics :meth:`SpecError.render` prints; the rest are counted."""
+
+
 class LcdslError(Exception):
     """Base of every error lcdsl raises on purpose. The command line prints these without a
     traceback (exit code 1) unless ``--debug`` is given."""
@@ -96,10 +101,12 @@ class SpecError(LcdslError, ValueError):
         return SpecError(self.diagnostics, source=source, filename=filename)
 
     def render(self, color: bool = False) -> str:
-        """Every diagnostic as ``file:line:col: error: message``, the line and carets."""
-        return "\n".join(
-            render_diagnostic(d, self.source, self.filename, color=color) for d in self.diagnostics
-        )
+        """Every diagnostic as ``file:line:col: error: message``, the line and carets (the first
+        :data:`MAX_RENDERED` of them, then how many more there are)."""
+        shown = [render_diagnostic(d, self.source, self.filename, color=color) for d in self.diagnostics[:MAX_RENDERED]]
+        if len(self.diagnostics) > MAX_RENDERED:
+            shown.append(f"{self.filename}: and {len(self.diagnostics) - MAX_RENDERED} more errors")
+        return "\n".join(shown)
 
     def __str__(self) -> str:
         return self.render()
@@ -136,6 +143,12 @@ _CYAN = "\x1b[1;36m"
 _RESET = "\x1b[0m"
 
 
+@functools.lru_cache(maxsize=4)
+def _source_lines(source: str) -> list[str]:
+    """The source's lines, split once for all the diagnostics of one file."""
+    return source.split("\n")
+
+
 def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool = False) -> str:
     """Render one diagnostic: the location line, then the source line with carets."""
 
@@ -149,7 +162,7 @@ def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool 
         span = diag.span
         where = f"{filename}:{span.line}:{span.column}:"
         lines = [f"{paint(where, _BOLD)} {paint('error:', _RED)} {diag.message}"]
-        src_lines = source.split("\n")
+        src_lines = _source_lines(source)
         if 1 <= span.line <= len(src_lines):
             text = src_lines[span.line - 1].expandtabs(1)
             lines.append(f"  {text}")

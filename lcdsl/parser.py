@@ -40,10 +40,14 @@ from lcdsl.spec import (
     Value,
 )
 
-__all__ = ["parse", "load", "parse_expression", "MAX_NUMBER_LENGTH"]
+__all__ = ["parse", "load", "parse_expression", "MAX_NUMBER_LENGTH", "MAX_SPEC_LENGTH"]
 
 MAX_NUMBER_LENGTH = 100
 """The most characters a number may have (longer ones are refused, not slowly converted)."""
+
+MAX_SPEC_LENGTH = 1 << 18
+"""The most characters a spec may have: a real one is a few hundred; a larger text is refused
+before it is parsed, so a huge file cannot take minutes of parsing and binding."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NON_FINITE = frozenset({"nan", "inf", "infinity"})
@@ -242,6 +246,9 @@ def _raise_syntax(exc: UnexpectedInput | TooDeepError, text: str, filename: str,
 def _run(text: str, filename: str, start: str):
     if not isinstance(text, str):
         raise TypeError(f"a spec is text (str), got {type(text).__name__}")
+    if len(text) > MAX_SPEC_LENGTH:
+        message = f"the spec has {len(text):,} characters; at most {MAX_SPEC_LENGTH:,} are read"
+        raise SpecError(Diagnostic(message), filename=filename)
     nul = text.find("\0")
     if nul >= 0:
         line = text.count("\n", 0, nul) + 1
@@ -332,6 +339,9 @@ def load(path: str | os.PathLike[str]) -> Spec:
             data = handle.read()
     except OSError as exc:
         raise SpecError(Diagnostic(f"cannot read the spec: {exc.strerror or exc}"), filename=filename) from None
+    if len(data) > 4 * MAX_SPEC_LENGTH:  # more bytes than any spec of MAX_SPEC_LENGTH characters
+        message = f"the file has {len(data):,} bytes; a spec has at most {MAX_SPEC_LENGTH:,} characters"
+        raise SpecError(Diagnostic(message), filename=filename)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     nul = data.find(b"\0")

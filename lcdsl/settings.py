@@ -55,7 +55,10 @@ class Geometric:
         """Every μ of the run, in order."""
         out = []
         for k in range(self.steps):
-            mu = self.start * self.factor**k
+            try:
+                mu = self.start * self.factor**k
+            except OverflowError:  # float ** raises where * gives inf
+                mu = math.inf
             if self.cap is not None:
                 mu = min(mu, self.cap)
             if not math.isfinite(mu):
@@ -105,6 +108,12 @@ def _positive_float(name: str, allow_zero: bool = False):
     return check
 
 
+def _seed(inst: Any, attribute: Any, value: Any) -> None:
+    # torch and scikit-learn both take seeds in [0, 2**32)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {value!r}")
+
+
 @attrs.frozen
 class Settings:
     """Everything about a run that is not which tensors get which operator."""
@@ -138,8 +147,8 @@ class Settings:
     """Epochs of the first L step."""
     batch_size: int = attrs.field(default=256, validator=_positive_int("batch_size"))
     """Mini-batch size."""
-    seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
-    """Seed of the data order and of everything random."""
+    seed: int = attrs.field(default=0, validator=_seed)
+    """Seed of the data order and of everything random, in [0, 2³²)."""
 
 
 _SETTING_NAMES = tuple(a.name for a in attrs.fields(Settings))
@@ -204,7 +213,8 @@ def settings_from_spec(spec: Spec, **overrides: Any) -> Settings:
             attrs.evolve(Settings(), **{statement.name: values[statement.name]})
         except (ValueError, TypeError) as exc:
             values.pop(statement.name, None)
-            diagnostics.append(Diagnostic(f"bad value for '{statement.name}': {exc}", statement.span))
+            message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else exc  # attrs' extra args
+            diagnostics.append(Diagnostic(f"bad value for '{statement.name}': {message}", statement.span))
     if diagnostics:
         raise SpecError(diagnostics, source=spec.source, filename=spec.filename)
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -17,12 +17,18 @@ from typing import Any
 import attrs
 import torch
 
-from lcdsl.checkpoint import check_writable, compressed_state, load_checkpoint, save_atomic
+from lcdsl.checkpoint import (
+    check_writable,
+    compressed_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_atomic,
+)
 from lcdsl.cli.train import add_model_data_arguments, build_model, load_reference, resolve_device, train
 from lcdsl.console import console
 from lcdsl.data import Dataset, load_data
 from lcdsl.engine import Engine
-from lcdsl.errors import Diagnostic, EngineError, SpecError
+from lcdsl.errors import Diagnostic, EngineError, PluginError, SpecError
 from lcdsl.events import StepRecord
 from lcdsl.operators.base import FLOAT_BITS
 from lcdsl.parser import load
@@ -36,6 +42,9 @@ __all__ = ["add_parser", "run", "CHECKPOINT_FORMAT", "settings_with_overrides"]
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint.pt layout."""
+
+_OUTPUTS = ("reference.pt", "checkpoint.pt", "compressed.pt", "report.json", "curves.png")
+"""The files a run writes into its folder."""
 
 # Command-line options that override a setting of the same name.
 _PLAIN_OVERRIDES = ("lr", "lr_decay", "epochs", "first_epochs", "batch_size", "seed", "optimizer", "penalty")
@@ -186,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load(args.spec)
     settings = settings_with_overrides(spec, args)
     folder = check_writable(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem)
+    remove_stale_temporaries(folder, _OUTPUTS)  # left by a run killed while saving
     data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
     model = build_model(args.model, data, seed=settings.seed, device=args.device)
     plan = attrs.evolve(spec.bind(model), settings=settings)  # spec errors before any training
@@ -225,13 +235,22 @@ def run(args: argparse.Namespace) -> int:
             "test_error": error_rate(model, data.x_test, data.y_test),
         }
 
+    saved: dict[str, int | None] = {"step": engine.step if checkpoint is not None else None}
+
     def on_step(engine: Engine, record: StepRecord, **_: Any) -> None:
         printer.print(record)
         save_atomic(_checkpoint(args, data, spec, model, engine, l_step, reference), checkpoint_path)
+        saved["step"] = engine.step
 
     engine.events.on("direct_compression", on_step)
     engine.events.on("lc_step_end", on_step)
-    engine.run(l_step, evaluate)
+    try:
+        engine.run(l_step, evaluate)
+    except (EngineError, PluginError) as exc:
+        if saved["step"] is None:
+            raise
+        kept = f"{checkpoint_path} keeps the run as it was after LC step {saved['step']}"
+        raise type(exc)(f"{exc}\n{kept}") from exc
 
     thetas = engine.finalize()  # the model now holds Δ(θ)
     final = {

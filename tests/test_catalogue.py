@@ -1,0 +1,440 @@
+"""The catalogue of bad input: each case, its expected message, and no traceback for a CLI user.
+
+Every case runs through the command line (``lcdsl.cli.main``) and checks the exit code, a
+fragment of the message, and that no Python traceback reaches stderr. Cases are grouped as the
+issue lists them: specs, models and data, numerics, plugins.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from typing import ClassVar
+
+import attrs
+import pytest
+import torch
+
+from lcdsl.checkpoint import load_checkpoint
+from lcdsl.cli import main
+from lcdsl.cli.train import REFERENCE_FORMAT
+from lcdsl.hookspecs import hookimpl
+from lcdsl.operators.base import Operator, Storage
+from lcdsl.registry import PluginManager, Registry, default_registry
+from lcdsl.syntax_errors import _SYNTAX_EXAMPLES
+from lcdsl.training import LStep
+from lcdsl.zoo import LeNet300
+
+TINY = ["--steps", "2", "--epochs", "1", "--first-epochs", "1", "--mu-start", "1e-3", "--mu-factor", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+# --------------------------------------------------------------------------------- specs
+
+SPEC_CASES = [
+    # (id, spec bytes, expected exit code, expected fragment)
+    ("unknown-operator", "fc1 : qaunt(k=2)", "unknown operator 'qaunt'; did you mean 'quant'?"),
+    ("unknown-setting", "lrr = 0.1\nfc1 : quant(k=2)", "unknown setting 'lrr'; did you mean 'lr'?"),
+    ("unknown-argument", "fc1 : quant(kk=2)", "quant() has no argument 'kk'; did you mean 'k'?"),
+    ("positional-argument", "fc1 : quant(2)", "quant() takes keyword arguments"),
+    ("repeated-argument", "fc1 : quant(k=2, k=3)", "quant() got 'k' twice"),
+    ("k=1", "fc1 : quant(k=1)", "k must be an integer ≥ 2, got 1"),
+    ("k-string", 'fc1 : quant(k="four")', "k must be an integer ≥ 2, got 'four'"),
+    ("k-bool", "fc1 : quant(k=true)", "k must be an integer ≥ 2, got True"),
+    ("k-and-bits", "fc1 : quant(k=2, bits=2)", "takes exactly one of k, bits, codebook"),
+    ("bits-too-many", "fc1 : quant(bits=40)", "bits must be at most 31"),
+    ("l0=150%", "fc1 : prune(l0=150%)", "l0=150% is not a fraction in (0%, 100%]"),
+    ("l0=-5%", "fc1 : prune(l0=-5%)", "l0=-5% is not a fraction"),
+    ("l0=1.5", "fc1 : prune(l0=1.5)", "l0=1.5 is ambiguous: write a count like l0=1500 or a fraction"),
+    ("l0-above-size", "fc1 : prune(l0=300000)", "l0=300000 is more than the 235200 there are"),
+    ("negative-penalty", "fc1 : prune(l0_penalty=-1)", "l0_penalty must be a positive number, got -1"),
+    ("rank=0", "fc1 : lowrank(rank=0)", "rank must be an integer ≥ 1, got 0"),
+    ("rank-float", "fc1 : lowrank(rank=2.5)", "rank must be an integer ≥ 1, got 2.5"),
+    ("rank-too-big", "fc1 : lowrank(rank=500)", "rank=500 is above min(m, n) = 300"),
+    ("bool-field", "fc1 : binarize(scale=3)", "'scale' must be <class 'bool'> (got 3"),
+    ("negative-mu-start", "mu = geometric(start=-1e-3, factor=2, steps=3)\nfc1 : quant(k=2)",
+     "start must be a positive number, got -0.001"),
+    ("negative-mu-list", "mu = [1e-3, -2e-3]\nfc1 : quant(k=2)", "every μ must be a positive finite number"),
+    ("mu-overflows", "mu = geometric(start=1, factor=1e300, steps=5)\nfc1 : quant(k=2)",
+     "the μ schedule overflows at step 2"),
+    ("bad-penalty", 'penalty = "cubic"\nfc1 : quant(k=2)',
+     "'penalty' must be in ('augmented-lagrangian', 'quadratic') (got 'cubic')"),
+    ("setting-type", 'lr = "fast"\nfc1 : quant(k=2)', "lr must be a number > 0, got 'fast'"),
+    ("epochs-float", "epochs = 2.5\nfc1 : quant(k=2)", "epochs must be an integer ≥ 1, got 2.5"),
+    ("negative-seed", "seed = -1\nfc1 : quant(k=2)", "seed must be an integer in [0, 2**32), got -1"),
+    ("huge-seed", f"seed = {10**30}\nfc1 : quant(k=2)", "seed must be an integer in [0, 2**32)"),
+    ("repeated-setting", "lr = 0.1\nlr = 0.2\nfc1 : quant(k=2)", "setting 'lr' is already set on line 1"),
+    ("selector-matches-nothing", "fc9 : quant(k=2)", "'fc9' matches no parameter of the model; did you mean"),
+    ("type-matches-nothing", "@Conv2d : quant(k=2)", "no module of type 'Conv2d' in the model"),
+    ("all-excluded", "fc1, !fc1 : quant(k=2)", "every tensor this rule selects is excluded"),
+    ("overlap", "fc1 : quant(k=2)\nfc* : prune(l0=10)", "'fc1.weight' is already compressed by the rule on line 1"),
+    ("joint-matrix", "[fc1, fc2] : lowrank(rank=2)", "lowrank cannot take fc1.weight, fc2.weight"),
+    ("joint-structured", "[fc1, fc2] : prune(l0=10, by=rows)", "a 'tensor' operator takes one tensor, got 2"),
+    ("vector-to-matrix", "fc1.bias : lowrank(rank=2)", "a matrix operator needs a tensor of 2 or more dimensions"),
+    ("empty-file", "", "the spec has no rules, so nothing would be compressed"),
+    ("comments-only", "# nothing here\n\n", "the spec has no rules"),
+    ("deeply-nested", "mu = " + "f(" * 100 + ")" * 100, "nesting deeper than 32 brackets and parentheses"),
+    ("deep-lists", "fc1 : quant(codebook=" + "[" * 40 + "]" * 40 + ")", "nesting deeper than 32"),
+    ("number-too-long", "fc1 : quant(k=" + "9" * 200 + ")", "number too long (200 characters; at most 100)"),
+    ("float-overflow", "lr = 1e999\nfc1 : quant(k=2)", "is not a finite float"),
+    ("nan", "lr = nan\nfc1 : quant(k=2)", "'nan' is not allowed: numbers must be finite"),
+    ("unterminated-string", 'penalty = "quadratic\nfc1 : quant(k=2)', "unterminated string"),
+    ("bad-escape", 'penalty = "a\\q"\nfc1 : quant(k=2)', "unknown escape '\\q' in a string"),
+    ("control-character", "fc1 : quant(k=2)\x01", "unexpected character U+0001"),
+]
+
+BYTE_CASES = [
+    ("non-utf8", b"fc1 : quant(k=2)  # caf\xe9\n", "the file is not UTF-8 text (byte 0xe9)"),
+    ("nul-byte", b"fc1 : quant(k=2)\x00\n", "the file contains a NUL byte; a spec is text"),
+    ("binary-garbage", bytes(range(256)) * 16, "the file contains a NUL byte"),
+    ("utf16", "fc1 : quant(k=2)\n".encode("utf-16"), "the file contains a NUL byte; a spec is text"),
+    ("huge-file", b"fc1 : quant(k=2)\n" * 20000, "characters; at most 262,144 are read"),
+    ("huge-binary", b"\x00" * (2 << 20), "bytes; a spec has at most 262,144 characters"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), [c[1:] for c in SPEC_CASES], ids=[c[0] for c in SPEC_CASES]
+)
+def test_spec_case(tmp_path, capsys, text, fragment):
+    path = tmp_path / "case.lc"
+    path.write_text(text, encoding="utf-8")
+    code, err = run_cli(["check", path, "--model", "lenet300"], capsys)
+    assert code == 2
+    assert fragment in err
+    assert err.startswith(f"{path}:")  # file:line:col: error: …
+
+
+@pytest.mark.parametrize(("data", "fragment"), [c[1:] for c in BYTE_CASES], ids=[c[0] for c in BYTE_CASES])
+def test_file_case(tmp_path, capsys, data, fragment):
+    path = tmp_path / "case.lc"
+    path.write_bytes(data)
+    code, err = run_cli(["check", path], capsys)
+    assert code == 2 and fragment in err
+    assert len(err) < 20_000  # a huge file gets one short message, not megabytes
+
+
+def test_many_errors_are_counted_not_all_printed(tmp_path, capsys):
+    path = tmp_path / "many.lc"
+    path.write_text("fc1 : quant(k=2)\n" * 500)
+    code, err = run_cli(["check", path, "--model", "lenet300"], capsys)
+    assert code == 2 and f"{path}: and 449 more errors" in err
+    assert err.count("is already compressed by the rule on line 1") == 50
+
+
+@pytest.mark.parametrize(
+    ("label", "example"),
+    [(label, examples[0]) for label, examples in _SYNTAX_EXAMPLES],
+    ids=[label.split("{")[0][:40] for label, _ in _SYNTAX_EXAMPLES],
+)
+def test_every_syntax_error_class(tmp_path, capsys, label, example):
+    """One example of every labelled syntax error, through the CLI, gets that label's message."""
+    path = tmp_path / "syntax.lc"
+    path.write_text(example + "\n")
+    code, err = run_cli(["check", path], capsys)
+    assert code == 2
+    assert label.split("{")[0] in err
+    assert err.startswith(f"{path}:1:")
+
+
+def test_a_missing_spec_file(tmp_path, capsys):
+    code, err = run_cli(["check", tmp_path / "nope.lc"], capsys)
+    assert code == 2 and "cannot read the spec" in err
+
+
+# ------------------------------------------------------------------------ models and data
+
+QUANT = "fc* : quant(k=2)\n"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("catalogue")
+    (folder / "quant.lc").write_text(QUANT)
+    (folder / "bad_models.py").write_text(
+        textwrap.dedent(
+            """
+            def raising():
+                raise RuntimeError("no GPU here")
+
+            def not_a_module():
+                return 42
+            """
+        )
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(work):
+    path = work / "ref.pt"
+    assert main(["train", "--model", "lenet300", "--data", "digits", "--out", str(path), "--epochs", "1"]) == 0
+    return path
+
+
+def fake_reference(path, state_dict, model="lenet300", data="digits"):
+    torch.save({"format": REFERENCE_FORMAT, "model": model, "data": data, "state_dict": state_dict,
+                "recipe": {}, "history": [], "test_error": 0.5, "train_error": 0.5}, path)  # fmt: skip
+    return path
+
+
+def write_idx(folder, *, images_magic=b"\x00\x00\x08\x03", truncate=0):
+    """A tiny MNIST-like IDX folder: 4 train and 2 test 28×28 images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 4), ("t10k", 2)):
+        images = images_magic + b"".join(x.to_bytes(4, "big") for x in (n, 28, 28)) + bytes(n * 784)
+        labels = b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + bytes(range(n))
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(images[: len(images) - truncate])
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(labels)
+    return folder
+
+
+def model_data_cases(work, reference):
+    lenet_state = LeNet300(in_features=64).state_dict()
+    wide_state = LeNet300(in_features=784).state_dict()
+    corrupt = work / "corrupt.pt"
+    corrupt.write_bytes(os.urandom(2000))
+    truncated = work / "truncated.pt"
+    truncated.write_bytes(reference.read_bytes()[:5000])
+    return {
+        "factory-raises": (["--model", "bad_models:raising"], 1,
+                           "model factory 'bad_models:raising' raised RuntimeError: no GPU here"),
+        "factory-not-a-module": (["--model", "bad_models:not_a_module"], 1, "returned int, not a torch.nn.Module"),
+        "factory-missing": (["--model", "bad_models:nothing"], 1, "'bad_models' has no attribute 'nothing'"),
+        "module-missing": (["--model", "no_such_module_x:f"], 1, "cannot import 'no_such_module_x'"),
+        "unknown-model": (["--model", "lenet30"], 1, "unknown model 'lenet30'; did you mean 'lenet300'"),
+        "missing-reference": (["--reference", work / "none.pt"], 1, "none.pt: no such file"),
+        "corrupt-reference": (["--reference", corrupt], 1, "cannot load it (not an lcdsl file, or damaged)"),
+        "truncated-reference": (["--reference", truncated], 1, "cannot load it"),
+        "other-architecture": (["--reference", fake_reference(work / "wide.pt", wide_state)], 1,
+                               "the weights do not fit model 'lenet300'"),
+        "other-model-name": (["--reference", fake_reference(work / "l5.pt", lenet_state, model="lenet5")], 1,
+                             "was trained for model 'lenet5', not 'lenet300'"),
+        "not-a-reference": (["--reference", fake_reference(work / "odd.pt", {"x": torch.zeros(1)})], 1,
+                            "the weights do not fit"),
+        "unknown-dataset": (["--data", "digit"], 1, "unknown dataset 'digit'; did you mean 'digits'"),
+        "missing-data-folder": (["--data", "mnist", "--data-dir", work / "nowhere"], 1, "is not a folder"),
+        "mnist-without-folder": (["--data", "mnist"], 1, "mnist needs --data-dir"),
+        "idx-wrong-magic": (["--data", "mnist", "--data-dir", write_idx(work / "magic", images_magic=b"\x00\x00\x07\x03")],
+                            1, "not an IDX file (bad magic number 0x00000703)"),
+        "idx-truncated": (["--data", "mnist", "--data-dir", write_idx(work / "short", truncate=100)], 1,
+                          "truncated: the header says 4×28×28 values"),
+        "idx-missing-file": (["--data", "mnist", "--data-dir", work], 1, "no train-images-idx3-ubyte[.gz] in it"),
+        "bad-device": (["--device", "tpu:7x"], 1, "is not a torch device"),
+    }
+
+
+MODEL_DATA_IDS = [
+    "factory-raises", "factory-not-a-module", "factory-missing", "module-missing", "unknown-model",
+    "missing-reference", "corrupt-reference", "truncated-reference", "other-architecture", "other-model-name",
+    "not-a-reference", "unknown-dataset", "missing-data-folder", "mnist-without-folder", "idx-wrong-magic",
+    "idx-truncated", "idx-missing-file", "bad-device",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MODEL_DATA_IDS)
+def test_model_and_data_case(work, reference, capsys, monkeypatch, case):
+    monkeypatch.syspath_prepend(str(work))
+    extra, expected_code, fragment = model_data_cases(work, reference)[case]
+    argv = ["compress", work / "quant.lc", "--out", work / f"out-{case}", *TINY, *extra]
+    if "--reference" not in extra:
+        argv += ["--reference", reference]
+    code, err = run_cli(argv, capsys)
+    assert code == expected_code and fragment in err, err
+    assert err.startswith("lcdsl: error:")
+
+
+def test_load_compressed_of_a_corrupt_file_is_a_model_error(tmp_path):
+    from lcdsl.checkpoint import load_compressed
+    from lcdsl.errors import ModelError
+
+    path = tmp_path / "compressed.pt"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelError, match="cannot load it"):
+        load_compressed(LeNet300(in_features=64), path)
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_reference_weights(work, reference, capsys, bad):
+    state = load_checkpoint(reference)["state_dict"]
+    state["fc2.weight"][3, 4] = bad
+    path = fake_reference(work / f"ref-{bad}.pt", state)
+    argv = ["compress", work / "quant.lc", "--reference", path, "--out", work / f"nonfinite-{bad}", *TINY]
+    code, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "direct compression: parameter 'fc2.weight' has non-finite values" in err
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_checkpoint(work, reference, capsys, monkeypatch):
+    original = LStep.__call__
+
+    def diverge_at_second_step(self, engine, k):
+        loss = original(self, engine, k)
+        if k == 1:
+            with torch.no_grad():
+                self.model.fc1.weight.fill_(float("nan"))
+            return float("nan")
+        return loss
+
+    monkeypatch.setattr(LStep, "__call__", diverge_at_second_step)
+    out = work / "diverged"
+    argv = ["compress", work / "quant.lc", "--reference", reference, "--out", out, *TINY]
+    code, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "LC step 2 (μ=0.002): the L step's loss is nan" in err
+    assert f"{out / 'checkpoint.pt'} keeps the run as it was after LC step 1" in err
+    kept = load_checkpoint(out / "checkpoint.pt")
+    assert kept["engine"]["step"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert not (out / "report.json").exists()
+
+
+def test_a_mu_schedule_that_overflows_on_the_command_line(work, capsys):
+    argv = ["compress", work / "quant.lc", "--out", work / "overflow", "--mu-start", "1", "--mu-factor", "1e300",
+            "--steps", "4"]  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "command line: error: the μ schedule overflows at step 2" in err
+
+
+# ------------------------------------------------------------------------------ plugins
+
+
+class _Base(Operator):
+    def storage(self, shape, theta=None):
+        return Storage(0, 0)
+
+
+@attrs.frozen
+class Raises(_Base):
+    """argmin_θ ‖w − θ‖² (a test operator that raises)."""
+
+    name: ClassVar[str] = "raises"
+
+    def project(self, w, mu=0.0, warm=None):
+        raise RuntimeError("division by zero in the codebook")
+
+    def decompress(self, theta, shape):
+        return theta["w"]
+
+
+@attrs.frozen
+class WrongShape(_Base):
+    """argmin_θ ‖w − θ‖² (a test operator whose Δ drops an entry)."""
+
+    name: ClassVar[str] = "wrongshape"
+
+    def project(self, w, mu=0.0, warm=None):
+        return {"w": w.clone()}
+
+    def decompress(self, theta, shape):
+        return theta["w"].reshape(-1)[:-1]
+
+
+@attrs.frozen
+class WrongDtype(WrongShape):
+    """argmin_θ ‖w − θ‖² (a test operator whose Δ is float64)."""
+
+    name: ClassVar[str] = "wrongdtype"
+
+    def decompress(self, theta, shape):
+        return theta["w"].reshape(shape).double()
+
+
+@attrs.frozen
+class NonFinite(WrongShape):
+    """argmin_θ ‖w − θ‖² (a test operator that returns NaN)."""
+
+    name: ClassVar[str] = "nonfinite"
+
+    def project(self, w, mu=0.0, warm=None):
+        return {"w": torch.full_like(w, float("nan"))}
+
+    def decompress(self, theta, shape):
+        return theta["w"].reshape(shape)
+
+
+@attrs.frozen
+class NotTensors(WrongShape):
+    """argmin_θ ‖w − θ‖² (a test operator whose θ is a list)."""
+
+    name: ClassVar[str] = "nottensors"
+
+    def project(self, w, mu=0.0, warm=None):
+        return [w.clone()]
+
+
+class _EvilPlugin:
+    @hookimpl
+    def lcdsl_register_operators(self):
+        return [Raises, WrongShape, WrongDtype, NonFinite, NotTensors]
+
+
+@pytest.fixture
+def evil_registry(monkeypatch):
+    pm = PluginManager()
+    for info in default_registry().plugins:
+        if info.name == "builtin":
+            import lcdsl.operators
+
+            pm.add_plugin(lcdsl.operators, "builtin", info.distribution, info.version)
+    pm.add_plugin(_EvilPlugin(), "evil", "lcdsl-evil", "6.6.6")
+    registry = Registry.load(plugin_manager=pm)
+    monkeypatch.setattr("lcdsl.registry.default_registry", lambda: registry)
+    return registry
+
+
+PLUGIN_CASES = [
+    ("raises", "operator raises raised RuntimeError on task fc1.weight: division by zero in the codebook"),
+    ("wrongshape", "operator wrongshape decompressed task fc1.weight to shape (19199,), expected (19200,)"),
+    ("wrongdtype", "operator wrongdtype decompressed task fc1.weight to torch.float64 on cpu, expected torch.float32"),
+    ("nonfinite", "operator nonfinite returned non-finite values in Δ(θ) of task fc1.weight"),
+    ("nottensors", "operator nottensors returned a θ of type list for task fc1.weight"),
+]
+
+
+@pytest.mark.parametrize(("op", "fragment"), PLUGIN_CASES, ids=[c[0] for c in PLUGIN_CASES])
+def test_a_misbehaving_plugin_operator_is_named(work, reference, capsys, evil_registry, op, fragment):
+    spec = work / f"{op}.lc"
+    spec.write_text(f"fc1 : {op}()\n")
+    argv = ["compress", spec, "--reference", reference, "--out", work / f"plugin-{op}", *TINY]
+    code, err = run_cli(argv, capsys)
+    assert code == 1
+    assert fragment in err
+    assert "(from plugin 'evil' (lcdsl-evil 6.6.6))" in err
+
+
+def test_an_additive_combination_names_each_terms_plugin(work, reference, capsys, evil_registry):
+    spec = work / "mixed.lc"
+    spec.write_text("fc1 : quant(k=2) + nonfinite()\n")
+    argv = ["compress", spec, "--reference", reference, "--out", work / "plugin-mixed", *TINY]
+    code, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "'quant' from plugin 'builtin'" in err and "'nonfinite' from plugin 'evil' (lcdsl-evil 6.6.6)" in err
+
+
+def test_debug_shows_the_traceback(work, reference, capsys, evil_registry):
+    spec = work / "raises.lc"
+    spec.write_text("fc1 : raises()\n")
+    capsys.readouterr()
+    argv = ["--debug", "compress", spec, "--reference", reference, "--out", work / "debug", *TINY]
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "division by zero in the codebook" in err
