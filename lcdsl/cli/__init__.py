@@ -16,7 +16,7 @@ from lcdsl.errors import LcdslError, SpecError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("check", "fmt", "plugins", "train", "compress")
+COMMANDS = ("check", "fmt", "plugins", "train", "compress", "export", "sweep")
 """Sub-command modules under ``lcdsl.cli``, in the order ``--help`` lists them."""
 
 

@@ -12,6 +12,13 @@ docstring opens with the problem it solves. It offers:
 - :meth:`Operator.storage`: the size of ``θ`` in parameters and bits.
 - :meth:`Operator.resolve`: relative amounts (``l0=5%``) turned into absolute ones once the
   task's size is known.
+- optionally :meth:`Operator.encode` / :meth:`Operator.decode`: ``θ`` in a compact form for
+  ``lcdsl export``. Without them the exporter stores each tensor of ``θ`` in the smallest exact
+  encoding its content allows (:func:`lcdsl.bitpack.encode_tensor`: codebook assignments
+  bit-packed, kept positions as a bitmask or packed indices, ±1 signs as bits, reals as raw
+  little-endian bytes), which already meets :meth:`Operator.storage` for every built-in
+  operator; an operator implements the pair only when it knows better (e.g. a fixed codebook that
+  the spec already holds, or an entropy code).
 
 ``θ`` is a ``dict[str, Tensor]`` (:data:`Theta`), so it saves with ``torch.save`` and loads with
 ``torch.load(weights_only=True)``, and moves between devices like any tensor.
@@ -35,10 +42,14 @@ from typing import ClassVar, Literal
 import attrs
 import torch
 
-__all__ = ["Theta", "View", "Storage", "Operator", "index_bits", "bits_per_index", "describe"]
+__all__ = ["Theta", "Encoded", "View", "Storage", "Operator", "index_bits", "bits_per_index", "describe"]
 
 Theta = dict[str, torch.Tensor]
 """The compressed representation of one task: named tensors (codebook, assignments, …)."""
+
+Encoded = dict[str, "torch.Tensor | bytes"]
+"""``θ`` as :meth:`Operator.encode` gives it: bytes the operator packed itself (stored as they
+are) and tensors (stored by the exporter's content-based codec), by field name."""
 
 View = Literal["vector", "matrix", "tensor"]
 """How an operator sees a task's weights; see the module docstring."""
@@ -134,6 +145,20 @@ class Operator:
         Without ``theta`` this is the size predicted before training, or ``None`` when only
         ``θ`` can tell (penalty forms, rank selection)."""
         raise NotImplementedError
+
+    def encode(self, theta: Theta, shape: tuple[int, ...]) -> Encoded | None:
+        """Optional: ``θ`` of a task of view ``shape`` as compact fields for ``lcdsl export``.
+
+        Return ``None`` (the default) to let the exporter encode every tensor of ``θ`` by its
+        content (:func:`lcdsl.bitpack.encode_tensor`). Otherwise return named fields: ``bytes``
+        are stored as they are, tensors through the content-based codec; :meth:`decode` gets the
+        same fields back and must return ``θ`` exactly (:mod:`lcdsl.bitpack` has the packers)."""
+        return None
+
+    def decode(self, fields: Encoded, shape: tuple[int, ...]) -> Theta:
+        """The ``θ`` that :meth:`encode` turned into ``fields``; called only for operators whose
+        :meth:`encode` returns fields."""
+        raise NotImplementedError(f"{type(self).__name__}.encode returned fields but decode is missing")
 
     @classmethod
     def summary(cls) -> str:

@@ -1,0 +1,153 @@
+"""``lcdsl export DIR --out model.lcz``: the compressed model of a run as one compact file.
+
+Reads ``DIR/compressed.pt`` (and ``DIR/report.json`` for the data set's name), rebuilds the
+model, writes the ``.lcz`` file (:mod:`lcdsl.export`), loads it back into a fresh model and
+checks that its outputs equal the compressed model's. ``--deploy`` also writes ``OUT.pt2``: the
+model rebuilt from smaller layers (:mod:`lcdsl.deploy`) as a ``torch.export`` program, and prints
+its speed against the original layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from lcdsl.checkpoint import load_checkpoint, load_compressed
+from lcdsl.cli.train import build_model
+from lcdsl.console import console, human_bits
+from lcdsl.data import load_data
+from lcdsl.deploy import deploy
+from lcdsl.errors import EngineError, ModelError
+from lcdsl.export import ExportSizes, export_model, load_lcz, read_manifest
+from lcdsl.parser import parse
+
+__all__ = ["add_parser", "run", "size_table", "median_latency"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``export`` sub-command."""
+    parser = subparsers.add_parser(
+        "export",
+        help="write a run's compressed model as one compact .lcz file",
+        description="Encode the compressed model of DIR (from 'lcdsl compress') compactly: codebooks "
+        "with bit-packed assignments, sparse values with packed indices or bitmasks, low-rank factors, "
+        "dense leftovers, and a manifest with the spec, the plan and versions. The file is loaded back "
+        "and checked before the command ends.",
+    )
+    parser.add_argument("dir", metavar="DIR", help="the output folder of 'lcdsl compress' (holds compressed.pt)")
+    parser.add_argument("--out", metavar="PATH", help="the file to write (default DIR/model.lcz)")
+    parser.add_argument("--model", metavar="M", help="the model (default: the one the run names)")
+    parser.add_argument("--data", metavar="D", help="the data set that sizes the model (default: the run's)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files for fashion-mnist / mnist")
+    parser.add_argument(
+        "--deploy", action="store_true",
+        help="also write OUT.pt2: the model rebuilt from smaller layers (low-rank layers as two, pruned "
+        "units removed) as a torch.export program, and time it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deflate", action="store_true", help="deflate each field where that helps (smaller than the reported bits)"
+    )
+    parser.set_defaults(func=run)
+
+
+def size_table(sizes: ExportSizes, manifest: dict[str, Any]) -> Table:
+    """Per task the reported bits and the encoded bytes, then the dense leftovers and totals."""
+    table = Table(title="export", title_justify="left")
+    for column in ("task", "operator", "reported", "encoded", "encoder"):
+        table.add_column(column, justify="left" if column in ("task", "operator", "encoder") else "right")
+    rows = {row["task"]: row for row in manifest["plan"]["tasks"]}
+    for task in manifest["tasks"]:
+        encoded = sum(field["length"] for field in task["fields"].values())
+        bits = rows[task["name"]]["bits_after"]
+        table.add_row(task["name"], rows[task["name"]]["operator"], human_bits(bits), human_bits(8 * encoded),
+                      task["encoder"])  # fmt: skip
+    if manifest["dense"]:
+        encoded = sum(field["length"] for field in manifest["dense"].values())
+        reported = manifest["plan"]["dense_params"] * 32
+        table.add_row("dense: " + ", ".join(manifest["dense"]), "(32-bit)", human_bits(reported),
+                      human_bits(8 * encoded), "raw", end_section=True)  # fmt: skip
+    table.add_row("total", "", human_bits(round(8 * sizes.predicted_bytes)), human_bits(8 * sizes.payload_bytes),
+                  f"{100 * sizes.overhead:+.2f}%", style="bold")  # fmt: skip
+    return table
+
+
+def median_latency(module: torch.nn.Module, x: torch.Tensor, repeats: int = 50) -> float:
+    """Median seconds of one call of ``module`` on ``x`` (after a warm-up)."""
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 5):
+            start = time.perf_counter()
+            module(x)
+            if i >= 5:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _deploy(model: torch.nn.Module, plan: Any, thetas: dict, x: torch.Tensor, out: Path) -> None:
+    show = console()
+    model.eval()
+    deployment = deploy(model, plan, thetas)
+    fast = deployment.module.eval()
+    for change in deployment.changes:
+        show.print(f"deploy: {change.module}: {change.before} → {change.after}")
+    for note in deployment.notes:
+        show.print(f"deploy: {note}")
+    with torch.inference_mode():
+        gap = float((model(x) - fast(x)).abs().max())
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(fast, (x,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, out)
+    except Exception as exc:  # torch.export refuses many dynamic models
+        raise EngineError(f"cannot write {out}: torch.export failed: {exc}") from exc
+    before, after = median_latency(model, x), median_latency(fast, x)
+    show.print(
+        f"deployed model → {out}: largest output difference {gap:.2g}; a batch of {x.shape[0]} takes "
+        f"{1e6 * after:.0f} µs instead of {1e6 * before:.0f} µs (×{before / after:.2f}, median of 50)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export a run's compressed model; returns the exit code."""
+    show = console()
+    folder = Path(args.dir)
+    compressed_path = folder / "compressed.pt"
+    state = load_checkpoint(compressed_path, error=ModelError)
+    report: dict[str, Any] = {}
+    if (folder / "report.json").is_file():
+        report = json.loads((folder / "report.json").read_text())
+    model_name = args.model or state.get("model") or "lenet300"
+    data = load_data(args.data or report.get("data") or "digits", data_dir=args.data_dir)
+    model = build_model(model_name, data, seed=0)
+    thetas = load_compressed(model, compressed_path)
+    spec_text = str(state["spec"])
+    plan = parse(spec_text, filename=f"{compressed_path} (saved spec)").bind(model)
+
+    out = Path(args.out) if args.out else folder / "model.lcz"
+    extra = {"data": data.name, "deploy": bool(args.deploy)}
+    sizes = export_model(model, plan, thetas, out, spec_text=spec_text, model_name=model_name,
+                         extra=extra, deflate=args.deflate)  # fmt: skip
+
+    fresh = build_model(model_name, data, seed=1)
+    load_lcz(out, fresh)
+    x = data.x_test[:256]
+    model.eval(), fresh.eval()
+    with torch.inference_mode():
+        if not torch.equal(model(x), fresh(x)):
+            raise EngineError(f"{out}: the model loaded back gives other outputs than the compressed model")
+    show.print(size_table(sizes, read_manifest(out)))
+    show.print(
+        f"{out}: {sizes.file_bytes:,} bytes (manifest and header {sizes.file_bytes - sizes.payload_bytes:,}); "
+        f"dense storage {sizes.dense_bytes:,} bytes (×{sizes.dense_bytes / sizes.file_bytes:.1f}); "
+        "loaded back: outputs equal"
+    )
+    if args.deploy:
+        _deploy(model, plan, thetas, x, out.with_suffix(".pt2"))
+    return 0

@@ -1,0 +1,148 @@
+"""``lcdsl sweep SPEC --vary 'fc* : prune.l0 = 1%, 2%, 5%'``: the error-against-size trade-off.
+
+Runs ``lcdsl compress`` once per variant (every combination of the ``--vary`` values), all from
+one reference (``--reference``, or one trained into ``OUT/reference.pt`` and reused), each into
+``OUT/NN-…/``; then writes ``OUT/sweep.json`` and ``OUT/sweep.png`` (test error against size,
+the reference marked). Variants that finished are not run again unless ``--rerun`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from lcdsl.checkpoint import check_writable, load_checkpoint, write_atomic
+from lcdsl.cli.compress import settings_with_overrides
+from lcdsl.cli.train import build_model, resolve_device, train
+from lcdsl.console import console, human_bits
+from lcdsl.data import load_data
+from lcdsl.errors import EngineError, ModelError
+from lcdsl.parser import load
+from lcdsl.sweep import canonical, collect, parse_variation, plot_tradeoff, slug, variants, write_result
+from lcdsl.training import default_recipe
+
+__all__ = ["add_parser", "run"]
+
+# (option, metavar, type) passed through to every compress run
+_PASSED = (
+    ("--steps", "N", int), ("--mu-start", "X", float), ("--mu-factor", "X", float), ("--epochs", "N", int),
+    ("--first-epochs", "N", int), ("--lr", "X", float), ("--lr-decay", "X", float), ("--batch-size", "N", int),
+    ("--seed", "N", int),
+)  # fmt: skip
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``sweep`` sub-command."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="compress with several values of one operator argument and plot error against size",
+        description="Vary arguments of a spec's operators (--vary 'SELECTOR : OPERATOR.ARGUMENT = V1, V2, …', "
+        "the selector as the spec writes the rule), run 'lcdsl compress' for every combination from one "
+        "reference model, and write OUT/sweep.json and OUT/sweep.png (test error against size).",
+    )
+    parser.add_argument("spec", metavar="SPEC", help="the base .lc file")
+    parser.add_argument(
+        "--vary", metavar="'SEL : OP.ARG = V1, V2, …'", action="append", required=True,
+        help="e.g. 'fc* : prune.l0 = 1%%, 2%%, 5%%' (repeat for a grid)",
+    )  # fmt: skip
+    parser.add_argument("--model", metavar="M", default="lenet300", help="model (default lenet300)")
+    parser.add_argument("--data", metavar="D", default="digits", help="data set (default digits)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files for fashion-mnist / mnist")
+    parser.add_argument("--device", metavar="DEVICE", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    parser.add_argument("--reference", metavar="PATH", help="reference weights (default: train OUT/reference.pt)")
+    parser.add_argument("--reference-epochs", metavar="N", type=int, help="epochs of a reference trained here")
+    parser.add_argument("--rerun", action="store_true", help="run variants again even if they finished")
+    group = parser.add_argument_group("settings passed to every run (override the spec)")
+    for option, metavar, kind in _PASSED:
+        group.add_argument(option, metavar=metavar, type=kind, help="as for 'lcdsl compress'")
+    group.add_argument("--optimizer", choices=("sgd", "adam"), help="as for 'lcdsl compress'")
+    group.add_argument("--penalty", choices=("augmented-lagrangian", "quadratic"), help="as for 'lcdsl compress'")
+    parser.set_defaults(func=run)
+
+
+def _passed(args: argparse.Namespace) -> list[str]:
+    argv = []
+    for option in [o for o, _, _ in _PASSED] + ["--optimizer", "--penalty"]:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            argv += [option, str(value)]
+    return argv
+
+
+def _reference(args: argparse.Namespace, folder: Path, seed: int) -> Path:
+    """The shared reference: given, cached in OUT, or trained now."""
+    if args.reference:
+        return Path(args.reference)
+    path = folder / "reference.pt"
+    if path.exists():
+        console().print(f"reference: {path} (cached; delete it to train a new one)")
+        return path
+    data = load_data(args.data, data_dir=args.data_dir, seed=seed).to(resolve_device(args.device))
+    model = build_model(args.model, data, seed=seed, device=args.device)
+    recipe = default_recipe(data.name, epochs=args.reference_epochs, seed=seed)
+    console().print(f"training the shared reference ({recipe.epochs} epochs) into {path}")
+    train(model, args.model, data, recipe, path)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every variant and draw the trade-off; returns the exit code."""
+    from lcdsl.cli import main
+
+    show = console()
+    spec = load(args.spec)
+    variations = canonical(spec, [parse_variation(text) for text in args.vary])
+    todo = variants(spec, variations)
+    settings = settings_with_overrides(spec, args)
+    folder = check_writable(args.out)
+    # every variant must bind before anything is trained
+    data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed)
+    model = build_model(args.model, data, seed=settings.seed)
+    for variant in todo:
+        variant.spec.bind(model)
+    reference_path = _reference(args, folder, settings.seed)
+    meta = load_checkpoint(reference_path, error=ModelError)
+    reference = {"path": str(reference_path), "test_error": meta.get("test_error"),
+                 "train_error": meta.get("train_error")}  # fmt: skip
+
+    runs = []
+    for index, variant in enumerate(todo):
+        run_dir = folder / slug(index, variant)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = run_dir / "spec.lc"
+        write_atomic(spec_path, lambda fh, text=variant.spec.source: fh.write(text.encode("utf-8")))
+        runs.append((variant, run_dir))
+        if (run_dir / "report.json").is_file() and (run_dir / "compressed.pt").is_file() and not args.rerun:
+            show.print(f"[{index + 1}/{len(todo)}] {variant.label}: done before, kept ({run_dir})")
+            continue
+        show.rule(f"[{index + 1}/{len(todo)}] {variant.label}")
+        argv = ["compress", str(spec_path), "--model", args.model, "--data", args.data, "--device", args.device,
+                "--reference", str(reference_path), "--out", str(run_dir), *_passed(args)]  # fmt: skip
+        if args.data_dir:
+            argv += ["--data-dir", args.data_dir]
+        code = main(argv)
+        if code != 0:
+            raise EngineError(f"the run of '{variant.label}' failed (exit code {code}); see its messages above")
+
+    result = collect(runs, reference, spec_path=str(args.spec), variations=variations)
+    write_result(folder / "sweep.json", result)
+    note = plot_tradeoff(result, folder / "sweep.png", title=f"{Path(args.spec).name}: {args.model} on {args.data}")
+    table = Table(title="sweep", title_justify="left")
+    for column in ("variant", "size", "ratio", "test error", "direct"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    ref_error = reference["test_error"]
+    table.add_row("reference", human_bits(result["reference"]["bits"] or 0), "×1.0",
+                  "?" if ref_error is None else f"{100 * ref_error:.2f}%", "", end_section=True)  # fmt: skip
+    for row in result["runs"]:
+        direct = row["direct_test_error"]
+        table.add_row(row["label"], "?" if row["bits"] is None else human_bits(row["bits"]),
+                      "?" if row["ratio"] is None else f"×{row['ratio']:.1f}", f"{100 * row['test_error']:.2f}%",
+                      "" if direct is None else f"{100 * direct:.2f}%")  # fmt: skip
+    show.print(table)
+    if note:
+        show.print(note)
+    show.print(f"results in {folder}/: sweep.json" + ("" if note else ", sweep.png"))
+    return 0
