@@ -59,7 +59,7 @@ def setup() -> tuple[int, int]:
 
 
 def train_epochs(model: nn.Module, data: Dataset, batches: Batches, epochs: int, lr: float,
-                 momentum: float, penalty=None) -> float:  # fmt: skip
+                 momentum: float, add_penalty_grad=None) -> float:  # fmt: skip
     """SGD over global mini-batches; this rank computes its share ``batch[rank::world]``."""
     rank, world = rank_and_world()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0)
@@ -72,9 +72,11 @@ def train_epochs(model: nn.Module, data: Dataset, batches: Batches, epochs: int,
             # DDP averages gradients over ranks: Σ_share / |batch| · world averages to the batch mean
             loss = F.cross_entropy(model(share_x), share_y, reduction="sum") * (world / x.shape[0])
             total += loss.detach().double() * x.shape[0] / world
-            if penalty is not None:
-                loss = loss + penalty()
-            loss.backward()
+            loss.backward()  # DDP's all-reduce happens here
+            if add_penalty_grad is not None:
+                # after the all-reduce: every rank has the same w, Δ(θ) and λ, so it adds the same
+                # μ(w − Δ(θ)) − λ, and the ranks' gradients stay equal
+                add_penalty_grad()
             optimizer.step()
     if world > 1:
         dist.all_reduce(total)
@@ -111,7 +113,7 @@ def main() -> None:
     def l_step(engine: Engine, k: int) -> float:
         lr = settings.lr * settings.lr_decay**k
         epochs = settings.first_epochs if k == 0 else settings.epochs
-        return train_epochs(model, data, batches, epochs, lr, settings.momentum, penalty=engine.penalty)
+        return train_epochs(model, data, batches, epochs, lr, settings.momentum, add_penalty_grad=engine.add_penalty_grad)
 
     def evaluate(engine: Engine) -> dict[str, float]:
         return {"test_error": error_rate(net, data.x_test, data.y_test)}

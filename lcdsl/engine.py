@@ -172,6 +172,7 @@ class Engine:
         self.fingerprint = plan_fingerprint(attrs.evolve(plan, settings=self.settings))
         self._mu = 0.0
         self._targets: list[torch.Tensor] | None = None  # Δ(θ) + λ/μ per task, for penalty()
+        self._param_targets: list[tuple[nn.Parameter, torch.Tensor]] | None = None  # the same, per parameter
         self._penalty_seconds = 0.0
         self._tasks = self._bind(model, plan)
 
@@ -248,13 +249,8 @@ class Engine:
     @torch.no_grad()
     def _write(self, state: _TaskState, value: torch.Tensor) -> None:
         """Copy a view-shaped tensor into the task's parameters."""
-        if state.view == "vector":
-            flat = value.reshape(-1)
-            pieces = torch.split(flat, [p.numel() for p in state.params])
-            for p, piece in zip(state.params, pieces):
-                p.copy_(piece.reshape(p.shape))
-        else:
-            state.params[0].copy_(value.reshape(state.params[0].shape))
+        for p, piece in zip(state.params, self._split(state, value)):
+            p.copy_(piece)
 
     def _require_theta(self, what: str) -> None:
         if not self.thetas and self._tasks:
@@ -318,18 +314,65 @@ class Engine:
             device = self._tasks[0].params[0].device if self._tasks else None
             return torch.zeros((), device=device)
         self._require_theta("penalty()")
-        if self._targets is None:
-            with torch.no_grad():
-                self._targets = [
-                    s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks
-                ]
         total = None
-        for state, target in zip(self._tasks, self._targets):
+        for state, target in zip(self._tasks, self._penalty_targets()):
             term = (self._w(state) - target).pow(2).sum()  # one flat op per task
             total = term if total is None else total + term
         out = (mu / 2) * total
         self._penalty_seconds += time.perf_counter() - start
         return out
+
+    @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        """``w.grad += μ (w − Δ(θ)) − λ``: the penalty's gradient, added in place.
+
+        The fast way to train with the penalty: call it after ``loss.backward()`` on the data
+        loss alone and before ``optimizer.step()``, instead of adding :meth:`penalty` to the
+        loss. Same gradient, without autograd building and keeping ``w − Δ + λ/μ``, its square
+        and their gradients every batch (two fused ``_foreach`` ops over cached targets).
+        Parameters without a ``.grad`` get one. With a gradient scaler (AMP), call it after
+        ``scaler.unscale_(optimizer)``. Nothing happens while ``μ = 0``.
+        """
+        fault_point("l_step")
+        mu = self._mu
+        if mu == 0 or not self._tasks:
+            return
+        self._require_theta("add_penalty_grad()")
+        start = time.perf_counter()
+        targets = self._penalty_targets()  # recomputed (and the per-parameter cache dropped) when stale
+        if self._param_targets is None:
+            self._param_targets = [
+                (p, piece)
+                for state, target in zip(self._tasks, targets)
+                for p, piece in zip(state.params, self._split(state, target))
+            ]
+        pairs = [(p, t) for p, t in self._param_targets if p.requires_grad]
+        for p, _ in pairs:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p, _ in pairs]
+        torch._foreach_add_(grads, [p for p, _ in pairs], alpha=mu)  # + μ w
+        torch._foreach_add_(grads, [t for _, t in pairs], alpha=-mu)  # − μ (Δ + λ/μ)
+        self._penalty_seconds += time.perf_counter() - start
+
+    def _penalty_targets(self) -> list[torch.Tensor]:
+        """``Δ(θ) + λ/μ`` per task (``Δ(θ)`` in quadratic mode), view-shaped; cached until θ, λ
+        or μ change."""
+        if self._targets is None:
+            mu = self._mu
+            with torch.no_grad():
+                self._targets = [s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks]
+            self._param_targets = None
+        return self._targets
+
+    @staticmethod
+    def _split(state: _TaskState, value: torch.Tensor) -> list[torch.Tensor]:
+        """A view-shaped tensor cut into pieces shaped like the task's parameters (views where
+        the layout allows)."""
+        if state.view == "vector":
+            pieces = torch.split(value.reshape(-1), [p.numel() for p in state.params])
+            return [piece.reshape(p.shape) for p, piece in zip(state.params, pieces)]
+        return [value.reshape(state.params[0].shape)]
 
     @torch.no_grad()
     def distortion(self) -> float:

@@ -7,7 +7,9 @@ The reference recipe is the LC papers' LeNet300 one (BENCHMARKS §1): SGD, lr 0.
 momentum 0.9, batch 256, lr × 0.95 per epoch, 30 epochs. The L step follows the spec's settings:
 a fresh optimizer each LC step (the penalty changes with μ; old momentum would push ``w`` away
 from the new ``Δ(θ)``), ``lr · lr_decay^k`` at LC step ``k``, ``first_epochs`` for the first L
-step and ``epochs`` after, on cross-entropy + ``engine.penalty()``.
+step and ``epochs`` after, on cross-entropy with the penalty's gradient added in place
+(``engine.add_penalty_grad()`` after each backward pass: the same gradient as adding
+``engine.penalty()`` to the loss, at a fraction of the cost).
 """
 
 from __future__ import annotations
@@ -143,14 +145,16 @@ def train_epochs(
     batches: Batches,
     epochs: int,
     *,
-    penalty: Callable[[], torch.Tensor] | None = None,
+    add_penalty_grad: Callable[[], None] | None = None,
     lr_decay: float = 1.0,
     description: str = "training",
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> float:
-    """Train ``epochs`` epochs on cross-entropy (+ ``penalty()``); returns the last epoch's mean loss.
+    """Train ``epochs`` epochs on cross-entropy; returns the last epoch's mean loss.
 
     Args:
+        add_penalty_grad: called after each backward pass, before the optimizer step, to add
+            the penalty's gradient (:meth:`Engine.add_penalty_grad`).
         lr_decay: the learning rate is multiplied by this after every epoch.
         on_epoch: called with (epoch index, mean loss) after every epoch.
     """
@@ -165,9 +169,9 @@ def train_epochs(
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x), y)
                 total += loss.detach() * x.shape[0]  # the data loss, without the penalty
-                if penalty is not None:
-                    loss = loss + penalty()
                 loss.backward()
+                if add_penalty_grad is not None:
+                    add_penalty_grad()
                 optimizer.step()
                 progress.advance(bar)
             mean = float(total) / data.x_train.shape[0]  # one sync per epoch
@@ -225,7 +229,8 @@ def train_reference(model: nn.Module, data: Dataset, recipe: Recipe) -> list[dic
 
 
 class LStep:
-    """The L step :meth:`Engine.run` calls: ``lstep(engine, k)`` trains on loss + penalty.
+    """The L step :meth:`Engine.run` calls: ``lstep(engine, k)`` trains on loss + penalty
+    (the penalty's gradient added in place, :meth:`Engine.add_penalty_grad`).
 
     Its state (the data generator's) goes into checkpoints via :meth:`state_dict`.
     """
@@ -250,7 +255,7 @@ class LStep:
         optimizer = make_optimizer(self.model, s.optimizer, self.lr(k), s.momentum, s.nesterov)
         return train_epochs(
             self.model, optimizer, self.data, self.batches, self.epochs(k),
-            penalty=engine.penalty, description=f"L step {k + 1}/{len(engine.mus)}",
+            add_penalty_grad=engine.add_penalty_grad, description=f"L step {k + 1}/{len(engine.mus)}",
         )  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:

@@ -227,6 +227,42 @@ def test_penalty_gradient_is_mu_times_residual() -> None:
     assert value.item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("penalty", ["augmented-lagrangian", "quadratic"])
+def test_in_place_penalty_gradient_equals_autograd(penalty: str) -> None:
+    model = mlp()
+    tasks = (
+        task(model, ["0.weight", "2.weight"], RoundHalf(), joint=True),
+        task(model, ["0.bias"], TopK(kappa=4)),
+        task(model, ["2.bias"], TopK(kappa=1)),
+    )
+    engine = Engine(model, Plan(tasks=tasks, dense=(), settings=Settings(mu=SCHEDULE, penalty=penalty)))
+    model.zero_grad()
+    engine.add_penalty_grad()  # μ = 0: nothing, not even a zero .grad
+    assert all(p.grad is None for p in model.parameters())
+    engine.direct_compression()
+    engine.mu = 0.7
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    engine.multiplier_step()
+    engine.c_step()
+    for mu in (1.3, 2.9):  # a new μ must not reuse the old targets
+        engine.mu = mu
+        model[2].bias.requires_grad_(False)
+        model.zero_grad()
+        engine.penalty().backward()
+        expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        base = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+        model[0].weight.grad = base["0.weight"].clone()  # one with a gradient already, the rest None
+        engine.add_penalty_grad()
+        torch.testing.assert_close(model[0].weight.grad, base["0.weight"] + expected["0.weight"])
+        for name in ("2.weight", "0.bias"):
+            torch.testing.assert_close(dict(model.named_parameters())[name].grad, expected[name])
+        assert model[2].bias.grad is None  # frozen parameters are left alone
+        model[2].bias.requires_grad_(True)
+
+
 def test_multiplier_step_and_c_step_target() -> None:
     model = mlp()
     engine = Engine(model, plan_for(model, Settings(mu=SCHEDULE)))

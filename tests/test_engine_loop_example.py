@@ -76,8 +76,8 @@ def test_plain_pytorch_loop_from_the_docs() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.1 * 0.98**k, momentum=0.9, nesterov=True)
         for xb, yb in train_loader:
             opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb) + engine.penalty()
-            loss.backward()
+            F.cross_entropy(model(xb), yb).backward()
+            engine.add_penalty_grad()
             opt.step()
         engine.c_step()
         engine.multiplier_step()

@@ -94,11 +94,11 @@ def test_train_reference_divergence_is_an_engine_error():
 
 
 class _FakeEngine:
-    """The two things an L step uses: the μ schedule's length and a penalty."""
+    """The two things an L step uses: the μ schedule's length and the penalty's gradient."""
 
-    def __init__(self, penalty):
+    def __init__(self, add_penalty_grad):
         self.mus = (1.0, 2.0, 3.0)
-        self.penalty = penalty
+        self.add_penalty_grad = add_penalty_grad
 
 
 def test_l_step_schedule_and_penalty():
@@ -111,13 +111,16 @@ def test_l_step_schedule_and_penalty():
     assert [l_step.epochs(k) for k in range(3)] == [3, 1, 1]
     calls = []
 
-    def pull_to_zero():
+    def pull_to_zero():  # the gradient of Σ‖p‖², after the data loss's
         calls.append(1)
-        return sum(p.pow(2).sum() for p in model.parameters())
+        assert all(p.grad is not None for p in model.parameters())
+        with torch.no_grad():
+            for p in model.parameters():
+                p.grad.add_(2 * p)
 
     free = nn.Linear(2, 3)
     free.load_state_dict(model.state_dict())
-    make_l_step(free, data, settings)(_FakeEngine(lambda: torch.zeros(())), 0)
+    make_l_step(free, data, settings)(_FakeEngine(lambda: None), 0)
     loss = l_step(_FakeEngine(pull_to_zero), 0)
     assert len(calls) == 3 * 3  # first_epochs × batches (60 examples / 20)
     assert loss > 0
@@ -132,7 +135,7 @@ def test_l_step_state_gives_the_same_batches():
     m1 = nn.Linear(2, 3)
     m2 = nn.Linear(2, 3)
     m2.load_state_dict(m1.state_dict())
-    zero = _FakeEngine(lambda: torch.zeros(()))
+    zero = _FakeEngine(lambda: None)
     a = make_l_step(m1, data, settings)
     a(zero, 0)
     b = make_l_step(m2, data, settings)

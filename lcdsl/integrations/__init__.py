@@ -180,31 +180,21 @@ class LCDriver:
                     getattr(optimizer, "optimizer", optimizer).state.clear()  # unwrap accelerate's
             engine.events.emit("lc_step_start", engine=engine, step=engine.step + 1, mu=mu)
 
-    def add_penalty_grad(self) -> float | None:
-        """Add ``∇ penalty = μ(w − Δ(θ)) − λ`` to the task parameters' ``.grad``.
+    def add_penalty_grad(self) -> bool:
+        """Add ``∇ penalty = μ(w − Δ(θ)) − λ`` to the task parameters' ``.grad``
+        (:meth:`Engine.add_penalty_grad`).
 
         Call it right before the optimizer step, after the loss's gradient is complete.
-        Returns the penalty's value, or None while ``μ = 0`` or the schedule is over.
+        Returns whether it added anything (not while ``μ = 0`` or once the schedule is over).
         """
         engine = self.engine
         if not self.begun or self.done or engine.mu == 0:
-            return None
-        params = [p for p in self._params if p.requires_grad]
-        if not params:
-            return None
+            return False
         start = time.perf_counter()
-        with torch.enable_grad():
-            value = engine.penalty()
-            grads = torch.autograd.grad(value, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                if p.grad is None:
-                    p.grad = g.detach().clone()
-                else:
-                    p.grad.add_(g)
+        engine.add_penalty_grad()
         self.penalty_steps += 1
         self._penalty_seconds += time.perf_counter() - start
-        return float(value.detach())
+        return True
 
     def unit_end(self, loss: float | None = None, optimizers: list[torch.optim.Optimizer] = ()) -> bool:
         """One epoch (or optimizer step) has ended. At the end of an L step: the C step, the
