@@ -172,7 +172,8 @@ class Engine:
         self.fingerprint = plan_fingerprint(attrs.evolve(plan, settings=self.settings))
         self._mu = 0.0
         self._targets: list[torch.Tensor] | None = None  # Δ(θ) + λ/μ per task, for penalty()
-        self._param_targets: list[tuple[nn.Parameter, torch.Tensor]] | None = None  # the same, per parameter
+        # (parameter, its piece of Δ(θ), its piece of λ), views into the task tensors, for add_penalty_grad()
+        self._param_views: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
         self._penalty_seconds = 0.0
         self._tasks = self._bind(model, plan)
 
@@ -289,7 +290,7 @@ class Engine:
             if state.lam is None:
                 state.lam = torch.zeros_like(w)
             self.thetas[state.task.name] = theta
-        self._targets = None
+        self._targets = self._param_views = None
 
     @torch.no_grad()
     def multiplier_step(self) -> None:
@@ -329,7 +330,7 @@ class Engine:
         The fast way to train with the penalty: call it after ``loss.backward()`` on the data
         loss alone and before ``optimizer.step()``, instead of adding :meth:`penalty` to the
         loss. Same gradient, without autograd building and keeping ``w − Δ + λ/μ``, its square
-        and their gradients every batch (two fused ``_foreach`` ops over cached targets).
+        and their gradients every batch: three fused ``_foreach`` passes, no temporaries.
         Parameters without a ``.grad`` get one. With a gradient scaler (AMP), call it after
         ``scaler.unscale_(optimizer)``. Nothing happens while ``μ = 0``.
         """
@@ -339,30 +340,31 @@ class Engine:
             return
         self._require_theta("add_penalty_grad()")
         start = time.perf_counter()
-        targets = self._penalty_targets()  # recomputed (and the per-parameter cache dropped) when stale
-        if self._param_targets is None:
-            self._param_targets = [
-                (p, piece)
-                for state, target in zip(self._tasks, targets)
-                for p, piece in zip(state.params, self._split(state, target))
+        if self._param_views is None:
+            self._param_views = [
+                (p, delta, lam)
+                for s in self._tasks
+                for p, delta, lam in zip(s.params, self._split(s, s.delta), self._split(s, s.lam))
             ]
-        pairs = [(p, t) for p, t in self._param_targets if p.requires_grad]
-        for p, _ in pairs:
+        views = [v for v in self._param_views if v[0].requires_grad]
+        for p, _, _ in views:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p, _ in pairs]
-        torch._foreach_add_(grads, [p for p, _ in pairs], alpha=mu)  # + μ w
-        torch._foreach_add_(grads, [t for _, t in pairs], alpha=-mu)  # − μ (Δ + λ/μ)
+        grads = [p.grad for p, _, _ in views]
+        # three fused passes and no temporaries: the engine keeps Δ(θ) and λ, nothing more
+        torch._foreach_add_(grads, [p for p, _, _ in views], alpha=mu)  # + μ w
+        torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
+        if not self.quadratic:
+            torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
         self._penalty_seconds += time.perf_counter() - start
 
     def _penalty_targets(self) -> list[torch.Tensor]:
-        """``Δ(θ) + λ/μ`` per task (``Δ(θ)`` in quadratic mode), view-shaped; cached until θ, λ
-        or μ change."""
+        """``Δ(θ) + λ/μ`` per task (``Δ(θ)`` in quadratic mode), view-shaped, for :meth:`penalty`;
+        cached until θ, λ or μ change."""
         if self._targets is None:
             mu = self._mu
             with torch.no_grad():
                 self._targets = [s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks]
-            self._param_targets = None
         return self._targets
 
     @staticmethod
@@ -512,7 +514,7 @@ class Engine:
         self._mu = float(state["mu"])
         self.converged = bool(state.get("converged", False))
         self.history = [StepRecord.from_dict(r) for r in state.get("history", [])]
-        self._targets = None
+        self._targets = self._param_views = None
 
     # -------------------------------------------------------------- the loop
 
