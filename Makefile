@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-thorough demo bench bench-full check-specs clean
+.PHONY: venv test test-thorough demo bench clean
 
 # The CPU wheel of torch goes in first: a plain `torch` requirement would pull a CUDA build.
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
@@ -25,6 +25,14 @@ test-thorough: venv
 
 demo: venv
 	$(BIN)/lcdsl compress specs/demo.lc --model lenet300 --data digits --out runs/demo
+
+# Benchmarks (bench/README.md): a bounded quick mode by default, `make bench FULL=1` for the tables
+# of docs/benchmarks.md (long: Fashion-MNIST training, n up to 1e7).
+bench: venv
+	$(BIN)/python bench/cstep.py $(if $(FULL),--full,)
+	$(BIN)/python bench/overhead.py $(if $(FULL),,--quick)
+	$(BIN)/python bench/quality.py $(if $(FULL),,--quick)
+	$(if $(FULL),$(BIN)/python bench/quality.py --model lenet5,)
 
 clean:
 	rm -rf $(VENV) build dist runs .pytest_cache .hypothesis
