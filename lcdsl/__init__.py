@@ -15,6 +15,7 @@ Learning-Compression algorithm::
 from lcdsl.engine import Engine, plan_fingerprint
 from lcdsl.errors import DataError, Diagnostic, EngineError, LcdslError, ModelError, PluginError, Span, SpecError
 from lcdsl.events import EventBus, StepRecord
+from lcdsl.export import ExportSizes, export_model, load_lcz, read_manifest
 from lcdsl.fmt import format_spec
 from lcdsl.hookspecs import hookimpl
 from lcdsl.operators.base import Operator, Storage, Theta, describe
@@ -66,6 +67,11 @@ __all__ = [
     "EventBus",
     "StepRecord",
     "plan_fingerprint",
+    # export (deploy modules: lcdsl.deploy.deploy)
+    "export_model",
+    "load_lcz",
+    "read_manifest",
+    "ExportSizes",
     # errors
     "LcdslError",
     "SpecError",
