@@ -26,8 +26,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lcdsl.operators.additive import Additive
 from lcdsl.operators.base import Operator
+from lcdsl.operators.binary import Binarize, Ternarize
 from lcdsl.operators.lowrank import LowRank
+from lcdsl.operators.quant import Quant
 from lcdsl.operators.prune import Prune
 from lcdsl.spec import Percent
 
@@ -69,20 +72,34 @@ def prune_cases() -> dict[str, tuple[Operator, float]]:
     }
 
 
+def other_cases() -> dict[str, tuple[Operator, float]]:
+    """The other operators on a weight vector: binarize, ternarize, and an additive combination."""
+    return {
+        "binarize(scale=true)": (Binarize(scale=True), 0.0),
+        "ternarize()": (Ternarize(), 0.0),
+        "quant(k=2) + prune(l0=1%)": (Additive(terms=(Quant(k=2), Prune(l0=Percent(1)))), 0.0),
+    }
+
+
+def _vector_rows(op: Operator, mu: float, sizes: list[int], gen: torch.Generator, device: torch.device) -> dict:
+    """Median C-step time at each size and the log-log slope."""
+    rows = []
+    for n in sizes:
+        w = torch.randn(n, generator=gen).to(device)
+        if op.view == "tensor":
+            w = w.reshape(-1, 100)  # (n/100, 100): n/100 rows
+        resolved = op.resolve(tuple(w.shape))
+        rows.append({"n": n, "seconds": timed(lambda: resolved.project(w, mu=mu), device)})
+    return {"rows": rows, "slope": slope([r["n"] for r in rows], [r["seconds"] for r in rows])}
+
+
 def run(quick: bool, device: torch.device) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     results: dict = {"device": str(device), "torch": torch.__version__, "machine": platform.machine(),
                      "threads": torch.get_num_threads(), "quick": quick, "prune": {}, "lowrank": {}}
     sizes = [10**4, 10**5, 10**6] + ([] if quick else [10**7])
-    for label, (op, mu) in prune_cases().items():
-        rows = []
-        for n in sizes:
-            w = torch.randn(n, generator=gen).to(device)
-            if op.view == "tensor":
-                w = w.reshape(-1, 100)  # (n/100, 100): n/100 rows
-            resolved = op.resolve(tuple(w.shape))
-            rows.append({"n": n, "seconds": timed(lambda: resolved.project(w, mu=mu), device)})
-        results["prune"][label] = {"rows": rows, "slope": slope([r["n"] for r in rows], [r["seconds"] for r in rows])}
+    for key, cases in (("prune", prune_cases()), ("other", other_cases())):
+        results[key] = {label: _vector_rows(op, mu, sizes, gen, device) for label, (op, mu) in cases.items()}
     sides = [256, 512, 1024, 2048] + ([] if quick else [4096])
     for label, make in {"lowrank(rank=side/8)": lambda s: LowRank(rank=s // 8),
                         "lowrank(alpha=1e-4)": lambda s: LowRank(alpha=1e-4)}.items():
@@ -106,7 +123,7 @@ def show(results: dict, console: Console) -> None:
     table.add_column("seconds", justify="right")
     table.add_column("ns / weight", justify="right")
     table.add_column("log-log slope", justify="right")
-    for label, entry in results["prune"].items():
+    for label, entry in {**results["prune"], **results.get("other", {})}.items():
         for i, row in enumerate(entry["rows"]):
             table.add_row(label if i == 0 else "", f"n={row['n']:.0e}", f"{row['seconds']:.4f}",
                           f"{1e9 * row['seconds'] / row['n']:.1f}", f"{entry['slope']:.2f}" if i == 0 else "")

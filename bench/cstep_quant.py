@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cstep_other import slope  # a sibling script: bench/ is on sys.path when run
 from rich.console import Console
 from rich.table import Table
 
@@ -116,6 +117,8 @@ def main() -> None:
             fmt(r, "kmeans1d_s", ".2f"), fmt(r, "kmeans1d_ratio", ".1f"),
         )
     Console(width=160).print(table)
+    slopes = {k: slope([r["n"] for r in rows if r["k"] == k], [r["ours_s"] for r in rows if r["k"] == k]) for k in ks}
+    print("log-log slope of our time against n: " + ", ".join(f"k={k}: {v:.2f}" for k, v in slopes.items()))
     print(f"first call in this process (numba compile or cache load): {warmup:.2f} s")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +130,7 @@ def main() -> None:
                 "machine": {"python": platform.python_version(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "processor": platform.processor()},
                 "first_call_s": warmup,
+                "slopes": slopes,
                 "rows": rows,
             },
             indent=2,

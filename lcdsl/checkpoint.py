@@ -34,7 +34,7 @@ from torch import nn
 
 from lcdsl.errors import EngineError, LcdslError, ModelError
 from lcdsl.operators.base import Theta
-from lcdsl.plan import Plan, Task, strip_ddp_prefix
+from lcdsl.plan import Plan, split_view, strip_ddp_prefix
 
 __all__ = [
     "COMPRESSED_FORMAT",
@@ -228,16 +228,6 @@ def compressed_state(
     return {"format": COMPRESSED_FORMAT, "model": model_name, "spec": spec_text, "tasks": tasks, "dense": dense}
 
 
-def _write_task(task: Task, params: list[torch.Tensor], delta: torch.Tensor) -> None:
-    """Copy ``Δ(θ)`` (in the task's view) into its parameters."""
-    if task.operator.view == "vector":
-        pieces = torch.split(delta.reshape(-1), [p.numel() for p in params])  # (Σ n,) → per tensor
-        for p, piece in zip(params, pieces):
-            p.copy_(piece.reshape(p.shape))
-    else:
-        params[0].copy_(delta.reshape(params[0].shape))
-
-
 def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Theta]:
     """Set ``model``'s weights from ``compressed.pt``: ``Δ(θ)`` per task, dense ones as saved.
 
@@ -267,7 +257,8 @@ def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
             theta = {k: v.to(params[0].device) for k, v in saved["theta"].items()}
             try:
                 delta = task.operator.decompress(theta, task.view_shape)
-                _write_task(task, params, delta.to(params[0].dtype))
+                for p, piece in zip(params, split_view(task.operator.view, params, delta.to(params[0].dtype))):
+                    p.copy_(piece)
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise ModelError(f"{path}: θ of task {task.name} does not fit the model: {exc}") from exc
             thetas[task.name] = theta

@@ -33,7 +33,7 @@ from lcdsl.checkpoint import fault_point
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.events import EventBus, StepRecord
 from lcdsl.operators.base import Operator, Storage, Theta
-from lcdsl.plan import Plan, Task, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, split_view, strip_ddp_prefix
 from lcdsl.settings import Settings
 
 __all__ = ["Engine", "StepRecord", "plan_fingerprint", "plugin_versions", "operator_origin", "STATE_FORMAT"]
@@ -369,12 +369,7 @@ class Engine:
 
     @staticmethod
     def _split(state: _TaskState, value: torch.Tensor) -> list[torch.Tensor]:
-        """A view-shaped tensor cut into pieces shaped like the task's parameters (views where
-        the layout allows)."""
-        if state.view == "vector":
-            pieces = torch.split(value.reshape(-1), [p.numel() for p in state.params])
-            return [piece.reshape(p.shape) for p, piece in zip(state.params, pieces)]
-        return [value.reshape(state.params[0].shape)]
+        return split_view(state.view, state.params, value)
 
     @torch.no_grad()
     def distortion(self) -> float:

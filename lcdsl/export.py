@@ -44,7 +44,7 @@ from lcdsl.bitpack import decode_tensor, encode_tensor
 from lcdsl.checkpoint import write_atomic
 from lcdsl.errors import LcdslError, ModelError
 from lcdsl.operators.base import FLOAT_BITS, Operator, Theta
-from lcdsl.plan import Plan, Task, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, split_view, strip_ddp_prefix
 
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
@@ -266,16 +266,6 @@ def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], p
         raise ModelError(f"{where}: {type(op).__name__}.decode failed: {exc}") from exc
 
 
-def _write_task(task: Task, params: list[torch.Tensor], delta: torch.Tensor) -> None:
-    """Copy ``Δ(θ)`` (in the task's view) into its parameters."""
-    if task.operator.view == "vector":
-        pieces = torch.split(delta.reshape(-1), [p.numel() for p in params])  # (Σ n,) → per tensor
-        for p, piece in zip(params, pieces):
-            p.copy_(piece.reshape(p.shape))
-    else:
-        params[0].copy_(delta.reshape(params[0].shape))
-
-
 def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None) -> dict[str, Theta]:
     """Set ``model``'s weights from a ``.lcz`` file: ``Δ(θ)`` per task, dense ones as saved.
 
@@ -314,7 +304,8 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
             theta = {k: v.to(params[0].device) for k, v in theta.items()}
             try:
                 delta = task.operator.decompress(theta, task.view_shape)
-                _write_task(task, params, delta.to(params[0].dtype))
+                for p, piece in zip(params, split_view(task.operator.view, params, delta.to(params[0].dtype))):
+                    p.copy_(piece)
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise ModelError(f"{path}: θ of task {task.name} does not fit the model: {exc}") from exc
             thetas[task.name] = theta

@@ -20,7 +20,7 @@ from lcdsl.spec import Rule, Spec
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
 
-__all__ = ["Task", "Plan", "bind", "view_shape", "strip_ddp_prefix"]
+__all__ = ["Task", "Plan", "bind", "view_shape", "split_view", "strip_ddp_prefix"]
 
 
 def strip_ddp_prefix(name: str) -> str:
@@ -97,6 +97,16 @@ class Plan:
     """The run settings."""
     spec: Spec | None = attrs.field(default=None, eq=False, repr=False)
     """The spec this plan was bound from."""
+
+
+def split_view(view: str, params: list[torch.Tensor], value: torch.Tensor) -> list[torch.Tensor]:
+    """A task's view-shaped tensor cut into pieces shaped like its parameters (views where the
+    layout allows): a ``"vector"`` task's flat ``(Σ n,)`` into one piece a parameter, a matrix
+    or tensor task's into its one parameter's shape."""
+    if view == "vector":
+        pieces = torch.split(value.reshape(-1), [p.numel() for p in params])
+        return [piece.reshape(p.shape) for p, piece in zip(params, pieces)]
+    return [value.reshape(params[0].shape)]
 
 
 def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None) -> Plan:

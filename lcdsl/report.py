@@ -33,6 +33,7 @@ __all__ = [
     "build_report",
     "write_report",
     "plot_curves",
+    "pyplot",
 ]
 
 REPORT_FORMAT = 1
@@ -207,18 +208,27 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
     write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") -> str | None:
-    """Plot test/train error and ``‖w − Δ(θ)‖²`` against the LC step into ``path`` (PNG).
-
-    Returns:
-        None when the plot was written; a one-line note when matplotlib is not installed.
-    """
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed), or None when
+    matplotlib cannot be imported."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") -> str | None:
+    """Plot test/train error and ``‖w − Δ(θ)‖²`` against the LC step into ``path`` (PNG).
+
+    Returns:
+        None when the plot was written; a one-line note when matplotlib is not installed.
+    """
+    plt = pyplot()
+    if plt is None:
         return "curves.png skipped: matplotlib is not installed (pip install matplotlib)"
     steps = [r.step for r in history]
     fig, (ax_err, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))

@@ -30,6 +30,7 @@ from lcdsl.checkpoint import write_atomic
 from lcdsl.errors import Diagnostic, EngineError, SpecError
 from lcdsl.fmt import format_selector, format_value
 from lcdsl.parser import parse
+from lcdsl.report import pyplot
 from lcdsl.spec import Argument, Call, Rule, Setting, Spec, Value
 
 __all__ = [
@@ -239,12 +240,8 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str = "") -> 
     Returns:
         None when the plot was written; a one-line note when matplotlib is not installed.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return "sweep.png skipped: matplotlib is not installed (pip install matplotlib)"
     runs = sorted((r for r in result["runs"] if r["bits"] is not None), key=lambda r: r["bits"])
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -19,13 +19,7 @@ QUANT = "# every layer its own 2-entry codebook\nfc* : quant(k=2)\n"
 TINY = ["--steps", "2", "--epochs", "1", "--first-epochs", "1", "--mu-start", "1e-3", "--mu-factor", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models train fastest (and reproducibly) on one thread of a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

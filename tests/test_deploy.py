@@ -13,12 +13,7 @@ from lcdsl.engine import Engine
 from lcdsl.zoo import LeNet5, LeNet300
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def compressed(model: nn.Module, text: str):

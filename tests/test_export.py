@@ -29,12 +29,7 @@ from lcdsl.registry import Registry, default_registry
 from lcdsl.zoo import LeNet300
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ bit packing

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import lcdsl
 from lcdsl.cli import main
@@ -23,12 +22,7 @@ fc3           : quant(k=2) + prune(l0=10)
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parse_variation_reads_selector_operator_argument_and_values():

@@ -12,13 +12,7 @@ from lcdsl.settings import Settings
 from lcdsl.training import Batches, Recipe, default_recipe, error_rate, make_l_step, train_reference
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest (and reproducibly) on one thread of a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(n: int = 120, seed: int = 0) -> Dataset:
