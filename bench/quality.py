@@ -167,10 +167,25 @@ def run_row(
 
 
 def _kmeans(w: np.ndarray, k: int) -> np.ndarray:
+    if EXACT_KMEANS:
+        return _exact_kmeans(w, k)
     from sklearn.cluster import KMeans
 
     km = KMeans(n_clusters=k, n_init=10, random_state=0).fit(w.reshape(-1, 1))
     return km.cluster_centers_[km.labels_, 0]
+
+
+EXACT_KMEANS = False
+"""``--exact-kmeans``: the loop's k-means is lcdsl's exact one (on float32, as lcdsl runs it), so
+the loop and lcdsl differ only in the code around the C step."""
+
+
+def _exact_kmeans(w: np.ndarray, k: int) -> np.ndarray:
+    from lcdsl.operators.quant import Quant
+
+    target = torch.from_numpy(w.astype(np.float32))
+    op = Quant(k=k)
+    return op.decompress(op.project(target), tuple(target.shape)).double().numpy()
 
 
 def _top(w: np.ndarray, kappa: int) -> np.ndarray:
@@ -232,6 +247,11 @@ STRAIGHTFORWARD: dict[str, list[tuple[tuple[str, ...], CStep, bool]]] = {
     "additive": [(_FC, lambda w: _additive(w, round(0.01 * w.size), 2), False)],
     "binarize": [((p,), _binarize, False) for p in _FC],
     "ternarize": [((p,), _ternarize, False) for p in _FC],
+    "lenet5-quant": [((p,), lambda w: _kmeans(w, 4), False) for p in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")],
+    "lenet5-lowrank": [
+        (("conv2.weight",), lambda w: _svd(w, 10), True),
+        (("fc1.weight",), lambda w: _svd(w, 20), True),
+    ],
     "structured": [
         (("fc1.weight",), lambda w: _columns(w, round(0.25 * w.shape[1])), True),
         (("fc2.weight",), lambda w: _columns(w.T, round(0.5 * w.shape[0])).T, True),
@@ -251,8 +271,9 @@ def straightforward(row: Row, data: Dataset, ref: Path, seed: int | None = None)
     tasks = STRAIGHTFORWARD[row.name]
 
     def get(names: tuple[str, ...], matrix: bool) -> np.ndarray:
-        if matrix:
-            return params[names[0]].detach().double().numpy().copy()
+        if matrix:  # (out, in·kh·kw) for a convolution
+            p = params[names[0]]
+            return p.detach().double().reshape(p.shape[0], -1).numpy().copy()
         return np.concatenate([params[n].detach().double().numpy().ravel() for n in names])
 
     def put(names: tuple[str, ...], value: np.ndarray) -> None:
@@ -276,6 +297,7 @@ def straightforward(row: Row, data: Dataset, ref: Path, seed: int | None = None)
     deltas = [c(get(names, m)) for names, c, m in tasks]
     lambdas = [np.zeros_like(d) for d in deltas]
     direct = compressed_error(deltas)
+    history = [direct]  # test error of the compressed model after each LC step
     batches = Batches(settings.batch_size, settings.seed)
     for k, mu in enumerate(settings.mu.values()):
         targets = [torch.from_numpy(d + lam / mu).float() for d, lam in zip(deltas, lambdas)]
@@ -297,12 +319,14 @@ def straightforward(row: Row, data: Dataset, ref: Path, seed: int | None = None)
             w = get(names, m)
             deltas[i] = c(w - lambdas[i] / mu)
             lambdas[i] = lambdas[i] - mu * (w - deltas[i])
+        history.append(compressed_error(deltas))
     for (names, _, _), d in zip(tasks, deltas):
         put(names, d)
     return {
         "name": row.name,
         "direct_error": direct,
         "final_error": error_rate(model, data.x_test, data.y_test),
+        "history": history,
         "seconds": time.perf_counter() - start,
     }
 
@@ -363,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("lenet300", "lenet5"), default="lenet300")
     parser.add_argument("--rows", help="comma-separated row names (default: every row of the model)")
     parser.add_argument("--straightforward", action="store_true", help="run the plain LC loop instead of lcdsl")
+    parser.add_argument(
+        "--exact-kmeans", action="store_true",
+        help="with --straightforward: lcdsl's exact k-means in the loop instead of scikit-learn's KMeans",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="digits, 3 LC steps of 1 epoch: a smoke run")
     parser.add_argument("--data", default="fashion-mnist", help="dataset (default fashion-mnist; --quick: digits)")
     parser.add_argument("--work", default="runs/bench", help="references, runs and logs (default runs/bench)")
@@ -387,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) / ("quick" if args.quick else "")
     work.mkdir(parents=True, exist_ok=True)
     log = work / "quality.log"
-    suffix = "-straightforward" if args.straightforward else ""
+    suffix = ("-straightforward" + ("-exact-kmeans" if args.exact_kmeans else "")) if args.straightforward else ""
+    global EXACT_KMEANS
+    EXACT_KMEANS = args.exact_kmeans
     tag = "" if data_name == "fashion-mnist" else f"-{data_name}"
     default_out = (work if args.quick else RESULTS) / f"quality-{args.model}{tag}{suffix}.json"
     out = Path(args.out) if args.out else default_out
