@@ -443,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(out.read_text())
         if old.get("model") == args.model and old.get("data") == data_name:
             kept = [r for r in old.get("rows", []) if r["name"] not in {row.name for row in rows}]
+            if kept:  # where the kept rows come from
+                payload["earlier_commands"] = old.get("earlier_commands", []) + [old["command"]]
     order = list(ROWS)
     payload["rows"] = sorted(kept, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     for row in rows:
