@@ -12,10 +12,15 @@ __all__ = ["console", "human_bits"]
 
 @functools.cache
 def console() -> Console:
-    """The shared console on stdout; wide and colourless when stdout is a file or pipe."""
+    """The shared console on stdout; wide and colourless when stdout is a file or pipe.
+
+    Markup is off: what it prints is full of user text in square brackets (``[fc1, fc2]``
+    joint groups, paths, sweep labels) that rich would otherwise take for style tags and drop.
+    Styled output asks for markup per call (``print(..., markup=True)``) and escapes user text.
+    """
     if sys.stdout.isatty():
-        return Console()
-    return Console(width=160, no_color=True, highlight=False, soft_wrap=True)
+        return Console(markup=False)
+    return Console(width=160, no_color=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def human_bits(bits: float) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
 from lcdsl.console import human_bits
@@ -94,10 +93,10 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
     for row in summary["tasks"]:
         table.add_row(
             str(row["line"] or ""),
-            escape(row["task"]),
+            row["task"],
             _shape_text(tuple(tuple(s) for s in row["shapes"])),
             f"{row['weights']:,}",
-            escape(row["operator"]),
+            row["operator"],
             f"{row['params_after']:,}" if row["params_after"] is not None else "?",
             human_bits(row["bits_after"]) if row["bits_after"] is not None else "?",
             _fmt_ratio(row["ratio"]),

@@ -114,15 +114,18 @@ TINY = ["--steps", "1", "--epochs", "1", "--first-epochs", "1", "--mu-start", "1
 
 def test_cli_sweep_runs_every_variant_from_one_reference(tmp_path, capsys):
     spec_path = tmp_path / "base.lc"
-    spec_path.write_text("fc* : prune(l0=5%)\n")
+    spec_path.write_text("[fc*] : prune(l0=5%)\n")  # square brackets: user text, not terminal markup
     reference = tmp_path / "ref.pt"
     assert main(["train", "--model", "lenet300", "--data", "digits", "--out", str(reference), "--epochs", "2"]) == 0
     out = tmp_path / "sweep"
-    argv = ["sweep", str(spec_path), "--vary", "fc* : prune.l0 = 2%, 20%", "--out", str(out),
+    argv = ["sweep", str(spec_path), "--vary", "[fc*] : prune.l0 = 2%, 20%", "--out", str(out),
             "--reference", str(reference), *TINY]  # fmt: skip
+    capsys.readouterr()
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[fc*]: prune.l0=20%" in printed and "[fc1.weight, fc2.weight, fc3.weight]" in printed
     result = json.loads((out / "sweep.json").read_text())
-    assert [r["label"] for r in result["runs"]] == ["fc*: prune.l0=2%", "fc*: prune.l0=20%"]
+    assert [r["label"] for r in result["runs"]] == ["[fc*]: prune.l0=2%", "[fc*]: prune.l0=20%"]
     assert result["reference"]["path"] == str(reference) and result["reference"]["bits"] == 32 * 50_610
     small, large = result["runs"]
     assert small["bits"] < large["bits"] < result["reference"]["bits"]
