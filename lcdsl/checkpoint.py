@@ -34,7 +34,7 @@ from torch import nn
 
 from lcdsl.errors import EngineError, LcdslError, ModelError
 from lcdsl.operators.base import Theta
-from lcdsl.plan import Plan, split_view, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, split_view, strip_ddp_prefix
 
 __all__ = [
     "COMPRESSED_FORMAT",
@@ -44,6 +44,7 @@ __all__ = [
     "check_writable",
     "compressed_state",
     "load_compressed",
+    "write_theta",
     "FAULT_ENV",
     "fault_point",
     "remove_stale_temporaries",
@@ -228,6 +229,23 @@ def compressed_state(
     return {"format": COMPRESSED_FORMAT, "model": model_name, "spec": spec_text, "tasks": tasks, "dense": dense}
 
 
+@torch.no_grad()
+def write_theta(task: Task, params: list[torch.Tensor], theta: Theta, *, where: str) -> Theta:
+    """Set a task's parameters to ``Δ(θ)``; returns ``θ`` on the parameters' device.
+
+    Raises:
+        ModelError: ``θ`` does not decompress to the task's shape (``where`` names the file).
+    """
+    theta = {k: v.to(params[0].device) for k, v in theta.items()}
+    try:
+        delta = task.operator.decompress(theta, task.view_shape)
+        for p, piece in zip(params, split_view(task.operator.view, params, delta.to(params[0].dtype))):
+            p.copy_(piece)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ModelError(f"{where}: θ of task {task.name} does not fit the model: {exc}") from exc
+    return theta
+
+
 def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Theta]:
     """Set ``model``'s weights from ``compressed.pt``: ``Δ(θ)`` per task, dense ones as saved.
 
@@ -254,14 +272,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
             if saved is None or saved.get("operator") != repr(task.operator):
                 raise ModelError(f"{path}: task {task.name} is missing or was saved with another operator")
             params = [by_name[name] for name in task.parameters]
-            theta = {k: v.to(params[0].device) for k, v in saved["theta"].items()}
-            try:
-                delta = task.operator.decompress(theta, task.view_shape)
-                for p, piece in zip(params, split_view(task.operator.view, params, delta.to(params[0].dtype))):
-                    p.copy_(piece)
-            except (RuntimeError, KeyError, ValueError) as exc:
-                raise ModelError(f"{path}: θ of task {task.name} does not fit the model: {exc}") from exc
-            thetas[task.name] = theta
+            thetas[task.name] = write_theta(task, params, saved["theta"], where=str(path))
         for name, value in state.get("dense", {}).items():
             if name not in by_name or tuple(by_name[name].shape) != tuple(value.shape):
                 raise ModelError(f"{path}: dense parameter '{name}' is missing from the model or has another shape")

@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from lcdsl.bitpack import decode_tensor, encode_tensor
-from lcdsl.checkpoint import write_atomic
+from lcdsl.checkpoint import write_atomic, write_theta
 from lcdsl.errors import LcdslError, ModelError
 from lcdsl.operators.base import FLOAT_BITS, Operator, Theta
-from lcdsl.plan import Plan, Task, split_view, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, strip_ddp_prefix
 
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
@@ -301,14 +301,7 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
                 raise ModelError(f"{path}: task {task.name} is missing or was saved with another operator")
             params = [by_name[name] for name in task.parameters]
             theta = _decode_theta(task.operator, saved, task.view_shape, payload, f"{path}: task {task.name}")
-            theta = {k: v.to(params[0].device) for k, v in theta.items()}
-            try:
-                delta = task.operator.decompress(theta, task.view_shape)
-                for p, piece in zip(params, split_view(task.operator.view, params, delta.to(params[0].dtype))):
-                    p.copy_(piece)
-            except (RuntimeError, KeyError, ValueError) as exc:
-                raise ModelError(f"{path}: θ of task {task.name} does not fit the model: {exc}") from exc
-            thetas[task.name] = theta
+            thetas[task.name] = write_theta(task, params, theta, where=str(path))
         if set(dense) != set(plan.dense):
             raise ModelError(
                 f"{path}: the dense parameters saved ({', '.join(sorted(dense)) or 'none'}) are not those the "

@@ -34,6 +34,7 @@ __all__ = [
     "write_report",
     "plot_curves",
     "pyplot",
+    "save_figure",
 ]
 
 REPORT_FORMAT = 1
@@ -221,6 +222,15 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and free it."""
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    finally:
+        pyplot().close(fig)
+
+
 def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") -> str | None:
     """Plot test/train error and ``‖w − Δ(θ)‖²`` against the LC step into ``path`` (PNG).
 
@@ -246,9 +256,5 @@ def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") ->
     ax_dist.grid(alpha=0.3, which="both")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return None

@@ -30,7 +30,7 @@ from lcdsl.checkpoint import write_atomic
 from lcdsl.errors import Diagnostic, EngineError, SpecError
 from lcdsl.fmt import format_selector, format_value
 from lcdsl.parser import parse
-from lcdsl.report import pyplot
+from lcdsl.report import pyplot, save_figure
 from lcdsl.spec import Argument, Call, Rule, Setting, Spec, Value
 
 __all__ = [
@@ -265,11 +265,7 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str = "") -> 
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    try:
-        write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return None
 
 
