@@ -6,8 +6,9 @@ Modes::
     .venv/bin/python bench/cstep.py --full     # both scripts in full (n up to 1e7, sides up to 4096)
     .venv/bin/python bench/cstep.py --smoke --out PATH   # tiny sizes, in seconds (the test suite's)
 
-Quick and full run each script in its own process (they write ``bench/results/cstep_quant.json``
-and ``cstep_other.json``). ``--smoke`` imports the scripts' own timing functions and runs them
+Quick and full run each script in its own process; the full run writes
+``bench/results/cstep_quant.json`` and ``cstep_other.json``, the quick one
+``runs/bench/*-quick.json``. ``--smoke`` imports the scripts' own timing functions and runs them
 on tiny inputs in this process, checks every objective ``‖w − Δ(θ)‖²`` against a reference
 solver (scikit-learn's ``KMeans(n_init=10)`` for quant, ``numpy.argpartition`` for L0 pruning,
 ``numpy.linalg.svd`` for low-rank), writes JSON to ``--out`` and exits with 1 if ours is ever
@@ -105,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="full sizes (minutes to hours on a small machine)")
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, in seconds")
-    parser.add_argument("--out", help="--smoke: where to write the JSON (default bench/results/cstep_smoke.json)")
+    parser.add_argument("--out", help="--smoke: where to write the JSON (default runs/bench/cstep_smoke.json)")
     args = parser.parse_args(argv)
     if args.smoke:
         start = time.perf_counter()
         result = smoke()
         result["seconds"] = time.perf_counter() - start
-        out = Path(args.out) if args.out else HERE / "results" / "cstep_smoke.json"
+        out = Path(args.out) if args.out else HERE.parent / "runs" / "bench" / "cstep_smoke.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         bad = [r for part in ("quant", "prune", "lowrank") for r in result[part] if r.get("ok") is False]

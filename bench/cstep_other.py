@@ -140,13 +140,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip n = 1e7 and 4096² matrices")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "cstep_other.json"))
+    parser.add_argument(
+        "--out", help="JSON path (default bench/results/cstep_other.json; --quick: runs/bench/cstep_other-quick.json)"
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # on a shared machine, oversubscribed BLAS threads spin
     results = run(args.quick, torch.device(args.device))
     show(results, Console())
-    out = Path(args.out)
+    here = Path(__file__).parent
+    default = here.parent / "runs" / "bench" / "cstep_other-quick.json" if args.quick else here / "results" / "cstep_other.json"
+    out = Path(args.out) if args.out else default
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

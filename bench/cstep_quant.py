@@ -29,6 +29,8 @@ from rich.table import Table
 from lcdsl.operators.quant import Quant
 
 RESULTS = Path(__file__).parent / "results" / "cstep_quant.json"
+QUICK_RESULTS = Path(__file__).parent.parent / "runs" / "bench" / "cstep_quant-quick.json"
+"""Where ``--quick`` writes, so that a quick run never replaces the full run's numbers."""
 
 
 def objective(x: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> float:
@@ -121,8 +123,9 @@ def main() -> None:
     print("log-log slope of our time against n: " + ", ".join(f"k={k}: {v:.2f}" for k, v in slopes.items()))
     print(f"first call in this process (numba compile or cache load): {warmup:.2f} s")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    out = QUICK_RESULTS if args.quick else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "command": "bench/cstep_quant.py" + (" --quick" if args.quick else "")
@@ -136,7 +139,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -106,8 +106,15 @@ def _cli(argv: list[str], log: Path) -> None:
         code = lcdsl_main(argv)
     with log.open("a") as fh:
         fh.write(f"$ lcdsl {' '.join(argv)}\n{buffer.getvalue()}\n")
+    if code == 2:
+        raise DoesNotFit(buffer.getvalue().strip().splitlines()[0] if buffer.getvalue().strip() else "spec error")
     if code != 0:
         raise RuntimeError(f"lcdsl {' '.join(argv)} failed ({code}); see {log}")
+
+
+class DoesNotFit(Exception):
+    """``lcdsl`` refused the spec for this model and data (exit code 2), e.g. a rank above a
+    layer's size on digits' 64 inputs."""
 
 
 def _spec_path(row: Row, work: Path) -> str:
@@ -454,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             runs = [straightforward(row, data, ref, seed) for seed in seeds]
         else:
-            runs = [run_row(row, data_name, ref, work, extra, log, seed) for seed in seeds]
+            try:
+                runs = [run_row(row, data_name, ref, work, extra, log, seed) for seed in seeds]
+            except DoesNotFit as exc:
+                console.print(f"{row.name}: skipped, the spec does not fit {row.model} on {data_name}: {exc}")
+                continue
         result = _over_seeds(runs, seeds)
         payload["rows"].append(result)
         payload["rows"].sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
