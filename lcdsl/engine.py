@@ -536,6 +536,72 @@ class Engine:
             metrics = evaluate(self)
         return {str(k): float(v) for k, v in (metrics or {}).items()}
 
+    def direct_step(self, evaluate: Callable[[Engine], dict[str, float]] | None = None) -> StepRecord | None:
+        """Step 0 if no C step has happened yet: direct compression and its record (event
+        ``direct_compression``). Returns the record, or None on a started or resumed run.
+
+        Raises:
+            EngineError: the weights to compress are not finite.
+        """
+        if self.thetas or not self._tasks:
+            return None
+        self._check_finite(-1, None)
+        self.direct_compression()
+        bits, params = self._total_storage()
+        record = StepRecord(0, 0.0, None, self.distortion(), self._evaluate(evaluate), bits, params)
+        self.history.append(record)
+        self.events.emit("direct_compression", engine=self, record=record)
+        return record
+
+    def begin_step(self, k: int, *, announce: bool = True) -> None:
+        """Start LC step ``k + 1`` (``k`` indexes :attr:`mus`): ``μ ← mus[k]``, the penalty's
+        clock reset, and event ``lc_step_start`` unless ``announce`` is False (a run resumed
+        inside the step)."""
+        self.mu = self.mus[k]
+        self._penalty_seconds = 0.0
+        if announce:
+            self.events.emit("lc_step_start", engine=self, step=k + 1, mu=self.mus[k])
+
+    def end_step(
+        self,
+        k: int,
+        loss: float | None,
+        seconds_l: float,
+        evaluate: Callable[[Engine], dict[str, float]] | None = None,
+    ) -> StepRecord:
+        """End LC step ``k + 1`` after its L step: the finiteness check, the C step, the
+        multiplier step, the record (with ``evaluate``'s metrics of the compressed model) and
+        the convergence test, with events ``l_step_end``, ``c_step_end``, ``lc_step_end``.
+
+        Raises:
+            EngineError: the L step left a non-finite loss or weights; the engine's state is as
+                before the step (μ included).
+        """
+        mu = self.mus[k]
+        try:
+            self._check_finite(k, loss)
+        except EngineError:
+            self.mu = self.mus[k - 1] if k > 0 else 0.0
+            raise
+        self.events.emit("l_step_end", engine=self, step=k + 1, mu=mu, loss=loss)
+        start = time.perf_counter()
+        self.c_step()
+        self.multiplier_step()
+        seconds_c = time.perf_counter() - start
+        self.events.emit("c_step_end", engine=self, step=k + 1, mu=mu)
+        self.step = k + 1
+        distortion = self.distortion()
+        bits, params = self._total_storage()
+        record = StepRecord(
+            self.step, mu, loss, distortion, self._evaluate(evaluate), bits, params,
+            seconds_l, seconds_c, self._penalty_seconds,
+        )  # fmt: skip
+        self.history.append(record)
+        if self.settings.tolerance > 0 and math.sqrt(distortion) < self.settings.tolerance:
+            self.converged = True
+        self.events.emit("lc_step_end", engine=self, record=record)
+        return record
+
     def run(
         self,
         l_step: Callable[[Engine, int], float | None],
@@ -543,10 +609,9 @@ class Engine:
     ) -> list[StepRecord]:
         """Run (or resume) the LC algorithm along the μ schedule.
 
-        Direct compression first if no C step has happened yet; then, for each remaining μ:
-        ``l_step(engine, k)`` (``k`` indexes :attr:`mus`; train on your loss +
-        :meth:`penalty`, return the loss or None), the C step, the multiplier step, and a
-        :class:`StepRecord` with ``evaluate(engine)``'s metrics of the compressed model. Stops
+        :meth:`direct_step` first; then, for each remaining μ, :meth:`begin_step`,
+        ``l_step(engine, k)`` (``k`` indexes :attr:`mus`; train on your loss with the penalty's
+        gradient, :meth:`add_penalty_grad`; return the loss or None) and :meth:`end_step`. Stops
         early once ``‖w − Δ(θ)‖ < settings.tolerance``. Does not finalize.
 
         Returns:
@@ -556,46 +621,15 @@ class Engine:
             EngineError: the L step left a non-finite loss or weights (the engine's state is
                 as before that step).
         """
-        if not self.thetas and self._tasks:
-            self._check_finite(-1, None)
-            self.direct_compression()
-            bits, params = self._total_storage()
-            record = StepRecord(0, 0.0, None, self.distortion(), self._evaluate(evaluate), bits, params)
-            self.history.append(record)
-            self.events.emit("direct_compression", engine=self, record=record)
+        self.direct_step(evaluate)
         for k in range(self.step, len(self.mus)):
             if self.converged:
                 break
-            previous_mu, mu = self._mu, self.mus[k]
-            self.mu = mu
-            self.events.emit("lc_step_start", engine=self, step=k + 1, mu=mu)
-            self._penalty_seconds = 0.0
+            self.begin_step(k)
             start = time.perf_counter()
             loss = l_step(self, k)
             seconds_l = time.perf_counter() - start
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach().item()
-            loss = None if loss is None else float(loss)
-            try:
-                self._check_finite(k, loss)
-            except EngineError:
-                self.mu = previous_mu
-                raise
-            self.events.emit("l_step_end", engine=self, step=k + 1, mu=mu, loss=loss)
-            start = time.perf_counter()
-            self.c_step()
-            self.multiplier_step()
-            seconds_c = time.perf_counter() - start
-            self.events.emit("c_step_end", engine=self, step=k + 1, mu=mu)
-            self.step = k + 1
-            distortion = self.distortion()
-            bits, params = self._total_storage()
-            record = StepRecord(
-                self.step, mu, loss, distortion, self._evaluate(evaluate), bits, params,
-                seconds_l, seconds_c, self._penalty_seconds,
-            )  # fmt: skip
-            self.history.append(record)
-            if self.settings.tolerance > 0 and math.sqrt(distortion) < self.settings.tolerance:
-                self.converged = True
-            self.events.emit("lc_step_end", engine=self, record=record)
+            self.end_step(k, None if loss is None else float(loss), seconds_l, evaluate)
         return list(self.history)

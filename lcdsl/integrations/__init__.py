@@ -17,7 +17,6 @@ framework is imported here, so this module works without the optional extras.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from torch import nn
 
 from lcdsl.engine import Engine
 from lcdsl.errors import EngineError
-from lcdsl.events import StepRecord
 from lcdsl.plan import strip_ddp_prefix
 
 __all__ = ["LCDriver", "Unit"]
@@ -100,7 +98,6 @@ class LCDriver:
         self.begun = False
         self._losses: list[float] = []
         self._step_started = 0.0
-        self._penalty_seconds = 0.0
         self._params = self._task_parameters(engine)
 
     @staticmethod
@@ -156,29 +153,18 @@ class LCDriver:
         self.begun = True
         self.units_seen = 0
         self.penalty_steps = 0
-        engine = self.engine
-        if not engine.thetas and engine.tasks:
-            engine.direct_compression()
-            bits, params = self._storage()
-            record = StepRecord(0, 0.0, None, engine.distortion(), self._metrics(), bits, params)
-            engine.history.append(record)
-            engine.events.emit("direct_compression", engine=engine, record=record)
+        if self.engine.direct_step(self.evaluate) is not None:
             self.units_in_step = 0
         if not self.done:
             self._start_l_step(optimizers, announce=self.units_in_step == 0)
 
     def _start_l_step(self, optimizers: list[torch.optim.Optimizer], announce: bool) -> None:
-        engine = self.engine
-        mu = engine.mus[engine.step]
-        engine.mu = mu
         self._losses = []
         self._step_started = time.perf_counter()
-        self._penalty_seconds = 0.0
-        if announce:
-            if self.reset_optimizer:
-                for optimizer in optimizers:
-                    getattr(optimizer, "optimizer", optimizer).state.clear()  # unwrap accelerate's
-            engine.events.emit("lc_step_start", engine=engine, step=engine.step + 1, mu=mu)
+        if announce and self.reset_optimizer:
+            for optimizer in optimizers:
+                getattr(optimizer, "optimizer", optimizer).state.clear()  # unwrap accelerate's
+        self.engine.begin_step(self.engine.step, announce=announce)
 
     def add_penalty_grad(self) -> bool:
         """Add ``∇ penalty = μ(w − Δ(θ)) − λ`` to the task parameters' ``.grad``
@@ -187,13 +173,10 @@ class LCDriver:
         Call it right before the optimizer step, after the loss's gradient is complete.
         Returns whether it added anything (not while ``μ = 0`` or once the schedule is over).
         """
-        engine = self.engine
-        if not self.begun or self.done or engine.mu == 0:
+        if not self.begun or self.done or self.engine.mu == 0:
             return False
-        start = time.perf_counter()
-        engine.add_penalty_grad()
+        self.engine.add_penalty_grad()
         self.penalty_steps += 1
-        self._penalty_seconds += time.perf_counter() - start
         return True
 
     def unit_end(self, loss: float | None = None, optimizers: list[torch.optim.Optimizer] = ()) -> bool:
@@ -221,27 +204,8 @@ class LCDriver:
         if self.units_in_step < self.step_length(k):
             return False
         loss_value = self._losses[-1] if self._losses else None
-        self._check_finite(k, loss_value)
-        mu = engine.mus[k]
-        seconds_l = time.perf_counter() - self._step_started
-        engine.events.emit("l_step_end", engine=engine, step=k + 1, mu=mu, loss=loss_value)
-        start = time.perf_counter()
-        engine.c_step()
-        engine.multiplier_step()
-        seconds_c = time.perf_counter() - start
-        engine.events.emit("c_step_end", engine=engine, step=k + 1, mu=mu)
-        engine.step = k + 1
+        engine.end_step(k, loss_value, time.perf_counter() - self._step_started, self.evaluate)
         self.units_in_step = 0
-        distortion = engine.distortion()
-        bits, params = self._storage()
-        record = StepRecord(
-            engine.step, mu, loss_value, distortion, self._metrics(), bits, params,
-            seconds_l, seconds_c, self._penalty_seconds,
-        )  # fmt: skip
-        engine.history.append(record)
-        if engine.settings.tolerance > 0 and math.sqrt(distortion) < engine.settings.tolerance:
-            engine.converged = True
-        engine.events.emit("lc_step_end", engine=engine, record=record)
         if not self.done:
             self._start_l_step(optimizers, announce=True)
         return self.done
@@ -310,29 +274,3 @@ class LCDriver:
         self.units_in_step = int(state["units_in_step"])
         self._losses = [float(x) for x in state.get("losses", [])]
 
-    # ------------------------------------------------------------------- helpers
-
-    def _storage(self) -> tuple[int | None, int | None]:
-        sizes = [size for _, size in self.engine.storage()]
-        if any(size is None for size in sizes):
-            return None, None
-        return sum(s.bits for s in sizes), sum(s.params for s in sizes)
-
-    def _metrics(self) -> dict[str, float]:
-        if self.evaluate is None:
-            return {}
-        with self.engine.compressed():
-            metrics = self.evaluate(self.engine)
-        return {str(k): float(v) for k, v in (metrics or {}).items()}
-
-    def _check_finite(self, k: int, loss: float | None) -> None:
-        where = f"LC step {k + 1} (μ={self.engine.mus[k]:.4g})"
-        if loss is not None and not math.isfinite(loss):
-            raise EngineError(f"{where}: the L step's loss is {loss}; lower the learning rate or μ")
-        with torch.no_grad():
-            for name, p in self.engine.model.named_parameters():
-                if not bool(torch.isfinite(p).all()):
-                    raise EngineError(
-                        f"{where}: parameter '{strip_ddp_prefix(name)}' has non-finite values; "
-                        "lower the learning rate or μ"
-                    )
