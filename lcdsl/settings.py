@@ -19,6 +19,7 @@ import attrs
 
 from lcdsl.errors import Diagnostic, SpecError, did_you_mean
 from lcdsl.spec import Call, Percent, Setting, Spec, Value
+from lcdsl.units import int_at_least
 
 __all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec"]
 
@@ -90,14 +91,6 @@ class Explicit:
 Schedule = Geometric | Explicit
 
 
-def _positive_int(name: str):
-    def check(inst: Any, attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
-
-    return check
-
-
 def _positive_float(name: str, allow_zero: bool = False):
     def check(inst: Any, attribute: Any, value: Any) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -127,7 +120,7 @@ class Settings:
     """``"augmented-lagrangian"`` (with multipliers λ) or ``"quadratic"`` (λ = 0 throughout)."""
     tolerance: float = attrs.field(default=0.0, validator=_positive_float("tolerance", allow_zero=True))
     """Stop early once ``‖w − Δ(θ)‖`` (over all tasks) is below this; 0 never stops early."""
-    additive_rounds: int = attrs.field(default=10, validator=_positive_int("additive_rounds"))
+    additive_rounds: int = attrs.field(default=10, validator=int_at_least(1))
     """Most alternations of the terms of an additive ``A + B`` C step."""
     optimizer: Literal["sgd", "adam"] = attrs.field(
         default="sgd", validator=attrs.validators.in_(("sgd", "adam"))
@@ -141,11 +134,11 @@ class Settings:
     """SGD momentum."""
     nesterov: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     """Use Nesterov momentum."""
-    epochs: int = attrs.field(default=2, validator=_positive_int("epochs"))
+    epochs: int = attrs.field(default=2, validator=int_at_least(1))
     """Epochs per L step."""
-    first_epochs: int = attrs.field(default=4, validator=_positive_int("first_epochs"))
+    first_epochs: int = attrs.field(default=4, validator=int_at_least(1))
     """Epochs of the first L step."""
-    batch_size: int = attrs.field(default=256, validator=_positive_int("batch_size"))
+    batch_size: int = attrs.field(default=256, validator=int_at_least(1))
     """Mini-batch size."""
     seed: int = attrs.field(default=0, validator=_seed)
     """Seed of the data order and of everything random, in [0, 2³²)."""

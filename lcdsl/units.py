@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, Union
 
 from lcdsl.spec import Percent
@@ -33,6 +34,9 @@ __all__ = [
     "validate_amount",
     "is_fraction",
     "resolve_amount",
+    "int_at_least",
+    "positive_number",
+    "to_float",
 ]
 
 Amount = Union[int, float, Percent]
@@ -125,3 +129,35 @@ def resolve_amount(value: Amount, n: int, name: str = "amount") -> int:
     if value > n:
         raise ValueError(f"{name}={value} is more than the {n} there are")
     return value
+
+
+# Validators of plain numeric arguments and settings (attrs ``validator=``/``converter=``); wrap
+# them in ``attrs.validators.optional`` for fields that may be None.
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[Any, Any, Any], None]:
+    """A validator: an ``int`` (not a bool) ≥ ``low`` (and ≤ ``high``), named by its field."""
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{attribute.name} must be an integer ≥ {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ValueError(f"{attribute.name} must be at most {high}, got {value!r}")
+
+    return check
+
+
+def positive_number(instance: Any, attribute: Any, value: Any) -> None:
+    """A validator: a finite number > 0, named by its field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attribute.name} must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number, got {value:g}")
+
+
+def to_float(value: Any) -> Any:
+    """A converter: ints become floats; anything else (None, bools, strings) is left for the
+    validator to judge."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return float(value)

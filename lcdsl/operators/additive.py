@@ -13,6 +13,7 @@ import attrs
 import torch
 
 from lcdsl.operators.base import Operator, Storage, Theta, View
+from lcdsl.units import int_at_least
 
 __all__ = ["Additive", "additive_project", "term_shape", "RELATIVE_TOLERANCE"]
 
@@ -108,11 +109,6 @@ def _check_terms(instance: Any, attribute: Any, value: Any) -> None:
             raise TypeError(f"every term must be an Operator, got {type(term).__name__}")
 
 
-def _check_rounds(instance: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"rounds must be an integer ≥ 1, got {value!r}")
-
-
 @attrs.frozen
 class Additive(Operator):
     """argmin_{θ_1…θ_T} ‖w − Σ_i Δ_i(θ_i)‖² (+ the terms' penalties): alternating exact C steps.
@@ -132,7 +128,7 @@ class Additive(Operator):
 
     terms: tuple[Operator, ...] = attrs.field(converter=tuple, validator=_check_terms)
     """The operators added together, in the order they are solved."""
-    rounds: int = attrs.field(default=10, validator=_check_rounds)
+    rounds: int = attrs.field(default=10, validator=int_at_least(1))
     """Most alternation rounds per C step."""
 
     @property

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
 from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View
+from lcdsl.units import int_at_least, positive_number, to_float
 
 __all__ = ["LowRank", "OPERATORS", "svd", "select_rank"]
 
@@ -62,22 +62,6 @@ def select_rank(s: torch.Tensor, m: int, n: int, alpha: float, mu: float) -> int
     return int(torch.argmin(objective).item())
 
 
-def _check_rank(instance: Any, attribute: Any, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"rank must be an integer ≥ 1, got {value!r}")
-
-
-def _check_alpha(instance: Any, attribute: Any, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"alpha must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"alpha must be a positive number, got {value:g}")
-
-
 def _check_cost(instance: Any, attribute: Any, value: Any) -> None:
     if value not in _COSTS:
         raise ValueError(f"cost must be one of {', '.join(_COSTS)}, got {value!r}")
@@ -103,12 +87,12 @@ class LowRank(Operator):
     name: ClassVar[str] = "lowrank"
     view: ClassVar[View] = "matrix"
 
-    rank: int | None = attrs.field(default=None, validator=_check_rank)
+    rank: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1)))
     """Keep this many singular triplets."""
     alpha: float | None = attrs.field(
         default=None,
-        converter=lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool) else v,
-        validator=_check_alpha,
+        converter=to_float,
+        validator=attrs.validators.optional(positive_number),
     )
     """Weight of the rank's cost: larger α, smaller ranks."""
     cost: str = attrs.field(default="storage", validator=_check_cost)

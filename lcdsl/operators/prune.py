@@ -18,7 +18,14 @@ import attrs
 import torch
 
 from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View, index_bits
-from lcdsl.units import Amount, check_amount, optional_amount, resolve_amount
+from lcdsl.units import (
+    Amount,
+    check_amount,
+    optional_amount,
+    positive_number,
+    resolve_amount,
+    to_float,
+)
 
 __all__ = ["Prune", "OPERATORS", "top_k_mask", "project_l1_ball"]
 
@@ -75,21 +82,6 @@ def _sparse_theta(dense: torch.Tensor) -> Theta:
     return {"indices": indices, "values": dense[indices]}
 
 
-def _check_positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value:g}")
-
-
-def _to_float(value: Any) -> Any:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    return float(value)
-
-
 def _check_by(instance: Any, attribute: Any, value: Any) -> None:
     if value not in _BY:
         raise ValueError(f"by must be one of {', '.join(_BY)}, got {value!r}")
@@ -128,11 +120,11 @@ class Prune(Operator):
         default=None, converter=optional_amount, validator=attrs.validators.optional(check_amount)
     )
     """Keep this many weights (or groups): a count, or a fraction (``5%``, ``0.05``)."""
-    l1: float | None = attrs.field(default=None, converter=_to_float, validator=_check_positive)
+    l1: float | None = attrs.field(default=None, converter=to_float, validator=attrs.validators.optional(positive_number))
     """Radius of the L1 ball θ must lie in."""
-    l0_penalty: float | None = attrs.field(default=None, converter=_to_float, validator=_check_positive)
+    l0_penalty: float | None = attrs.field(default=None, converter=to_float, validator=attrs.validators.optional(positive_number))
     """α of the penalty α·‖θ‖₀."""
-    l1_penalty: float | None = attrs.field(default=None, converter=_to_float, validator=_check_positive)
+    l1_penalty: float | None = attrs.field(default=None, converter=to_float, validator=attrs.validators.optional(positive_number))
     """α of the penalty α·‖θ‖₁."""
     by: str = attrs.field(default="weights", validator=_check_by)
     """What is kept or dropped: single ``weights``, or whole ``rows``/``filters``/``channels``."""

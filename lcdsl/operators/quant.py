@@ -11,24 +11,9 @@ import torch
 
 from lcdsl.operators._kmeans1d import kmeans1d
 from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, bits_per_index
+from lcdsl.units import int_at_least
 
 __all__ = ["Quant", "OPERATORS"]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_k(inst: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not (_is_int(value) and value >= 2):
-        raise ValueError(f"k must be an integer ≥ 2, got {value!r}")
-
-
-def _check_bits(inst: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not (_is_int(value) and value >= 1):
-        raise ValueError(f"bits must be an integer ≥ 1, got {value!r}")
-    if value is not None and value > 31:
-        raise ValueError(f"bits must be at most 31, got {value!r}")
 
 
 def _to_codebook(value: Any) -> Any:
@@ -74,9 +59,9 @@ class Quant(Operator):
 
     name: ClassVar[str] = "quant"
 
-    k: int | None = attrs.field(default=None, validator=_check_k)
+    k: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(2)))
     """Codebook size, ``≥ 2``."""
-    bits: int | None = attrs.field(default=None, validator=_check_bits)
+    bits: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1, 31)))
     """Bits per weight: the codebook holds ``2**bits`` entries."""
     codebook: tuple[float, ...] | None = attrs.field(
         default=None, converter=_to_codebook, validator=_check_codebook
