@@ -175,6 +175,8 @@ class Engine:
         # (parameter, its piece of Δ(θ), its piece of λ), views into the task tensors, for add_penalty_grad()
         self._param_views: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
         self._penalty_seconds = 0.0
+        self._step_started = time.perf_counter()
+        self._mu_before_step = 0.0
         self._tasks = self._bind(model, plan)
 
     @staticmethod
@@ -554,11 +556,13 @@ class Engine:
         return record
 
     def begin_step(self, k: int, *, announce: bool = True) -> None:
-        """Start LC step ``k + 1`` (``k`` indexes :attr:`mus`): ``μ ← mus[k]``, the penalty's
-        clock reset, and event ``lc_step_start`` unless ``announce`` is False (a run resumed
+        """Start LC step ``k + 1`` (``k`` indexes :attr:`mus`): ``μ ← mus[k]``, the step's and
+        the penalty's clocks reset, and event ``lc_step_start`` unless ``announce`` is False (a run resumed
         inside the step)."""
+        self._mu_before_step = self._mu  # what a failed step puts back
         self.mu = self.mus[k]
         self._penalty_seconds = 0.0
+        self._step_started = time.perf_counter()
         if announce:
             self.events.emit("lc_step_start", engine=self, step=k + 1, mu=self.mus[k])
 
@@ -566,10 +570,10 @@ class Engine:
         self,
         k: int,
         loss: float | None,
-        seconds_l: float,
         evaluate: Callable[[Engine], dict[str, float]] | None = None,
     ) -> StepRecord:
-        """End LC step ``k + 1`` after its L step: the finiteness check, the C step, the
+        """End LC step ``k + 1`` after its L step (begun with :meth:`begin_step`, whose clock
+        times it): the finiteness check, the C step, the
         multiplier step, the record (with ``evaluate``'s metrics of the compressed model) and
         the convergence test, with events ``l_step_end``, ``c_step_end``, ``lc_step_end``.
 
@@ -577,11 +581,12 @@ class Engine:
             EngineError: the L step left a non-finite loss or weights; the engine's state is as
                 before the step (μ included).
         """
+        seconds_l = time.perf_counter() - self._step_started
         mu = self.mus[k]
         try:
             self._check_finite(k, loss)
         except EngineError:
-            self.mu = self.mus[k - 1] if k > 0 else 0.0
+            self.mu = self._mu_before_step
             raise
         self.events.emit("l_step_end", engine=self, step=k + 1, mu=mu, loss=loss)
         start = time.perf_counter()
@@ -626,10 +631,8 @@ class Engine:
             if self.converged:
                 break
             self.begin_step(k)
-            start = time.perf_counter()
             loss = l_step(self, k)
-            seconds_l = time.perf_counter() - start
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach().item()
-            self.end_step(k, None if loss is None else float(loss), seconds_l, evaluate)
+            self.end_step(k, None if loss is None else float(loss), evaluate)
         return list(self.history)

@@ -17,7 +17,6 @@ framework is imported here, so this module works without the optional extras.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
@@ -29,12 +28,12 @@ from lcdsl.engine import Engine
 from lcdsl.errors import EngineError
 from lcdsl.plan import strip_ddp_prefix
 
-__all__ = ["LCDriver", "Unit"]
+__all__ = ["LCDriver", "DriverCallback", "Unit"]
 
 Unit = Literal["epoch", "step"]
 """What an L step's length counts: training epochs, or optimizer steps."""
 
-DRIVER_FORMAT = 1
+DRIVER_FORMAT = 2
 """Version of :meth:`LCDriver.state_dict`'s layout."""
 
 
@@ -96,8 +95,7 @@ class LCDriver:
         self.penalty_steps = 0
         """Optimizer steps that got the penalty's gradient since :meth:`begin` (not saved)."""
         self.begun = False
-        self._losses: list[float] = []
-        self._step_started = 0.0
+        self._last_loss: float | None = None  # the current L step's latest unit loss
         self._params = self._task_parameters(engine)
 
     @staticmethod
@@ -159,8 +157,7 @@ class LCDriver:
             self._start_l_step(optimizers, announce=self.units_in_step == 0)
 
     def _start_l_step(self, optimizers: list[torch.optim.Optimizer], announce: bool) -> None:
-        self._losses = []
-        self._step_started = time.perf_counter()
+        self._last_loss = None
         if announce and self.reset_optimizer:
             for optimizer in optimizers:
                 getattr(optimizer, "optimizer", optimizer).state.clear()  # unwrap accelerate's
@@ -198,13 +195,12 @@ class LCDriver:
         self.units_seen += 1
         self.units_in_step += 1
         if loss is not None:
-            self._losses.append(float(loss))
+            self._last_loss = float(loss)
         engine = self.engine
         k = engine.step
         if self.units_in_step < self.step_length(k):
             return False
-        loss_value = self._losses[-1] if self._losses else None
-        engine.end_step(k, loss_value, time.perf_counter() - self._step_started, self.evaluate)
+        engine.end_step(k, self._last_loss, self.evaluate)
         self.units_in_step = 0
         if not self.done:
             self._start_l_step(optimizers, announce=True)
@@ -256,7 +252,7 @@ class LCDriver:
             "engine": self.engine.state_dict(),
             "unit": self.unit,
             "units_in_step": self.units_in_step,
-            "losses": list(self._losses),
+            "last_loss": self._last_loss,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -272,5 +268,38 @@ class LCDriver:
             raise EngineError(f"the checkpoint counts L steps in {state['unit']}s, this callback in {self.unit}s")
         self.engine.load_state_dict(state["engine"])
         self.units_in_step = int(state["units_in_step"])
-        self._losses = [float(x) for x in state.get("losses", [])]
+        last = state.get("last_loss")
+        self._last_loss = None if last is None else float(last)
 
+
+class DriverCallback:
+    """What the trainer callbacks share: an :class:`LCDriver` built from the same keywords (see
+    there), and the :attr:`engine` and :attr:`total_epochs` a user reads off the callback."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        unit: Unit = "epoch",
+        length: int | None = None,
+        first_length: int | None = None,
+        evaluate: Callable[[Engine], dict[str, float]] | None = None,
+        finalize: bool = True,
+        reset_optimizer: bool = True,
+    ) -> None:
+        super().__init__()  # the trainer's own callback base comes next in the MRO
+        self.driver = LCDriver(
+            engine, unit=unit, length=length, first_length=first_length,
+            evaluate=evaluate, finalize=finalize, reset_optimizer=reset_optimizer,
+        )  # fmt: skip
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this callback drives."""
+        return self.driver.engine
+
+    @property
+    def total_epochs(self) -> int:
+        """Units (training epochs with ``unit="epoch"``) the whole schedule needs from the
+        start: ``max_epochs`` / ``num_train_epochs`` for a fresh run."""
+        return self.driver.total_units

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from lcdsl.engine import Engine
-from lcdsl.integrations import LCDriver, Unit
+from lcdsl.integrations import DriverCallback
 
 try:
     from transformers import (
@@ -61,7 +59,7 @@ def _last_loss(state: TrainerState) -> float | None:
     return None
 
 
-class LCCallback(TrainerCallback):
+class LCCallback(DriverCallback, TrainerCallback):
     """Runs the LC algorithm's schedule in a Hugging Face ``Trainer``.
 
     Args:
@@ -77,31 +75,6 @@ class LCCallback(TrainerCallback):
         EngineError: at train start, if the engine's parameters are not the Trainer's model's.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        unit: Unit = "epoch",
-        length: int | None = None,
-        first_length: int | None = None,
-        evaluate: Callable[[Engine], dict[str, float]] | None = None,
-        finalize: bool = True,
-        reset_optimizer: bool = True,
-    ) -> None:
-        self.driver = LCDriver(
-            engine, unit=unit, length=length, first_length=first_length,
-            evaluate=evaluate, finalize=finalize, reset_optimizer=reset_optimizer,
-        )  # fmt: skip
-
-    @property
-    def engine(self) -> Engine:
-        """The engine this callback drives."""
-        return self.driver.engine
-
-    @property
-    def total_epochs(self) -> int:
-        """Units (epochs with ``unit="epoch"``) the whole schedule needs from the start."""
-        return self.driver.total_units
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Restore the LC state from a file this callback wrote (``checkpoint-N/lcdsl_state.pt``)."""

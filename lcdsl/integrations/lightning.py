@@ -21,13 +21,11 @@ trainer when the schedule is done, and keeps its state in the trainer's checkpoi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from lcdsl.engine import Engine
-from lcdsl.integrations import LCDriver, Unit
+from lcdsl.integrations import DriverCallback
 
 try:  # the unified package first, the standalone one otherwise
     import lightning.pytorch as pl
@@ -55,7 +53,7 @@ def _loss_of(outputs: Any) -> torch.Tensor | None:
     return None
 
 
-class LCCallback(pl.Callback):
+class LCCallback(DriverCallback, pl.Callback):
     """Runs the LC algorithm's schedule in a Lightning ``Trainer``.
 
     Args:
@@ -73,36 +71,10 @@ class LCCallback(pl.Callback):
         EngineError: at train start, if the engine's parameters are not the LightningModule's.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        unit: Unit = "epoch",
-        length: int | None = None,
-        first_length: int | None = None,
-        evaluate: Callable[[Engine], dict[str, float]] | None = None,
-        finalize: bool = True,
-        reset_optimizer: bool = True,
-    ) -> None:
-        super().__init__()
-        self.driver = LCDriver(
-            engine, unit=unit, length=length, first_length=first_length,
-            evaluate=evaluate, finalize=finalize, reset_optimizer=reset_optimizer,
-        )  # fmt: skip
-        self._loss_sum = 0.0
-        self._loss_count = 0
-        self._stepped = False
-
-    @property
-    def engine(self) -> Engine:
-        """The engine this callback drives."""
-        return self.driver.engine
-
-    @property
-    def total_epochs(self) -> int:
-        """Training epochs the whole schedule needs (``max_epochs`` for a fresh run, with
-        ``unit="epoch"``)."""
-        return self.driver.total_units
+    # the loss of the current unit, summed on the loss's device (one host sync per unit, not per batch)
+    _loss_sum: torch.Tensor | float = 0.0
+    _loss_count: int = 0
+    _stepped: bool = False  # an optimizer step happened since the last batch end
 
     # --------------------------------------------------------------------- hooks
 
@@ -133,7 +105,7 @@ class LCCallback(pl.Callback):
     ) -> None:
         loss = _loss_of(outputs)
         if loss is not None:
-            self._loss_sum += float(loss.detach())
+            self._loss_sum = self._loss_sum + loss.detach()
             self._loss_count += 1
         if self.driver.unit == "step" and self._stepped:
             self._stepped = False
@@ -151,7 +123,7 @@ class LCCallback(pl.Callback):
         })  # fmt: skip
 
     def _take_loss(self) -> float | None:
-        mean = self._loss_sum / self._loss_count if self._loss_count else None
+        mean = float(self._loss_sum) / self._loss_count if self._loss_count else None
         self._loss_sum, self._loss_count = 0.0, 0
         return mean
 
