@@ -34,7 +34,7 @@ from torch import nn
 
 from lcdsl.errors import EngineError, LcdslError, ModelError
 from lcdsl.operators.base import Theta
-from lcdsl.plan import Plan, Task, split_view, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, parameters_by_name, split_view
 
 __all__ = [
     "COMPRESSED_FORMAT",
@@ -216,7 +216,7 @@ def compressed_state(
         spec_text: the spec's source, so :func:`load_compressed` can rebuild the operators.
         model_name: how the model was named on the command line, for the record.
     """
-    by_name = {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
+    by_name = parameters_by_name(model)
     tasks = {}
     for task in plan.tasks:
         tasks[task.name] = {
@@ -264,7 +264,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     if state.get("format") != COMPRESSED_FORMAT or not isinstance(state.get("tasks"), dict):
         raise ModelError(f"{path}: not an lcdsl compressed model of format {COMPRESSED_FORMAT}")
     plan = parse(state["spec"], filename=f"{path} (saved spec)").bind(model)
-    by_name = {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
+    by_name = parameters_by_name(model)
     thetas: dict[str, Theta] = {}
     with torch.no_grad():
         for task in plan.tasks:

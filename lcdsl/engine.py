@@ -33,7 +33,7 @@ from lcdsl.checkpoint import fault_point
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.events import EventBus, StepRecord
 from lcdsl.operators.base import Operator, Storage, Theta
-from lcdsl.plan import Plan, Task, split_view, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, parameters_by_name, split_view, strip_ddp_prefix
 from lcdsl.settings import Settings
 
 __all__ = ["Engine", "StepRecord", "plan_fingerprint", "plugin_versions", "operator_origin", "STATE_FORMAT"]
@@ -181,7 +181,7 @@ class Engine:
 
     @staticmethod
     def _bind(model: nn.Module, plan: Plan) -> list[_TaskState]:
-        by_name = {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
+        by_name = parameters_by_name(model)
         claimed: dict[str, str] = {}
         states = []
         for task in plan.tasks:
@@ -227,6 +227,11 @@ class Engine:
         if value != self._mu:
             self._mu = value
             self._targets = None
+
+    @property
+    def parameters(self) -> tuple[nn.Parameter, ...]:
+        """The parameters the plan compresses, task by task."""
+        return tuple(p for s in self._tasks for p in s.params)
 
     @property
     def tasks(self) -> tuple[Task, ...]:

@@ -44,7 +44,7 @@ from lcdsl.bitpack import decode_tensor, encode_tensor
 from lcdsl.checkpoint import write_atomic, write_theta
 from lcdsl.errors import LcdslError, ModelError
 from lcdsl.operators.base import FLOAT_BITS, Operator, Theta
-from lcdsl.plan import Plan, Task, strip_ddp_prefix
+from lcdsl.plan import Plan, Task, parameters_by_name
 
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
@@ -165,7 +165,7 @@ def export_model(
     from lcdsl.plan_report import plan_summary
     from lcdsl.report import versions
 
-    by_name = {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
+    by_name = parameters_by_name(model)
     payload = _Payload(deflate)
     tasks, storages = [], []
     for task in plan.tasks:
@@ -292,7 +292,7 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
         dense = dict(manifest["dense"])
     except (KeyError, TypeError) as exc:
         raise ModelError(f"{path}: damaged manifest: missing {exc}") from exc
-    by_name = {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
+    by_name = parameters_by_name(model)
     thetas: dict[str, Theta] = {}
     with torch.no_grad():
         for task in plan.tasks:

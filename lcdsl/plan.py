@@ -20,7 +20,7 @@ from lcdsl.spec import Rule, Spec
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
 
-__all__ = ["Task", "Plan", "bind", "view_shape", "split_view", "strip_ddp_prefix"]
+__all__ = ["Task", "Plan", "bind", "view_shape", "split_view", "strip_ddp_prefix", "parameters_by_name"]
 
 
 def strip_ddp_prefix(name: str) -> str:
@@ -28,6 +28,12 @@ def strip_ddp_prefix(name: str) -> str:
     while name.startswith("module."):
         name = name[len("module.") :]
     return name
+
+
+def parameters_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """``model``'s parameters by name, ``module.`` prefixes of DDP wrappers stripped (the
+    names a plan uses)."""
+    return {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
 
 
 def view_shape(view: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:

@@ -26,7 +26,6 @@ from torch import nn
 
 from lcdsl.engine import Engine
 from lcdsl.errors import EngineError
-from lcdsl.plan import strip_ddp_prefix
 
 __all__ = ["LCDriver", "DriverCallback", "Unit"]
 
@@ -96,12 +95,6 @@ class LCDriver:
         """Optimizer steps that got the penalty's gradient since :meth:`begin` (not saved)."""
         self.begun = False
         self._last_loss: float | None = None  # the current L step's latest unit loss
-        self._params = self._task_parameters(engine)
-
-    @staticmethod
-    def _task_parameters(engine: Engine) -> list[nn.Parameter]:
-        by_name = {strip_ddp_prefix(n): p for n, p in engine.model.named_parameters()}
-        return [by_name[name] for task in engine.tasks for name in task.parameters]
 
     # ------------------------------------------------------------------ schedule
 
@@ -136,7 +129,7 @@ class LCDriver:
             EngineError: some parameter of the plan is not one of ``model``'s.
         """
         trained = {id(p) for p in model.parameters()}
-        missing = [p for p in self._params if id(p) not in trained]
+        missing = [p for p in self.engine.parameters if id(p) not in trained]
         if missing:
             raise EngineError(
                 "the engine's parameters are not the trained model's: build the Engine on the model "
