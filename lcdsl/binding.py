@@ -14,7 +14,7 @@ from lcdsl.operators.base import Operator
 from lcdsl.plan import Plan, Task, view_shape
 from lcdsl.selectors import ModelIndex
 from lcdsl.settings import Settings, settings_from_spec
-from lcdsl.spec import Call, Exclude, JointGroup, NameSelector, Rule, Setting, Spec, TypeSelector
+from lcdsl.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
 
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
@@ -123,12 +123,6 @@ def _settings(spec: Spec, diags: _Diagnostics) -> Settings:
     except SpecError as exc:
         diags.extend(exc.diagnostics)
         settings = Settings()
-    else:
-        try:
-            settings.mu.values()  # an overflowing schedule is a spec error now, not at step k
-        except ValueError as exc:
-            where = next((s.span for s in spec.statements if isinstance(s, Setting) and s.name == "mu"), None)
-            diags.add(f"bad value for 'mu': {exc}", where)
     if not spec.rules:
         diags.add(
             "the spec has no rules, so nothing would be compressed",

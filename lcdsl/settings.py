@@ -19,7 +19,7 @@ import attrs
 
 from lcdsl.errors import Diagnostic, SpecError, did_you_mean
 from lcdsl.spec import Call, Percent, Setting, Spec, Value
-from lcdsl.units import int_at_least
+from lcdsl.units import int_at_least, positive_number
 
 __all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec"]
 
@@ -28,29 +28,22 @@ __all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec"
 class Geometric:
     """``μ_k = start · factor^k`` for ``k < steps``, capped at ``cap`` if given."""
 
-    start: float = attrs.field(converter=float)
+    start: float = attrs.field(converter=float, validator=positive_number)
     """μ at step 0 (after direct compression); must be > 0."""
     factor: float = attrs.field(converter=float)
     """Growth per LC step; must be > 1."""
-    steps: int = attrs.field()
+    steps: int = attrs.field(validator=int_at_least(1))
     """Number of LC steps; must be ≥ 1."""
     cap: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
     """Largest μ; later steps stay at the cap."""
 
-    @start.validator
-    def _check_start(self, attribute: Any, value: float) -> None:
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"start must be a positive number, got {value}")
+    def __attrs_post_init__(self) -> None:
+        self.values()  # a schedule that overflows is an error where it is written, not at step k
 
     @factor.validator
     def _check_factor(self, attribute: Any, value: float) -> None:
         if not (value > 1 and math.isfinite(value)):
             raise ValueError(f"factor must be a number > 1, got {value}")
-
-    @steps.validator
-    def _check_steps(self, attribute: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"steps must be an integer ≥ 1, got {value!r}")
 
     def values(self) -> tuple[float, ...]:
         """Every μ of the run, in order."""
@@ -153,6 +146,10 @@ def _schedule(value: Value) -> Schedule:
             raise ValueError(f"unknown schedule '{value.name}'{did_you_mean(value.name, ['geometric'])}")
         if any(a.name is None for a in value.args):
             raise ValueError("geometric() takes keyword arguments: start=…, factor=…, steps=…")
+        names = [a.name for a in value.args]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"geometric() got '{repeated}' twice")
         kwargs = value.kwargs()
         known = {"start", "factor", "steps", "cap"}
         for key in kwargs:

@@ -67,6 +67,8 @@ SPEC_CASES = [
     ("negative-mu-list", "mu = [1e-3, -2e-3]\nfc1 : quant(k=2)", "every μ must be a positive finite number"),
     ("mu-overflows", "mu = geometric(start=1, factor=1e300, steps=5)\nfc1 : quant(k=2)",
      "the μ schedule overflows at step 2"),
+    ("mu-argument-twice", "mu = geometric(start=1e-3, factor=2, steps=3, steps=5)\nfc1 : quant(k=2)",
+     "geometric() got 'steps' twice"),
     ("bad-penalty", 'penalty = "cubic"\nfc1 : quant(k=2)',
      "'penalty' must be in ('augmented-lagrangian', 'quadratic') (got 'cubic')"),
     ("setting-type", 'lr = "fast"\nfc1 : quant(k=2)', "lr must be a number > 0, got 'fast'"),
