@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lcdsl.operators.base import bits_per_index
+
 __all__ = ["pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "decode_tensor", "width"]
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -39,8 +41,8 @@ _DTYPES: dict[str, torch.dtype] = {
 
 
 def width(span: int) -> int:
-    """Bits to store one of ``span + 1`` values ``0 … span``: ``⌈log₂(span + 1)⌉`` (0 for one value)."""
-    return 0 if span <= 0 else int(span).bit_length()
+    """Bits to store one of ``span + 1`` values ``0 … span`` (0 for one value)."""
+    return bits_per_index(span + 1)
 
 
 def pack_uint(values: np.ndarray, bits: int) -> bytes:
@@ -113,14 +115,15 @@ def encode_tensor(tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
         return {**meta, "codec": "raw"}, b""
     values = flat.to(torch.int64)
     low, high = int(values.min()), int(values.max())
-    packed_bits = n * width(high - low)
+    bits = width(high - low)
+    packed_bits = n * bits
     increasing = t.dim() == 1 and low >= 0 and (n == 1 or bool((values[1:] > values[:-1]).all()))
     if increasing and high + 1 < packed_bits:
         mask = np.zeros(high + 1, dtype=bool)
         mask[values.numpy()] = True
         return {**meta, "codec": "mask", "span": high + 1}, pack_bits(mask)
     codes = (values - low).numpy().astype(np.uint64)
-    return {**meta, "codec": "packed", "base": low, "bits": width(high - low)}, pack_uint(codes, width(high - low))
+    return {**meta, "codec": "packed", "base": low, "bits": bits}, pack_uint(codes, bits)
 
 
 def decode_tensor(meta: dict[str, Any], data: bytes) -> torch.Tensor:

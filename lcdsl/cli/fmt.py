@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from lcdsl.checkpoint import write_atomic
 from lcdsl.fmt import format_spec
 from lcdsl.parser import load
 
@@ -30,20 +29,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` so that a reader sees the old file or the new one, never half."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o7777)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     """Format each spec; returns the exit code (1 when ``--check`` finds a file to change)."""
     changed = 0
@@ -57,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                 changed += 1
         elif args.write:
             if canonical != spec.source:
-                _write_atomically(path, canonical)
+                write_atomic(path, lambda fh: fh.write(canonical.encode("utf-8")))
                 print(f"{name}: reformatted", file=sys.stderr)
         else:
             sys.stdout.write(canonical)

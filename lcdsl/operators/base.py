@@ -36,7 +36,6 @@ All work happens on ``w``'s device and dtype with torch ops.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 import attrs
@@ -73,7 +72,7 @@ class Storage:
 
 def bits_per_index(count: int) -> int:
     """Bits to store one index into ``count`` choices: ``⌈log₂ count⌉`` (0 for one choice)."""
-    return 0 if count <= 1 else math.ceil(math.log2(count))
+    return 0 if count <= 1 else (int(count) - 1).bit_length()  # exact, also past 2**53
 
 
 def index_bits(nonzeros: int, n: int) -> int:
