@@ -225,8 +225,10 @@ def _shrink_pairs(model: nn.Module, layers: dict[str, _Layer], notes: list[str])
         chain, b_name = found
         if calls[node.target] > 1 or calls[b_name] > 1:  # a layer called twice keeps its shape
             continue
-        a = layers.setdefault(str(node.target), _from_module(modules[node.target]))
-        b = layers.setdefault(b_name, _from_module(modules[b_name]))
+        for name in (str(node.target), b_name):  # a factored or already shrunk layer stays as it is
+            if name not in layers:
+                layers[name] = _from_module(modules[name])
+        a, b = layers[str(node.target)], layers[b_name]
         wa, wb = a.matrix, b.matrix  # (h, in), (out, h)
         unread = (wb == 0).all(0)  # (h,)
         constant = (wa == 0).all(1) & ~unread  # (h,)

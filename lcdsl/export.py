@@ -79,10 +79,6 @@ class ExportSizes:
         """``payload / predicted − 1``: how much the encoding costs beyond the reported bits."""
         return self.payload_bytes / self.predicted_bytes - 1.0 if self.predicted_bytes else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the overhead."""
-        return {**attrs.asdict(self), "overhead": self.overhead}
-
 
 class _Payload:
     """Collects fields' bytes and records where each one lands."""

@@ -1,6 +1,6 @@
 """What ``lcdsl compress`` shows and saves: the step rows, the size table, report.json, curves.png.
 
-Computing (:func:`build_report`, :func:`size_summary`) is kept apart from printing
+Computing (:func:`build_report`, :func:`~lcdsl.plan_report.plan_summary`) is kept apart from printing
 (:class:`StepPrinter`, :func:`size_table`) and from writing files (:func:`write_report`,
 :func:`plot_curves`).
 """
@@ -27,7 +27,6 @@ from lcdsl.settings import Settings
 __all__ = [
     "REPORT_FORMAT",
     "StepPrinter",
-    "size_summary",
     "size_table",
     "versions",
     "build_report",
@@ -102,13 +101,9 @@ class StepPrinter:
         self.console.print(table)
 
 
-def size_summary(plan: Plan, storages: list[Storage | None]) -> dict[str, Any]:
-    """Per task and in total: params and bits before and after, and ratios (dense ones included)."""
-    return plan_summary(plan, storages)
-
-
 def size_table(summary: dict[str, Any], title: str = "compressed model") -> Table:
-    """The final table of :func:`size_summary`: one row a task, the dense parameters, the total."""
+    """The final table of a :func:`~lcdsl.plan_report.plan_summary`: one row a task, the dense
+    parameters, the total."""
     table = Table(title=title, title_justify="left")
     for column in ("task", "operator", "params before", "params after", "bits before", "bits after", "ratio"):
         table.add_column(column, justify="left" if column in ("task", "operator") else "right")
@@ -194,7 +189,7 @@ def build_report(
         "reference": reference,
         "steps": steps,
         "final": {**final, "direct_compression": dict(direct)},
-        "size": size_summary(plan, storages),
+        "size": plan_summary(plan, storages),
         "seconds": {
             "l_steps": sum(r.seconds_l_step for r in history),
             "c_steps": sum(r.seconds_c_step for r in history),

@@ -33,7 +33,8 @@ from lcdsl.events import StepRecord
 from lcdsl.operators.base import FLOAT_BITS
 from lcdsl.parser import load
 from lcdsl.plan_report import plan_table
-from lcdsl.report import StepPrinter, build_report, plot_curves, size_summary, size_table, write_report
+from lcdsl.plan_report import plan_summary
+from lcdsl.report import StepPrinter, build_report, plot_curves, size_table, write_report
 from lcdsl.settings import Explicit, Geometric, Settings, settings_from_spec
 from lcdsl.spec import Spec
 from lcdsl.training import LStep, default_recipe, error_rate, make_l_step
@@ -223,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(mus)} LC steps, μ {mus[0]:.3g} → {mus[-1]:.3g}; reference test error "
         f"{100 * reference['test_error']:.2f}%"
     )
-    summary = size_summary(plan, [task.predicted_storage() for task in plan.tasks])
-    printer = StepPrinter(out, dense_bits=plan.dense_numel * FLOAT_BITS, bits_before=summary["bits_before"])
+    bits_before = plan_summary(plan)["bits_before"]  # the dense size: no storage needed
+    printer = StepPrinter(out, dense_bits=plan.dense_numel * FLOAT_BITS, bits_before=bits_before)
     for record in engine.history:  # the steps a resumed run already has
         printer.print(record)
 
@@ -252,10 +253,7 @@ def run(args: argparse.Namespace) -> int:
         raise type(exc)(f"{exc}\n{kept}") from exc
 
     thetas = engine.finalize()  # the model now holds Δ(θ)
-    final = {
-        "train_error": error_rate(model, data.x_train, data.y_train),
-        "test_error": error_rate(model, data.x_test, data.y_test),
-    }
+    final = evaluate(engine)
     storages = [size for _, size in engine.storage()]
     compressed = compressed_state(model, plan, thetas, spec_text=spec.source, model_name=args.model)
     save_atomic(compressed, folder / "compressed.pt")
