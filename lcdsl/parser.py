@@ -24,7 +24,6 @@ from lark.exceptions import LarkError, UnexpectedInput
 
 from lcdsl.errors import Diagnostic, Span, SpecError
 from lcdsl.grammar import MAX_DEPTH, ParseState, TooDeepError, get_parser, parse_state
-from lcdsl.syntax_errors import describe_syntax_error, token_span
 from lcdsl.spec import (
     Argument,
     Call,
@@ -39,6 +38,7 @@ from lcdsl.spec import (
     TypeSelector,
     Value,
 )
+from lcdsl.syntax_errors import describe_syntax_error, token_span
 
 __all__ = ["parse", "load", "parse_expression", "MAX_NUMBER_LENGTH", "MAX_SPEC_LENGTH"]
 

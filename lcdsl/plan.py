@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from lcdsl.operators.base import Operator, Storage
+from lcdsl.operators.base import Operator, Storage, view_shape
 from lcdsl.settings import Settings
 from lcdsl.spec import Rule, Spec
 
@@ -34,22 +34,6 @@ def parameters_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """``model``'s parameters by name, ``module.`` prefixes of DDP wrappers stripped (the
     names a plan uses)."""
     return {strip_ddp_prefix(n): p for n, p in model.named_parameters()}
-
-
-def view_shape(view: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
-    """The shape an operator of ``view`` sees for tensors of ``shapes``.
-
-    ``"vector"``: ``(Σ numel,)``; ``"matrix"``: ``(out, in·kh·kw)``; ``"tensor"``: the shape."""
-    if view == "vector":
-        return (sum(math.prod(s) for s in shapes),)
-    if len(shapes) != 1:
-        raise ValueError(f"a '{view}' operator takes one tensor, got {len(shapes)}")
-    shape = shapes[0]
-    if view == "matrix":
-        if len(shape) < 2:
-            raise ValueError(f"a matrix operator needs a tensor of 2 or more dimensions, got shape {tuple(shape)}")
-        return (shape[0], math.prod(shape[1:]))
-    return tuple(shape)
 
 
 @attrs.frozen

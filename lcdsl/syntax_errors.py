@@ -12,7 +12,12 @@ from __future__ import annotations
 import re
 
 from lark import Token
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    LarkError,
+    UnexpectedCharacters,
+    UnexpectedInput,
+    UnexpectedToken,
+)
 
 from lcdsl.errors import Diagnostic, Span
 from lcdsl.grammar import ParseState, TooDeepError, get_parser, parse_state

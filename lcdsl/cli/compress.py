@@ -24,7 +24,13 @@ from lcdsl.checkpoint import (
     remove_stale_temporaries,
     save_atomic,
 )
-from lcdsl.cli.train import add_model_data_arguments, build_model, load_reference, resolve_device, train
+from lcdsl.cli.train import (
+    add_model_data_arguments,
+    build_model,
+    load_reference,
+    resolve_device,
+    train,
+)
 from lcdsl.console import console
 from lcdsl.data import Dataset, load_data
 from lcdsl.engine import Engine
@@ -32,9 +38,14 @@ from lcdsl.errors import Diagnostic, EngineError, PluginError, SpecError
 from lcdsl.events import StepRecord
 from lcdsl.operators.base import FLOAT_BITS
 from lcdsl.parser import load
-from lcdsl.plan_report import plan_table
-from lcdsl.plan_report import plan_summary
-from lcdsl.report import StepPrinter, build_report, plot_curves, size_table, write_report
+from lcdsl.plan_report import plan_summary, plan_table
+from lcdsl.report import (
+    StepPrinter,
+    build_report,
+    plot_curves,
+    size_table,
+    write_report,
+)
 from lcdsl.settings import Explicit, Geometric, Settings, settings_from_spec
 from lcdsl.spec import Spec
 from lcdsl.training import LStep, default_recipe, error_rate, make_l_step

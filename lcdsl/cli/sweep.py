@@ -20,7 +20,15 @@ from lcdsl.console import console, human_bits
 from lcdsl.data import load_data
 from lcdsl.errors import EngineError, ModelError
 from lcdsl.parser import load
-from lcdsl.sweep import canonical, collect, parse_variation, plot_tradeoff, slug, variants, write_result
+from lcdsl.sweep import (
+    canonical,
+    collect,
+    parse_variation,
+    plot_tradeoff,
+    slug,
+    variants,
+    write_result,
+)
 from lcdsl.training import default_recipe
 
 __all__ = ["add_parser", "run"]

@@ -6,13 +6,12 @@ right-hand side is a sum. It composes like ``optax.chain``: each term stays a pl
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
-from lcdsl.operators.base import Operator, Storage, Theta, View
+from lcdsl.operators.base import Operator, Storage, Theta, View, view_shape
 from lcdsl.units import int_at_least
 
 __all__ = ["Additive", "additive_project", "term_shape", "RELATIVE_TOLERANCE"]
@@ -23,13 +22,7 @@ RELATIVE_TOLERANCE = 1e-9
 
 def term_shape(view: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape a term of ``view`` sees when the combination's view has ``shape``."""
-    if view == "vector":
-        return (math.prod(shape),)
-    if view == "matrix":
-        if len(shape) < 2:
-            raise ValueError(f"a matrix term needs 2 or more dimensions, got shape {tuple(shape)}")
-        return (shape[0], math.prod(shape[1:]))
-    return tuple(shape)
+    return view_shape(view, (tuple(shape),))
 
 
 def _split(theta: Theta, count: int) -> list[Theta] | None:

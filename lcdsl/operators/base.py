@@ -36,12 +36,15 @@ All work happens on ``w``'s device and dtype with torch ops.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import attrs
 import torch
 
-__all__ = ["Theta", "Encoded", "View", "Storage", "Operator", "index_bits", "bits_per_index", "describe"]
+__all__ = [
+    "Theta", "Encoded", "View", "Storage", "Operator", "index_bits", "bits_per_index", "view_shape", "describe"
+]
 
 Theta = dict[str, torch.Tensor]
 """The compressed representation of one task: named tensors (codebook, assignments, …)."""
@@ -55,6 +58,22 @@ View = Literal["vector", "matrix", "tensor"]
 
 FLOAT_BITS = 32
 """Bits of one stored real number (codebook entries, sparse values, factors)."""
+
+
+def view_shape(view: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The shape an operator of ``view`` sees for tensors of ``shapes``.
+
+    ``"vector"``: ``(Σ numel,)``; ``"matrix"``: ``(out, in·kh·kw)``; ``"tensor"``: the shape."""
+    if view == "vector":
+        return (sum(math.prod(s) for s in shapes),)
+    if len(shapes) != 1:
+        raise ValueError(f"a '{view}' operator takes one tensor, got {len(shapes)}")
+    shape = shapes[0]
+    if view == "matrix":
+        if len(shape) < 2:
+            raise ValueError(f"a matrix operator needs a tensor of 2 or more dimensions, got shape {tuple(shape)}")
+        return (shape[0], math.prod(shape[1:]))
+    return tuple(shape)
 
 
 @attrs.frozen

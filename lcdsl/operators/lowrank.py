@@ -128,9 +128,8 @@ class LowRank(Operator):
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the (m, n) target ``w``; ``warm`` is unused (one SVD is exact and cheap enough)."""
+        self.resolve(tuple(w.shape))  # the rank must fit
         m, n = self._matrix(tuple(w.shape))
-        if self.rank is not None and self.rank > min(m, n):
-            raise ValueError(f"rank={self.rank} is above min(m, n) = {min(m, n)} of a {m}×{n} matrix")
         u, s, vh = svd(w)  # (m, k), (k,), (k, n)
         r = self.rank if self.rank is not None else select_rank(s, m, n, self.alpha, mu)
         return {"U": (u[:, :r] * s[:r]).to(w.dtype), "V": vh[:r].to(w.dtype)}
