@@ -50,7 +50,10 @@ from lcdsl.settings import Explicit, Geometric, Settings, settings_from_spec
 from lcdsl.spec import Spec
 from lcdsl.training import LStep, default_recipe, error_rate, make_l_step
 
-__all__ = ["add_parser", "run", "CHECKPOINT_FORMAT", "settings_with_overrides"]
+__all__ = [
+    "add_parser", "run", "CHECKPOINT_FORMAT", "SETTINGS_OPTIONS", "add_settings_arguments", "settings_argv",
+    "settings_with_overrides", "prepare_reference",
+]
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint.pt layout."""
@@ -60,6 +63,39 @@ _OUTPUTS = ("reference.pt", "checkpoint.pt", "compressed.pt", "report.json", "cu
 
 # Command-line options that override a setting of the same name.
 _PLAIN_OVERRIDES = ("lr", "lr_decay", "epochs", "first_epochs", "batch_size", "seed", "optimizer", "penalty")
+
+
+SETTINGS_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--steps", {"metavar": "N", "type": int, "help": "number of LC steps (the μ schedule's length)"}),
+    ("--mu-start", {"metavar": "X", "type": float, "help": "μ of the first LC step (geometric schedules)"}),
+    ("--mu-factor", {"metavar": "X", "type": float, "help": "μ growth per LC step (geometric schedules)"}),
+    ("--epochs", {"metavar": "N", "type": int, "help": "epochs per L step"}),
+    ("--first-epochs", {"metavar": "N", "type": int, "help": "epochs of the first L step"}),
+    ("--lr", {"metavar": "X", "type": float, "help": "L-step learning rate at the first LC step"}),
+    ("--lr-decay", {"metavar": "X", "type": float, "help": "learning rate factor per LC step"}),
+    ("--batch-size", {"metavar": "N", "type": int, "help": "mini-batch size"}),
+    ("--seed", {"metavar": "N", "type": int, "help": "seed of the weights, the data split and order"}),
+    ("--optimizer", {"choices": ("sgd", "adam"), "help": "the L step's optimizer"}),
+    ("--penalty", {"choices": ("augmented-lagrangian", "quadratic"), "help": "penalty form"}),
+)
+"""The options that override the spec's settings: ``compress`` takes them, ``sweep`` passes them on."""
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """The :data:`SETTINGS_OPTIONS` as an argument group."""
+    group = parser.add_argument_group(title)
+    for option, keywords in SETTINGS_OPTIONS:
+        group.add_argument(option, **keywords)
+
+
+def settings_argv(args: argparse.Namespace) -> list[str]:
+    """The :data:`SETTINGS_OPTIONS` given in ``args``, as command-line words again."""
+    argv = []
+    for option, _ in SETTINGS_OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            argv += [option, str(value)]
+    return argv
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -86,18 +122,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default runs/<spec name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint.pt")
-    group = parser.add_argument_group("settings (override the spec)")
-    group.add_argument("--steps", metavar="N", type=int, help="number of LC steps (the μ schedule's length)")
-    group.add_argument("--mu-start", metavar="X", type=float, help="μ of the first LC step (geometric schedules)")
-    group.add_argument("--mu-factor", metavar="X", type=float, help="μ growth per LC step (geometric schedules)")
-    group.add_argument("--epochs", metavar="N", type=int, help="epochs per L step")
-    group.add_argument("--first-epochs", metavar="N", type=int, help="epochs of the first L step")
-    group.add_argument("--lr", metavar="X", type=float, help="L-step learning rate at the first LC step")
-    group.add_argument("--lr-decay", metavar="X", type=float, help="learning rate factor per LC step")
-    group.add_argument("--batch-size", metavar="N", type=int, help="mini-batch size")
-    group.add_argument("--seed", metavar="N", type=int, help="seed of the weights, the data split and order")
-    group.add_argument("--optimizer", choices=("sgd", "adam"), help="the L step's optimizer")
-    group.add_argument("--penalty", choices=("augmented-lagrangian", "quadratic"), help="penalty form")
+    add_settings_arguments(parser, "settings (override the spec)")
     parser.set_defaults(func=run)
 
 
@@ -136,7 +161,7 @@ def settings_with_overrides(spec: Spec, args: argparse.Namespace) -> Settings:
     return attrs.evolve(settings, mu=mu)
 
 
-def _reference(
+def prepare_reference(
     args: argparse.Namespace, model: torch.nn.Module, data: Dataset, folder: Path, settings: Settings
 ) -> dict[str, Any]:
     """Load the reference into ``model`` (or train and cache one); returns its metadata."""
@@ -227,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         reference = _restore(checkpoint, checkpoint_path, args, data, model, engine, l_step)
         out.print(f"resuming {checkpoint_path} after LC step {engine.step} of {len(engine.mus)}")
     else:
-        reference = _reference(args, model, data, folder, settings)
+        reference = prepare_reference(args, model, data, folder, settings)
 
     mus = engine.mus
     out.print(plan_table(plan, title=f"{args.spec} on {args.model} / {data.name}"))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from lcdsl.checkpoint import check_writable, load_checkpoint, write_atomic
-from lcdsl.cli.compress import settings_with_overrides
-from lcdsl.cli.train import build_model, resolve_device, train
+from lcdsl.checkpoint import check_writable, write_atomic
+from lcdsl.cli.compress import add_settings_arguments, prepare_reference, settings_argv, settings_with_overrides
+from lcdsl.cli.train import add_model_data_arguments, build_model, resolve_device
 from lcdsl.console import console, human_bits
 from lcdsl.data import load_data
-from lcdsl.errors import EngineError, ModelError
+from lcdsl.errors import EngineError
 from lcdsl.parser import load
 from lcdsl.sweep import (
     canonical,
@@ -29,17 +29,8 @@ from lcdsl.sweep import (
     variants,
     write_result,
 )
-from lcdsl.training import default_recipe
 
 __all__ = ["add_parser", "run"]
-
-# (option, metavar, type) passed through to every compress run
-_PASSED = (
-    ("--steps", "N", int), ("--mu-start", "X", float), ("--mu-factor", "X", float), ("--epochs", "N", int),
-    ("--first-epochs", "N", int), ("--lr", "X", float), ("--lr-decay", "X", float), ("--batch-size", "N", int),
-    ("--seed", "N", int),
-)  # fmt: skip
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``sweep`` sub-command."""
@@ -55,45 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--vary", metavar="'SEL : OP.ARG = V1, V2, …'", action="append", required=True,
         help="e.g. 'fc* : prune.l0 = 1%%, 2%%, 5%%' (repeat for a grid)",
     )  # fmt: skip
-    parser.add_argument("--model", metavar="M", default="lenet300", help="model (default lenet300)")
-    parser.add_argument("--data", metavar="D", default="digits", help="data set (default digits)")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files for fashion-mnist / mnist")
-    parser.add_argument("--device", metavar="DEVICE", default="cpu", help="torch device (default cpu)")
+    add_model_data_arguments(parser)
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
     parser.add_argument("--reference", metavar="PATH", help="reference weights (default: train OUT/reference.pt)")
     parser.add_argument("--reference-epochs", metavar="N", type=int, help="epochs of a reference trained here")
     parser.add_argument("--rerun", action="store_true", help="run variants again even if they finished")
-    group = parser.add_argument_group("settings passed to every run (override the spec)")
-    for option, metavar, kind in _PASSED:
-        group.add_argument(option, metavar=metavar, type=kind, help="as for 'lcdsl compress'")
-    group.add_argument("--optimizer", choices=("sgd", "adam"), help="as for 'lcdsl compress'")
-    group.add_argument("--penalty", choices=("augmented-lagrangian", "quadratic"), help="as for 'lcdsl compress'")
+    add_settings_arguments(parser, "settings passed to every run (override the spec)")
     parser.set_defaults(func=run)
-
-
-def _passed(args: argparse.Namespace) -> list[str]:
-    argv = []
-    for option in [o for o, _, _ in _PASSED] + ["--optimizer", "--penalty"]:
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            argv += [option, str(value)]
-    return argv
-
-
-def _reference(args: argparse.Namespace, folder: Path, seed: int) -> Path:
-    """The shared reference: given, cached in OUT, or trained now."""
-    if args.reference:
-        return Path(args.reference)
-    path = folder / "reference.pt"
-    if path.exists():
-        console().print(f"reference: {path} (cached; delete it to train a new one)")
-        return path
-    data = load_data(args.data, data_dir=args.data_dir, seed=seed).to(resolve_device(args.device))
-    model = build_model(args.model, data, seed=seed, device=args.device)
-    recipe = default_recipe(data.name, epochs=args.reference_epochs, seed=seed)
-    console().print(f"training the shared reference ({recipe.epochs} epochs) into {path}")
-    train(model, args.model, data, recipe, path)
-    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,15 +65,13 @@ def run(args: argparse.Namespace) -> int:
     todo = variants(spec, variations)
     settings = settings_with_overrides(spec, args)
     folder = check_writable(args.out)
-    # every variant must bind before anything is trained
-    data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed)
-    model = build_model(args.model, data, seed=settings.seed)
-    for variant in todo:
+    data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
+    model = build_model(args.model, data, seed=settings.seed, device=args.device)
+    for variant in todo:  # every variant must bind before anything is trained
         variant.spec.bind(model)
-    reference_path = _reference(args, folder, settings.seed)
-    meta = load_checkpoint(reference_path, error=ModelError)
-    reference = {"path": str(reference_path), "test_error": meta.get("test_error"),
-                 "train_error": meta.get("train_error")}  # fmt: skip
+    meta = prepare_reference(args, model, data, folder, settings)  # checks it fits model and data
+    reference_path = meta["path"]
+    reference = {"path": reference_path, "test_error": meta.get("test_error"), "train_error": meta.get("train_error")}
 
     runs = []
     for index, variant in enumerate(todo):
@@ -128,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         show.rule(f"[{index + 1}/{len(todo)}] {variant.label}")
         argv = ["compress", str(spec_path), "--model", args.model, "--data", args.data, "--device", args.device,
-                "--reference", str(reference_path), "--out", str(run_dir), *_passed(args)]  # fmt: skip
+                "--reference", reference_path, "--out", str(run_dir), *settings_argv(args)]  # fmt: skip
         if args.data_dir:
             argv += ["--data-dir", args.data_dir]
         code = main(argv)
