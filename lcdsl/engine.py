@@ -428,6 +428,10 @@ class Engine:
 
     # --------------------------------------------------------- checkpointing
 
+    def _task_descriptions(self) -> list[str]:
+        """``"task: operator"`` per task: what a saved state must match to be loaded."""
+        return [f"{s.task.name}: {s.task.operator!r}" for s in self._tasks]
+
     def state_dict(self) -> dict[str, Any]:
         """The whole LC state as tensors and plain data (``torch.save`` /
         ``torch.load(weights_only=True)``). The model's weights and the optimizer are not in it:
@@ -435,7 +439,7 @@ class Engine:
         return {
             "format": STATE_FORMAT,
             "fingerprint": self.fingerprint,
-            "tasks": [f"{s.task.name}: {s.task.operator!r}" for s in self._tasks],
+            "tasks": self._task_descriptions(),
             "settings": repr(self.settings),
             "plugin_versions": plugin_versions(),
             "mus": list(self.mus),
@@ -456,7 +460,7 @@ class Engine:
             raise EngineError(f"not an lcdsl engine state of format {STATE_FORMAT} (found {found!r})")
         if state.get("fingerprint") == self.fingerprint:
             return
-        ours = [f"{s.task.name}: {s.task.operator!r}" for s in self._tasks]
+        ours = self._task_descriptions()
         theirs = list(state.get("tasks", []))
         if theirs != ours:
             missing = [t for t in theirs if t not in ours]

@@ -50,11 +50,6 @@ class EventBus:
     def __init__(self, names: Iterable[str] = EVENTS) -> None:
         self._callbacks: dict[str, list[Callback]] = {name: [] for name in names}
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The event names this bus knows."""
-        return tuple(self._callbacks)
-
     def _list(self, name: str) -> list[Callback]:
         try:
             return self._callbacks[name]
