@@ -21,6 +21,7 @@ import math
 import re
 
 from lcdsl.errors import Diagnostic, SpecError
+from lcdsl.grammar import IDENTIFIER, NON_FINITE_WORDS
 from lcdsl.spec import (
     Call,
     Exclude,
@@ -38,10 +39,8 @@ from lcdsl.spec import (
 __all__ = ["format_spec", "format_value", "format_call", "format_selector", "format_number"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*\Z")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _GLOB = re.compile(r"[A-Za-z_*?][A-Za-z0-9_*?]*(\.[A-Za-z0-9_*?]+)*\Z")
 _RESERVED_WORDS = frozenset({"true", "false"})
-_NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
@@ -87,7 +86,7 @@ def _percent(value: float) -> str:
 
 
 def _string(value: str) -> str:
-    is_word = _WORD.match(value) and value not in _RESERVED_WORDS and value.lower() not in _NON_FINITE_WORDS
+    is_word = _WORD.match(value) and value not in _RESERVED_WORDS and value.lower() not in NON_FINITE_WORDS
     if is_word:
         return value
     out = []
@@ -146,7 +145,7 @@ def format_selector(selector: Selector) -> str:
             raise _unwritable(f"'{selector.pattern}' cannot be written as a selector", selector)
         return selector.pattern
     if isinstance(selector, TypeSelector):
-        if not _IDENTIFIER.match(selector.type_name):
+        if not IDENTIFIER.match(selector.type_name):
             raise _unwritable(f"'{selector.type_name}' cannot be written as a type name", selector)
         return "@" + selector.type_name
     if isinstance(selector, Exclude):
@@ -163,7 +162,7 @@ def _head_and_tail(statement: Statement) -> tuple[str, str, str]:
             raise _unwritable("a rule needs at least one selector and one operator call", statement)
         left = ", ".join(format_selector(s) for s in statement.selectors)
         return left, ":", " + ".join(format_call(c) for c in statement.terms)
-    if not _IDENTIFIER.match(statement.name):
+    if not IDENTIFIER.match(statement.name):
         raise _unwritable(f"'{statement.name}' cannot be written as a setting name", statement)
     return statement.name, "=", format_value(statement.value)
 

@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
 import attrs
 from lark import Lark, Token
 
-__all__ = ["MAX_DEPTH", "ParseState", "TooDeepError", "grammar_text", "build_parser", "get_parser", "parse_state"]
+__all__ = [
+    "MAX_DEPTH", "IDENTIFIER", "NON_FINITE_WORDS", "non_finite_message", "ParseState", "TooDeepError", "grammar_text",
+    "build_parser", "get_parser", "parse_state",
+]  # fmt: skip
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+"""A setting name or a module class name (``@Linear``); the parser checks and ``fmt`` writes by it."""
+
+NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
+"""Words (any case) that would read as non-finite floats: never numbers in a spec, and quoted
+when they are strings."""
+
+
+def non_finite_message(word: str) -> str:
+    """The error for a non-finite number written in a spec."""
+    return f"'{word}' is not allowed: numbers must be finite"
 
 MAX_DEPTH = 32
 """The most brackets and parentheses open at once."""

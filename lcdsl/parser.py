@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import math
 import os
-import re
 
 import attrs
 from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedInput
 
 from lcdsl.errors import Diagnostic, Span, SpecError
-from lcdsl.grammar import MAX_DEPTH, ParseState, TooDeepError, get_parser, parse_state
+from lcdsl.grammar import (
+    IDENTIFIER,
+    MAX_DEPTH,
+    NON_FINITE_WORDS,
+    ParseState,
+    TooDeepError,
+    get_parser,
+    non_finite_message,
+    parse_state,
+)
 from lcdsl.spec import (
     Argument,
     Call,
@@ -38,7 +46,7 @@ from lcdsl.spec import (
     TypeSelector,
     Value,
 )
-from lcdsl.syntax_errors import describe_syntax_error, token_span
+from lcdsl.syntax_errors import describe_syntax_error, offset_span, token_span
 
 __all__ = ["parse", "load", "parse_expression", "MAX_NUMBER_LENGTH", "MAX_SPEC_LENGTH"]
 
@@ -49,8 +57,6 @@ MAX_SPEC_LENGTH = 1 << 18
 """The most characters a spec may have: a real one is a few hundred; a larger text is refused
 before it is parsed, so a huge file cannot take minutes of parsing and binding."""
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_NON_FINITE = frozenset({"nan", "inf", "infinity"})
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 
@@ -133,9 +139,9 @@ class _Builder(Transformer):
             return True
         if text == "false":
             return False
-        if text.lower() in _NON_FINITE:
+        if text.lower() in NON_FINITE_WORDS:
             self._error(
-                f"'{text}' is not allowed: numbers must be finite",
+                non_finite_message(text),
                 token_span(token),
                 hint=f'write "{text}" in quotes if a string is meant',
             )
@@ -181,7 +187,7 @@ class _Builder(Transformer):
 
     def setting(self, meta, children: list) -> Setting:
         name, value = children
-        if not _IDENTIFIER.match(str(name)):
+        if not IDENTIFIER.match(str(name)):
             self._error(
                 f"'{name}' is not a setting name; a rule needs ':' between selectors and operators",
                 token_span(name),
@@ -251,9 +257,7 @@ def _run(text: str, filename: str, start: str):
         raise SpecError(Diagnostic(message), filename=filename)
     nul = text.find("\0")
     if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        column = nul - (text.rfind("\n", 0, nul) + 1) + 1
-        span = Span(line, column, line, column + 1, nul, nul + 1)
+        span = offset_span(text, nul)
         raise SpecError(Diagnostic("the spec contains a NUL character", span), source=text, filename=filename)
     state = ParseState()
     token = parse_state().set(state)

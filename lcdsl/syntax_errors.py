@@ -20,9 +20,15 @@ from lark.exceptions import (
 )
 
 from lcdsl.errors import Diagnostic, Span
-from lcdsl.grammar import ParseState, TooDeepError, get_parser, parse_state
+from lcdsl.grammar import (
+    ParseState,
+    TooDeepError,
+    get_parser,
+    non_finite_message,
+    parse_state,
+)
 
-__all__ = ["describe_syntax_error", "token_span"]
+__all__ = ["describe_syntax_error", "token_span", "offset_span"]
 
 
 def token_span(token: Token) -> Span:
@@ -192,7 +198,8 @@ def _describe_token(token: Token) -> str:
     return f"'{text[:24]}…'" if len(text) > 24 else f"'{text}'"
 
 
-def _offset_span(text: str, offset: int, width: int = 1) -> Span:
+def offset_span(text: str, offset: int, width: int = 1) -> Span:
+    """The span of ``width`` characters of ``text`` from ``offset`` (lines and columns 1-based)."""
     line = text.count("\n", 0, offset) + 1
     column = offset - (text.rfind("\n", 0, offset) + 1) + 1
     return Span(line, column, line, column + width, offset, offset + width)
@@ -255,18 +262,18 @@ def _bad_character(exc: UnexpectedCharacters, text: str) -> Diagnostic:
     if char in "\"'":
         line_end = text.find("\n", offset)
         line_end = len(text) if line_end < 0 else line_end
-        return Diagnostic("unterminated string", _offset_span(text, offset, max(1, line_end - offset)),
+        return Diagnostic("unterminated string", offset_span(text, offset, max(1, line_end - offset)),
                           hint=f"close it with {char} on the same line")
     if char == "%" and re.search(r"\d\s+\Z", text[line_start:offset]):
-        return Diagnostic("a percent sign goes right after its number, without a space (5%)", _offset_span(text, offset))
+        return Diagnostic("a percent sign goes right after its number, without a space (5%)", offset_span(text, offset))
     if char == "@":
-        return Diagnostic("'@' must be followed by a module class name, e.g. @Linear", _offset_span(text, offset))
+        return Diagnostic("'@' must be followed by a module class name, e.g. @Linear", offset_span(text, offset))
     non_finite = _NON_FINITE_AT.match(text, offset)
     if non_finite:
         word = non_finite.group(0)
-        return Diagnostic(f"'{word}' is not allowed: numbers must be finite", _offset_span(text, offset, len(word)))
+        return Diagnostic(non_finite_message(word), offset_span(text, offset, len(word)))
     shown = f"'{char}'" if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
-    return Diagnostic(f"unexpected character {shown}", _offset_span(text, offset))
+    return Diagnostic(f"unexpected character {shown}", offset_span(text, offset))
 
 
 def describe_syntax_error(exc: UnexpectedInput, text: str, start: str, comments: list[Token]) -> Diagnostic:
@@ -274,17 +281,17 @@ def describe_syntax_error(exc: UnexpectedInput, text: str, start: str, comments:
     if isinstance(exc, UnexpectedCharacters):
         return _bad_character(exc, text)
     if not isinstance(exc, UnexpectedToken):
-        return Diagnostic("unexpected end of the input", _offset_span(text, _end_of_content(text, len(text), comments)))
+        return Diagnostic("unexpected end of the input", offset_span(text, _end_of_content(text, len(text), comments)))
     token = exc.token
     if token.type in ("_NL", "$END"):
         end = token.start_pos if token.type == "_NL" and token.start_pos is not None else len(text)
-        span = _offset_span(text, _end_of_content(text, end, comments))
+        span = offset_span(text, _end_of_content(text, end, comments))
     else:
         span = token_span(token)
         non_finite = _NON_FINITE_AT.match(text, span.start) if token.type == "PLUS" else None
         if non_finite:  # `+nan`: the sign lexes as '+', the word after it as a name
             word = non_finite.group(0)
-            return Diagnostic(f"'{word}' is not allowed: numbers must be finite", _offset_span(text, span.start, len(word)))
+            return Diagnostic(non_finite_message(word), offset_span(text, span.start, len(word)))
     lines = text.split("\n")
     line_text = lines[span.line - 1] if span.line <= len(lines) else ""
     label, again = _match_label(line_text.rstrip("\r"), start)

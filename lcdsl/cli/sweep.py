@@ -14,7 +14,12 @@ from pathlib import Path
 from rich.table import Table
 
 from lcdsl.checkpoint import check_writable, write_atomic
-from lcdsl.cli.compress import add_settings_arguments, prepare_reference, settings_argv, settings_with_overrides
+from lcdsl.cli.compress import (
+    add_settings_arguments,
+    prepare_reference,
+    settings_argv,
+    settings_with_overrides,
+)
 from lcdsl.cli.train import add_model_data_arguments, build_model, resolve_device
 from lcdsl.console import console, human_bits
 from lcdsl.data import load_data
