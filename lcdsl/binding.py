@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from lcdsl.errors import Diagnostic, Span, SpecError, did_you_mean
+from lcdsl.errors import Diagnostic, Span, SpecError, did_you_mean, exception_message
 from lcdsl.operators.base import Operator
-from lcdsl.plan import Plan, Task, view_shape
+from lcdsl.plan import Plan, Task, task_name, view_shape
 from lcdsl.selectors import ModelIndex
 from lcdsl.settings import Settings, settings_from_spec
 from lcdsl.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
@@ -76,18 +76,8 @@ def _build_call(call: Call, registry: Registry, diags: _Diagnostics) -> Operator
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        diags.add(f"{call.name}(): {_clean(exc)}", call.span)
+        diags.add(f"{call.name}(): {exception_message(exc)}", call.span)
         return None
-
-
-def _clean(exc: Exception) -> str:
-    """An exception's message, without the noise attrs' own TypeErrors carry."""
-    if len(exc.args) > 1 and isinstance(exc.args[0], str):
-        return exc.args[0]  # attrs' validators add the attribute and the bound to args
-    text = str(exc)
-    if isinstance(exc, TypeError) and "__init__()" in text:
-        text = text.split("__init__() ", 1)[1]
-    return text
 
 
 def build_operator(
@@ -299,14 +289,10 @@ def _make_task(
         resolved = op.resolve(shape)
     except (ValueError, TypeError) as exc:
         where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
-        diags.add(f"{_op_name(op)} on {_task_name(names, joint)} ({math.prod(shape)} weights): {_clean(exc)}", where)
+        diags.add(f"{_op_name(op)} on {task_name(names, joint)} ({math.prod(shape)} weights): {exception_message(exc)}", where)
         return None
     return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule)
 
 
 def _op_name(op: Operator) -> str:
     return getattr(op, "name", type(op).__name__)
-
-
-def _task_name(names: list[str], joint: bool) -> str:
-    return "[" + ", ".join(names) + "]" if joint else names[0]

@@ -30,6 +30,7 @@ __all__ = [
     "DataError",
     "EngineError",
     "did_you_mean",
+    "exception_message",
     "render_diagnostic",
 ]
 
@@ -173,3 +174,13 @@ def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool 
     if diag.hint:
         lines.append(f"  {paint('hint:', _CYAN)} {diag.hint}")
     return "\n".join(lines)
+
+
+def exception_message(exc: Exception) -> str:
+    """An exception's message, without the noise attrs' own TypeErrors carry."""
+    if len(exc.args) > 1 and isinstance(exc.args[0], str):
+        return exc.args[0]  # attrs' validators add the attribute and the bound to args
+    text = str(exc)
+    if isinstance(exc, TypeError) and "__init__()" in text:
+        text = text.split("__init__() ", 1)[1]
+    return text

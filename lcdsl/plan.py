@@ -8,6 +8,7 @@ size, and reports every problem of the spec at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -20,7 +21,7 @@ from lcdsl.spec import Rule, Spec
 if TYPE_CHECKING:
     from lcdsl.registry import Registry
 
-__all__ = ["Task", "Plan", "bind", "view_shape", "split_view", "strip_ddp_prefix", "parameters_by_name"]
+__all__ = ["Task", "Plan", "bind", "view_shape", "split_view", "strip_ddp_prefix", "parameters_by_name", "task_name"]
 
 
 def strip_ddp_prefix(name: str) -> str:
@@ -28,6 +29,11 @@ def strip_ddp_prefix(name: str) -> str:
     while name.startswith("module."):
         name = name[len("module.") :]
     return name
+
+
+def task_name(parameters: Sequence[str], joint: bool) -> str:
+    """A task's name: its parameter, or ``[a, b, …]`` for a joint group."""
+    return "[" + ", ".join(parameters) + "]" if joint else parameters[0]
 
 
 def parameters_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -54,9 +60,7 @@ class Task:
     @property
     def name(self) -> str:
         """``fc1.weight``, or ``[fc1.weight, fc2.weight]`` for a joint task."""
-        if self.joint:
-            return "[" + ", ".join(self.parameters) + "]"
-        return self.parameters[0]
+        return task_name(self.parameters, self.joint)
 
     @property
     def numel(self) -> int:

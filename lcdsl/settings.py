@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import attrs
 
-from lcdsl.errors import Diagnostic, SpecError, did_you_mean
+from lcdsl.errors import Diagnostic, SpecError, did_you_mean, exception_message
 from lcdsl.spec import Call, Percent, Setting, Spec, Value
 from lcdsl.units import int_at_least, positive_number
 
@@ -203,7 +203,7 @@ def settings_from_spec(spec: Spec, **overrides: Any) -> Settings:
             attrs.evolve(Settings(), **{statement.name: values[statement.name]})
         except (ValueError, TypeError) as exc:
             values.pop(statement.name, None)
-            message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else exc  # attrs' extra args
+            message = exception_message(exc)
             diagnostics.append(Diagnostic(f"bad value for '{statement.name}': {message}", statement.span))
     if diagnostics:
         raise SpecError(diagnostics, source=spec.source, filename=spec.filename)
