@@ -89,11 +89,12 @@ class Ternarize(Operator):
         top = torch.cumsum(sorted_mag, 0)  # (n,) Σ of the j largest, j = 1 … n
         sizes = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=w.device)
         gain = top * top / sizes  # (n,) objective reduction of support size j
-        j = int(torch.argmax(gain)) + 1  # first maximum: the smallest best support
-        # the exact common value when the support's magnitudes are all equal (idempotence)
-        scale = sorted_mag[0] if sorted_mag[0] == sorted_mag[j - 1] else top[j - 1] / j
-        support = torch.zeros(flat.numel(), dtype=torch.bool, device=w.device)
-        support[order[:j]] = True
+        last = torch.argmax(gain)  # 0-dim, first maximum: the smallest best support is last + 1
+        # the exact common value when the support's magnitudes are all equal (idempotence);
+        # kept as tensors: no host sync on an accelerator
+        scale = torch.where(sorted_mag[0] == sorted_mag[last], sorted_mag[0], top[last] / sizes[last])
+        in_support = torch.arange(flat.numel(), device=w.device) <= last  # (n,) in sorted order
+        support = torch.empty_like(in_support).scatter_(0, order, in_support)  # (n,) in w's order
         signs = torch.where(flat >= 0, 1, -1).to(torch.int8)
         ternary = torch.where(support, signs, torch.zeros_like(signs))
         return {"ternary": ternary.reshape(w.shape), "scale": scale.to(w.dtype)}
