@@ -20,9 +20,8 @@ from lcdsl.cli.compress import (
     settings_argv,
     settings_with_overrides,
 )
-from lcdsl.cli.train import add_model_data_arguments, build_model, resolve_device
+from lcdsl.cli.train import add_model_data_arguments, load_model_data
 from lcdsl.console import console, human_bits
-from lcdsl.data import load_data
 from lcdsl.errors import EngineError
 from lcdsl.parser import load
 from lcdsl.sweep import (
@@ -70,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     todo = variants(spec, variations)
     settings = settings_with_overrides(spec, args)
     folder = check_writable(args.out)
-    data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
-    model = build_model(args.model, data, seed=settings.seed, device=args.device)
+    data, model = load_model_data(args, settings.seed)
     for variant in todo:  # every variant must bind before anything is trained
         variant.spec.bind(model)
     meta = prepare_reference(args, model, data, folder, settings)  # checks it fits model and data

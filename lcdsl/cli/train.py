@@ -25,6 +25,7 @@ __all__ = [
     "add_model_data_arguments",
     "resolve_device",
     "build_model",
+    "load_model_data",
     "reference_state",
     "load_reference",
     "train",
@@ -99,6 +100,19 @@ def build_model(name: str, data: Dataset, *, seed: int, device: str = "cpu") -> 
     return model
 
 
+def load_model_data(args: argparse.Namespace, seed: int) -> tuple[Dataset, nn.Module]:
+    """The data and the model :func:`add_model_data_arguments` name, on ``--device``; ``seed``
+    splits the data (where it is split) and initialises the model.
+
+    Raises:
+        DataError: the data set cannot be loaded.
+        ModelError: unknown model or device, or a model that does not fit the data.
+    """
+    device = resolve_device(args.device)
+    data = load_data(args.data, data_dir=args.data_dir, seed=seed).to(device)
+    return data, build_model(args.model, data, seed=seed, device=str(device))
+
+
 def reference_state(
     model: nn.Module, *, model_name: str, data: Dataset, recipe: Recipe | None, history: list
 ) -> dict[str, Any]:
@@ -151,9 +165,8 @@ def train(model: nn.Module, model_name: str, data: Dataset, recipe: Recipe, out:
 def run(args: argparse.Namespace) -> int:
     """Train and save a reference model; returns the exit code."""
     out = Path(args.out)
-    check_writable(out.parent if str(out.parent) else Path("."))
-    data = load_data(args.data, data_dir=args.data_dir, seed=args.seed).to(resolve_device(args.device))
-    model = build_model(args.model, data, seed=args.seed, device=args.device)
+    check_writable(out.parent)  # Path("ref.pt").parent is Path(".")
+    data, model = load_model_data(args, args.seed)
     recipe = default_recipe(data.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     train(model, args.model, data, recipe, out)
     return 0
