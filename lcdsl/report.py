@@ -31,6 +31,7 @@ __all__ = [
     "versions",
     "build_report",
     "write_report",
+    "settings_json",
     "plot_curves",
     "pyplot",
     "save_figure",
@@ -151,7 +152,8 @@ def versions() -> dict[str, Any]:
     }
 
 
-def _settings_json(settings: Settings) -> dict[str, Any]:
+def settings_json(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data, the μ schedule with its kind and every value."""
     data = attrs.asdict(settings)
     mu = settings.mu
     data["mu"] = {"kind": type(mu).__name__.lower(), **attrs.asdict(mu), "values": list(mu.values())}
@@ -184,7 +186,7 @@ def build_report(
         "spec": {"path": spec_path, "text": spec_text},
         "model": model,
         "data": data,
-        "settings": _settings_json(settings),
+        "settings": settings_json(settings),
         "plan": plan_summary(plan),
         "reference": reference,
         "steps": steps,

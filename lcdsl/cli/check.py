@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-import attrs
-
 from lcdsl.binding import check_spec
 from lcdsl.console import console
 from lcdsl.operators.base import describe
 from lcdsl.parser import load
 from lcdsl.plan_report import plan_summary, plan_table
-from lcdsl.settings import Settings, settings_from_spec
+from lcdsl.report import settings_json
+from lcdsl.settings import settings_from_spec
 from lcdsl.zoo import load_model
 
 __all__ = ["add_parser", "run"]
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             for i, rule in enumerate(spec.rules)
         ]
         if args.json:
-            print(json.dumps({"spec": args.spec, "rules": rules, "settings": _settings_json(settings)}, indent=2))
+            print(json.dumps({"spec": args.spec, "rules": rules, "settings": settings_json(settings)}, indent=2))
         else:
             out = console()
             out.print(f"{args.spec}: ok, {len(rules)} rule(s), {len(spec.settings)} setting(s)")
@@ -59,12 +58,8 @@ def run(args: argparse.Namespace) -> int:
         summary = plan_summary(plan)
         summary["spec"] = args.spec
         summary["model"] = args.model
-        summary["settings"] = _settings_json(plan.settings)
+        summary["settings"] = settings_json(plan.settings)
         print(json.dumps(summary, indent=2))
     else:
         console().print(plan_table(plan, title=f"{args.spec} on {args.model}"))
     return 0
-
-
-def _settings_json(settings: Settings) -> dict:
-    return attrs.asdict(settings)
