@@ -13,16 +13,7 @@ Learning-Compression algorithm::
 """
 
 from lcdsl.engine import Engine, plan_fingerprint
-from lcdsl.errors import (
-    DataError,
-    Diagnostic,
-    EngineError,
-    LcdslError,
-    ModelError,
-    PluginError,
-    Span,
-    SpecError,
-)
+from lcdsl.errors import DataError, Diagnostic, EngineError, LcdslError, ModelError, PluginError, Span, SpecError
 from lcdsl.events import EventBus, StepRecord
 from lcdsl.export import ExportSizes, export_model, load_lcz, read_manifest
 from lcdsl.fmt import format_spec
@@ -33,18 +24,7 @@ from lcdsl.plan import Plan, Task, bind
 from lcdsl.project import Projection, project
 from lcdsl.registry import Registry, default_registry
 from lcdsl.settings import Explicit, Geometric, Settings
-from lcdsl.spec import (
-    Argument,
-    Call,
-    Exclude,
-    JointGroup,
-    NameSelector,
-    Percent,
-    Rule,
-    Setting,
-    Spec,
-    TypeSelector,
-)
+from lcdsl.spec import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
 
 __version__ = "0.1.0"
 

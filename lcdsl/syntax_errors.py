@@ -12,21 +12,10 @@ from __future__ import annotations
 import re
 
 from lark import Token
-from lark.exceptions import (
-    LarkError,
-    UnexpectedCharacters,
-    UnexpectedInput,
-    UnexpectedToken,
-)
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from lcdsl.errors import Diagnostic, Span
-from lcdsl.grammar import (
-    ParseState,
-    TooDeepError,
-    get_parser,
-    non_finite_message,
-    parse_state,
-)
+from lcdsl.grammar import ParseState, TooDeepError, get_parser, non_finite_message, parse_state
 
 __all__ = ["describe_syntax_error", "token_span", "offset_span"]
 

@@ -17,20 +17,8 @@ from typing import Any
 import attrs
 import torch
 
-from lcdsl.checkpoint import (
-    check_writable,
-    compressed_state,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_atomic,
-)
-from lcdsl.cli.train import (
-    add_model_data_arguments,
-    build_model,
-    load_reference,
-    resolve_device,
-    train,
-)
+from lcdsl.checkpoint import check_writable, compressed_state, load_checkpoint, remove_stale_temporaries, save_atomic
+from lcdsl.cli.train import add_model_data_arguments, build_model, load_reference, resolve_device, train
 from lcdsl.console import console
 from lcdsl.data import Dataset, load_data
 from lcdsl.engine import Engine
@@ -39,13 +27,7 @@ from lcdsl.events import StepRecord
 from lcdsl.operators.base import FLOAT_BITS
 from lcdsl.parser import load
 from lcdsl.plan_report import plan_summary, plan_table
-from lcdsl.report import (
-    StepPrinter,
-    build_report,
-    plot_curves,
-    size_table,
-    write_report,
-)
+from lcdsl.report import StepPrinter, build_report, plot_curves, size_table, write_report
 from lcdsl.settings import Explicit, Geometric, Settings, settings_from_spec
 from lcdsl.spec import Spec
 from lcdsl.training import LStep, default_recipe, error_rate, make_l_step

@@ -30,12 +30,7 @@ import torch
 from lcdsl.integrations import DriverCallback
 
 try:
-    from transformers import (
-        TrainerCallback,
-        TrainerControl,
-        TrainerState,
-        TrainingArguments,
-    )
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on what is installed
     if exc.name != "transformers":
         raise
