@@ -26,13 +26,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lcdsl.language.spec import Percent
 from lcdsl.operators.additive import Additive
 from lcdsl.operators.base import Operator
 from lcdsl.operators.binary import Binarize, Ternarize
 from lcdsl.operators.lowrank import LowRank
-from lcdsl.operators.quant import Quant
 from lcdsl.operators.prune import Prune
-from lcdsl.spec import Percent
+from lcdsl.operators.quant import Quant
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:

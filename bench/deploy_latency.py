@@ -29,8 +29,8 @@ from rich.table import Table
 
 import lcdsl
 from lcdsl.deploy import deploy
-from lcdsl.engine import Engine
-from lcdsl.zoo import LeNet5, LeNet300
+from lcdsl.engine.core import Engine
+from lcdsl.training.zoo import LeNet5, LeNet300
 
 CASES = (
     ("lenet300", "specs/lenet300-lowrank.lc", None),

@@ -42,11 +42,12 @@ import attrs
 import torch
 
 from lcdsl.cli.train import build_model
-from lcdsl.data import Dataset, load_data
-from lcdsl.engine import Engine
-from lcdsl.parser import load as load_spec
-from lcdsl.settings import Geometric, settings_from_spec
-from lcdsl.training import Batches, make_l_step, make_optimizer, train_epochs
+from lcdsl.engine.core import Engine
+from lcdsl.language.parser import load as load_spec
+from lcdsl.plan.settings import Geometric, settings_from_spec
+from lcdsl.training.data import Dataset, load_data
+from lcdsl.training.epochs import Batches, make_optimizer, train_epochs
+from lcdsl.training.lstep import make_l_step
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "lenet300-quant.lc"

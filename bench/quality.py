@@ -43,10 +43,10 @@ from rich.table import Table
 
 from lcdsl.cli import main as lcdsl_main
 from lcdsl.cli.train import build_model, load_reference
-from lcdsl.data import Dataset, load_data
-from lcdsl.parser import load as load_spec
-from lcdsl.settings import Settings, settings_from_spec
-from lcdsl.training import Batches, error_rate
+from lcdsl.language.parser import load as load_spec
+from lcdsl.plan.settings import Settings, settings_from_spec
+from lcdsl.training.data import Dataset, load_data
+from lcdsl.training.epochs import Batches, error_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

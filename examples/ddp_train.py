@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lcdsl.data import Dataset, load_data, model_kwargs
-from lcdsl.distributed import check_same, rank_and_world
-from lcdsl.engine import Engine
-from lcdsl.parser import load
-from lcdsl.plan import strip_ddp_prefix
-from lcdsl.training import Batches, error_rate
-from lcdsl.zoo import LeNet300
+from lcdsl.engine.core import Engine
+from lcdsl.engine.distributed import check_same, rank_and_world
+from lcdsl.language.parser import load
+from lcdsl.plan.names import strip_ddp_prefix
+from lcdsl.training.data import Dataset, load_data, model_kwargs
+from lcdsl.training.epochs import Batches, error_rate
+from lcdsl.training.zoo import LeNet300
 
 
 def parse_args() -> argparse.Namespace:

@@ -12,21 +12,33 @@ Learning-Compression algorithm::
     thetas = engine.finalize()              # weights ← Δ(θ); θ is what gets stored
 """
 
-from lcdsl.engine import Engine, plan_fingerprint
+from lcdsl import _compat
+from lcdsl._version import __version__
+from lcdsl.engine import Engine, EventBus, StepRecord, plan_fingerprint
 from lcdsl.errors import DataError, Diagnostic, EngineError, LcdslError, ModelError, PluginError, Span, SpecError
-from lcdsl.events import EventBus, StepRecord
-from lcdsl.export import ExportSizes, export_model, load_lcz, read_manifest
-from lcdsl.fmt import format_spec
-from lcdsl.hookspecs import hookimpl
-from lcdsl.operators.base import Operator, Storage, Theta, describe
-from lcdsl.parser import load, parse, parse_expression
-from lcdsl.plan import Plan, Task, bind
+from lcdsl.language import (
+    Argument,
+    Call,
+    Exclude,
+    JointGroup,
+    NameSelector,
+    Percent,
+    Rule,
+    Setting,
+    Spec,
+    TypeSelector,
+    format_spec,
+    load,
+    parse,
+    parse_expression,
+)  # fmt: skip
+from lcdsl.operators import Operator, Storage, Theta, describe, hookimpl
+from lcdsl.plan import Explicit, Geometric, Plan, Settings, Task, bind
+from lcdsl.plugins import Registry, default_registry
 from lcdsl.project import Projection, project
-from lcdsl.registry import Registry, default_registry
-from lcdsl.settings import Explicit, Geometric, Settings
-from lcdsl.spec import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
+from lcdsl.store import ExportSizes, export_model, load_lcz, read_manifest
 
-__version__ = "0.1.0"
+_compat.install()
 
 __all__ = [
     "__version__",

@@ -30,7 +30,8 @@ from torch import fx, nn
 
 from lcdsl.operators.base import Theta
 from lcdsl.operators.lowrank import LowRank
-from lcdsl.plan import Plan, strip_ddp_prefix
+from lcdsl.plan.model import Plan
+from lcdsl.plan.names import strip_ddp_prefix
 
 __all__ = ["Change", "Deployment", "deploy", "ELEMENTWISE"]
 

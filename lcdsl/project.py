@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from lcdsl.binding import build_operator
 from lcdsl.errors import Diagnostic, SpecError
-from lcdsl.operators.base import Operator, Theta
-from lcdsl.plan import view_shape
-
-if TYPE_CHECKING:
-    from lcdsl.registry import Registry
+from lcdsl.language.parser import parse_expression
+from lcdsl.operators.base import Operator, Theta, view_shape
+from lcdsl.plan.binder import build_operator
+from lcdsl.plugins.registry import Registry
 
 __all__ = ["Projection", "project"]
 
@@ -50,8 +48,6 @@ def project(
         SpecError: the expression does not parse, names an unknown operator, or does not fit the
             tensor (e.g. a rank above the matrix's smaller side).
     """
-    from lcdsl.parser import parse_expression
-
     source, filename = expression, "<expression>"
     try:
         terms = parse_expression(expression)

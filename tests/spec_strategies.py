@@ -10,7 +10,7 @@ import string
 
 from hypothesis import strategies as st
 
-from lcdsl.spec import (
+from lcdsl.language.spec import (
     Argument,
     Call,
     Exclude,

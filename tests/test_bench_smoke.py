@@ -71,7 +71,7 @@ def test_quality_unknown_row_is_an_error(tmp_path: Path) -> None:
 
 def test_overhead_pieces_on_digits() -> None:
     overhead = _load("overhead")
-    from lcdsl.data import load_data
+    from lcdsl.training.data import load_data
 
     data = load_data("digits")
     plain = overhead.run_plain(data, 1)

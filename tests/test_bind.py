@@ -10,11 +10,23 @@ import pytest
 import torch
 from torch import nn
 
-from lcdsl.binding import bind_spec, build_operator, check_spec
-from lcdsl.errors import SpecError, Span
+from lcdsl.errors import Span, SpecError
+from lcdsl.language.spec import (
+    Argument,
+    Call,
+    Exclude,
+    JointGroup,
+    NameSelector,
+    Percent,
+    Rule,
+    Setting,
+    Spec,
+    TypeSelector,
+)
 from lcdsl.operators.base import Operator, Storage
-from lcdsl.selectors import glob_regex
-from lcdsl.spec import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
+from lcdsl.plan.binder import bind as bind_spec
+from lcdsl.plan.binder import build_operator, check_spec
+from lcdsl.plan.selectors import glob_regex
 
 
 @attrs.frozen

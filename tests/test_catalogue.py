@@ -15,15 +15,15 @@ import attrs
 import pytest
 import torch
 
-from lcdsl.checkpoint import load_checkpoint
 from lcdsl.cli import main
 from lcdsl.cli.train import REFERENCE_FORMAT
-from lcdsl.hookspecs import hookimpl
+from lcdsl.language.syntax_errors import _SYNTAX_EXAMPLES
 from lcdsl.operators.base import Operator, Storage
-from lcdsl.registry import PluginManager, Registry, default_registry
-from lcdsl.syntax_errors import _SYNTAX_EXAMPLES
-from lcdsl.training import LStep
-from lcdsl.zoo import LeNet300
+from lcdsl.plugins.hookspecs import hookimpl
+from lcdsl.plugins.registry import PluginManager, Registry, default_registry
+from lcdsl.store.atomic import load_checkpoint
+from lcdsl.training.lstep import LStep
+from lcdsl.training.zoo import LeNet300
 
 TINY = ["--steps", "2", "--epochs", "1", "--first-epochs", "1", "--mu-start", "1e-3", "--mu-factor", "2"]
 
@@ -257,8 +257,8 @@ def test_model_and_data_case(work, reference, capsys, monkeypatch, case):
 
 
 def test_load_compressed_of_a_corrupt_file_is_a_model_error(tmp_path):
-    from lcdsl.checkpoint import load_compressed
     from lcdsl.errors import ModelError
+    from lcdsl.store.model import load_compressed
 
     path = tmp_path / "compressed.pt"
     path.write_bytes(b"PK\x03\x04 not really a zip")
@@ -389,12 +389,13 @@ def evil_registry(monkeypatch):
     pm = PluginManager()
     for info in default_registry().plugins:
         if info.name == "builtin":
-            import lcdsl.operators
+            import lcdsl.operators.builtin
 
-            pm.add_plugin(lcdsl.operators, "builtin", info.distribution, info.version)
+            pm.add_plugin(lcdsl.operators.builtin, "builtin", info.distribution, info.version)
     pm.add_plugin(_EvilPlugin(), "evil", "lcdsl-evil", "6.6.6")
     registry = Registry.load(plugin_manager=pm)
-    monkeypatch.setattr("lcdsl.registry.default_registry", lambda: registry)
+    for user in ("lcdsl.plan.binder", "lcdsl.plugins.origin"):  # where the default registry is asked for
+        monkeypatch.setattr(f"{user}.default_registry", lambda: registry)
     return registry
 
 

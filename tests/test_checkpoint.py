@@ -8,19 +8,13 @@ import shutil
 import pytest
 import torch
 
-import lcdsl.checkpoint as checkpoint
-from lcdsl.checkpoint import (
-    check_writable,
-    compressed_state,
-    load_checkpoint,
-    load_compressed,
-    save_atomic,
-    write_atomic,
-)
-from lcdsl.engine import Engine
+import lcdsl.store.atomic as checkpoint
+from lcdsl.engine.core import Engine
 from lcdsl.errors import EngineError, ModelError
-from lcdsl.parser import parse
-from lcdsl.zoo import LeNet300
+from lcdsl.language.parser import parse
+from lcdsl.store.atomic import check_writable, load_checkpoint, save_atomic, write_atomic
+from lcdsl.store.model import compressed_state, load_compressed
+from lcdsl.training.zoo import LeNet300
 
 
 def test_save_and_load_round_trip(tmp_path):

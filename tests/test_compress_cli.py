@@ -9,11 +9,13 @@ import textwrap
 import pytest
 import torch
 
-from lcdsl.checkpoint import load_checkpoint, load_compressed
 from lcdsl.cli import main
-from lcdsl.data import load_data
-from lcdsl.training import LStep, error_rate
-from lcdsl.zoo import LeNet300
+from lcdsl.store.atomic import load_checkpoint
+from lcdsl.store.model import load_compressed
+from lcdsl.training.data import load_data
+from lcdsl.training.epochs import error_rate
+from lcdsl.training.lstep import LStep
+from lcdsl.training.zoo import LeNet300
 
 QUANT = "# every layer its own 2-entry codebook\nfc* : quant(k=2)\n"
 TINY = ["--steps", "2", "--epochs", "1", "--first-epochs", "1", "--mu-start", "1e-3", "--mu-factor", "2"]

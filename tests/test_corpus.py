@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lcdsl.errors import SpecError
-from lcdsl.fmt import format_spec
-from lcdsl.parser import load, parse
+from lcdsl.language.fmt import format_spec
+from lcdsl.language.parser import load, parse
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar"
 VALID = sorted((GRAMMAR / "valid").glob("*.lc"))

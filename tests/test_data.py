@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lcdsl.data import Dataset, check_fits, load_data, model_kwargs, read_idx
 from lcdsl.errors import DataError, ModelError
-from lcdsl.zoo import load_model
+from lcdsl.training.data import Dataset, check_fits, load_data, model_kwargs, read_idx
+from lcdsl.training.zoo import load_model
 
 
 def write_idx(path, array: np.ndarray, *, code: int = 0x08, gz: bool = False, magic: bytes | None = None) -> None:
@@ -155,7 +155,7 @@ def test_user_factory_tuple_and_dataset(tmp_path, monkeypatch):
             """
             import numpy as np
             import torch
-            from lcdsl.data import Dataset
+            from lcdsl.training.data import Dataset
 
             def arrays(seed=0):
                 rng = np.random.default_rng(seed)
@@ -210,7 +210,7 @@ def test_a_model_that_does_not_fit_is_a_model_error():
 
 
 def test_fashion_mnist_is_read_when_installed_and_explained_when_not(tmp_path, monkeypatch):
-    import lcdsl.data as data_module
+    import lcdsl.training.data as data_module
 
     folder = data_module._fashion_mnist_dir()
     if (folder / "train-images-idx3-ubyte.gz").is_file():  # CI installs the Debian package

@@ -30,8 +30,8 @@ import sys
 import torch, torch.distributed as dist
 from torch import nn
 from lcdsl import parse
-from lcdsl.distributed import broadcast_state, check_same, sync_engine
-from lcdsl.engine import Engine
+from lcdsl.engine.distributed import broadcast_state, check_same, sync_engine
+from lcdsl.engine.core import Engine
 from lcdsl.errors import EngineError
 
 torch.set_num_threads(1)

@@ -9,9 +9,8 @@ from torch import nn
 
 import lcdsl
 from lcdsl.deploy import deploy
-from lcdsl.engine import Engine
-from lcdsl.zoo import LeNet5, LeNet300
-
+from lcdsl.engine.core import Engine
+from lcdsl.training.zoo import LeNet5, LeNet300
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from lcdsl.engine import Engine, StepRecord, plan_fingerprint
+from lcdsl.engine.core import Engine
+from lcdsl.engine.events import EVENTS, EventBus, StepRecord
+from lcdsl.engine.state import plan_fingerprint
 from lcdsl.errors import EngineError, PluginError
-from lcdsl.events import EVENTS, EventBus
 from lcdsl.operators.base import Operator, Storage
-from lcdsl.plan import Plan, Task
-from lcdsl.settings import Explicit, Geometric, Settings
+from lcdsl.plan.model import Plan, Task
+from lcdsl.plan.settings import Explicit, Geometric, Settings
 
 # ----------------------------------------------------------------- test operators
 

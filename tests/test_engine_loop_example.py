@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lcdsl.engine import Engine
+from lcdsl.engine.core import Engine
 from lcdsl.operators.base import Operator, Storage
-from lcdsl.plan import Plan, Task
-from lcdsl.settings import Geometric, Settings
+from lcdsl.plan.model import Plan, Task
+from lcdsl.plan.settings import Geometric, Settings
 
 
 @attrs.frozen

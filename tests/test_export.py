@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import lcdsl
-from lcdsl.bitpack import decode_tensor, encode_tensor, pack_uint, unpack_uint, width
-from lcdsl.checkpoint import compressed_state, save_atomic
 from lcdsl.cli import main
-from lcdsl.engine import Engine
+from lcdsl.engine.core import Engine
 from lcdsl.errors import LcdslError, ModelError
-from lcdsl.export import MAGIC, export_model, load_lcz, read_manifest
 from lcdsl.operators.base import Operator, Storage
-from lcdsl.registry import Registry, default_registry
-from lcdsl.zoo import LeNet300
-
+from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_uint, unpack_uint, width
+from lcdsl.plugins.registry import Registry, default_registry
+from lcdsl.store.atomic import save_atomic
+from lcdsl.store.lcz import MAGIC, export_model, load_lcz, read_manifest
+from lcdsl.store.model import compressed_state
+from lcdsl.training.zoo import LeNet300
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,12 +263,12 @@ class Halves(Operator):
         return Storage(params=0, bits=math.prod(shape))
 
     def encode(self, theta, shape):
-        from lcdsl.bitpack import pack_bits
+        from lcdsl.operators.bitpack import pack_bits
 
         return {"positive": pack_bits((theta["theta"] > 0).numpy())}
 
     def decode(self, fields, shape):
-        from lcdsl.bitpack import unpack_bits
+        from lcdsl.operators.bitpack import unpack_bits
 
         positive = torch.from_numpy(unpack_bits(fields["positive"], math.prod(shape)).copy())
         return {"theta": torch.where(positive, 0.5, -0.5)}

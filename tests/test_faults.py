@@ -20,8 +20,9 @@ import time
 import pytest
 import torch
 
-from lcdsl.checkpoint import FAULT_ENV, load_checkpoint
 from lcdsl.cli import main
+from lcdsl.faults import FAULT_ENV
+from lcdsl.store.atomic import load_checkpoint
 
 SPEC = "fc* : quant(k=2)\n"  # three tasks: fc1, fc2, fc3
 STEPS = ["--steps", "3", "--epochs", "1", "--first-epochs", "1", "--mu-start", "1e-3", "--mu-factor", "2"]
@@ -171,7 +172,7 @@ def test_a_read_only_folder_fails_before_any_work(work, capsys, monkeypatch):
             raise PermissionError(errno.EROFS, "Read-only file system")
         return real_tempfile(*args, **kwargs)
 
-    monkeypatch.setattr("lcdsl.checkpoint.tempfile.NamedTemporaryFile", read_only)
+    monkeypatch.setattr("lcdsl.store.atomic.tempfile.NamedTemporaryFile", read_only)
     monkeypatch.setattr("lcdsl.cli.compress.load_data", lambda *a, **k: pytest.fail("data loaded"))
     code = main(["compress", str(work / "quant.lc"), "--out", str(work / "readonly")])
     err = capsys.readouterr().err
@@ -182,7 +183,7 @@ def test_a_full_disk_fails_before_any_work(work, capsys, monkeypatch):
     import shutil
 
     usage = shutil.disk_usage(work)
-    monkeypatch.setattr("lcdsl.checkpoint.shutil.disk_usage", lambda p: usage._replace(free=3 * 2**20))
+    monkeypatch.setattr("lcdsl.store.atomic.shutil.disk_usage", lambda p: usage._replace(free=3 * 2**20))
     monkeypatch.setattr("lcdsl.cli.compress.load_data", lambda *a, **k: pytest.fail("data loaded"))
     code = main(["compress", str(work / "quant.lc"), "--out", str(work / "full")])
     err = capsys.readouterr().err
@@ -199,7 +200,7 @@ def test_a_disk_that_fills_up_mid_run_is_a_clear_error_and_keeps_the_last_checkp
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr("lcdsl.checkpoint.os.fsync", fill_up)
+    monkeypatch.setattr("lcdsl.store.atomic.os.fsync", fill_up)
     out = work / "filling"
     torch.set_num_threads(1)
     argv = ["compress", str(work / "quant.lc"), "--reference", str(work / "ref.pt"), "--out", str(out), *STEPS]

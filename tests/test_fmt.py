@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from lcdsl.cli import main
 from lcdsl.errors import SpecError
-from lcdsl.fmt import format_number, format_spec, format_value
-from lcdsl.parser import parse
-from lcdsl.spec import Argument, Call, NameSelector, Percent, Rule, Setting, Spec
+from lcdsl.language.fmt import format_number, format_spec, format_value
+from lcdsl.language.parser import parse
+from lcdsl.language.spec import Argument, Call, NameSelector, Percent, Rule, Setting, Spec
 from tests.spec_strategies import specs, values
 
 

@@ -16,13 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lcdsl.data import Dataset
-from lcdsl.engine import Engine
+from lcdsl.engine.core import Engine
 from lcdsl.errors import LcdslError, SpecError
-from lcdsl.fmt import format_spec
-from lcdsl.parser import parse
-from lcdsl.settings import Explicit
-from lcdsl.spec import (
+from lcdsl.language.fmt import format_spec
+from lcdsl.language.parser import parse
+from lcdsl.language.spec import (
     Argument,
     Call,
     Exclude,
@@ -34,7 +32,9 @@ from lcdsl.spec import (
     Spec,
     TypeSelector,
 )
-from lcdsl.training import make_l_step
+from lcdsl.plan.settings import Explicit
+from lcdsl.training.data import Dataset
+from lcdsl.training.lstep import make_l_step
 from tests.spec_strategies import specs
 
 

@@ -9,9 +9,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lcdsl.errors import SpecError
-from lcdsl.fmt import format_spec
-from lcdsl.parser import parse, parse_expression
-from lcdsl.spec import Spec
+from lcdsl.language.fmt import format_spec
+from lcdsl.language.parser import parse, parse_expression
+from lcdsl.language.spec import Spec
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar"
 CORPUS = [p.read_text(encoding="utf-8") for p in sorted(GRAMMAR.glob("*/*.lc"))]

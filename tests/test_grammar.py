@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lcdsl import grammar, parser, syntax_errors
 from lcdsl.errors import SpecError
+from lcdsl.language import grammar, parser, syntax_errors
 
 
 def test_grammar_builds_in_strict_mode_without_conflicts_or_collisions():

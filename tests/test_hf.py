@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from lcdsl import parse
-from lcdsl.engine import Engine
+from lcdsl.engine.core import Engine
 from lcdsl.integrations.hf import STATE_FILE, LCCallback
 
 SPEC = """

@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
-import lcdsl.hookspecs as hookspecs
-from lcdsl.hookspecs import PROJECT, hookimpl, hookspec
-from lcdsl.registry import PluginManager, Registry
+import lcdsl.plugins.hookspecs as hookspecs
+from lcdsl.plugins.hookspecs import PROJECT, hookimpl, hookspec
+from lcdsl.plugins.registry import PluginManager, Registry
 from lcdsl.testing import check_operator
 
 SECTIONS = ("Called:", "Args:", "Returns:", "Example:")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lcdsl.operators.base import Operator, Storage, Theta
-from lcdsl.registry import BUILTIN, default_registry
+from lcdsl.plugins.registry import BUILTIN, default_registry
 from lcdsl.testing import OperatorCheckError, check_operator, operator_properties, weights
 
 # (operator name, keyword arguments, options of check_operator): at least one example per

@@ -12,8 +12,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lcdsl.operators import _kmeans1d, _kmeans1d_cpu
-from lcdsl.operators._kmeans1d import kmeans1d
+from lcdsl.operators.kmeans1d import cpu as _kmeans1d_cpu
+from lcdsl.operators.kmeans1d import dp as _kmeans1d
+from lcdsl.operators.kmeans1d.dp import kmeans1d
 
 finite32 = st.floats(-1e3, 1e3, width=32, allow_subnormal=False)
 """Float32-exact values of moderate size (so squared errors stay exact enough in float64)."""

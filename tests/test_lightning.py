@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 pl = pytest.importorskip("lightning.pytorch")
 
 from lcdsl import parse
-from lcdsl.engine import Engine
+from lcdsl.engine.core import Engine
 from lcdsl.errors import EngineError
 from lcdsl.integrations.lightning import LCCallback
 

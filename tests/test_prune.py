@@ -12,9 +12,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from lcdsl.language.spec import Percent
 from lcdsl.operators.base import Storage
 from lcdsl.operators.prune import OPERATORS, Prune, project_l1_ball, top_k_mask
-from lcdsl.spec import Percent
 
 exact_floats = st.floats(min_value=-1e3, max_value=1e3, width=32, allow_subnormal=False)
 """Reals that float32 holds exactly, so float32 and float64 runs see the same numbers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
 import subprocess
@@ -12,12 +13,13 @@ from typing import ClassVar
 import attrs
 import pytest
 
-import lcdsl.operators
+import lcdsl.operators.builtin
 from lcdsl.cli import main
 from lcdsl.errors import PluginError
-from lcdsl.hookspecs import hookimpl
 from lcdsl.operators.base import Operator, Storage
-from lcdsl.registry import (
+from lcdsl.operators.builtin import FAMILIES
+from lcdsl.plugins.hookspecs import hookimpl
+from lcdsl.plugins.registry import (
     ALLOW_ENV,
     BLOCK_ENV,
     PluginManager,
@@ -89,7 +91,7 @@ def _ep(name, target, dist="lcdsl-x", version="1.0", value=None):
 
 
 BUILTIN_EP = FakeEntryPoint(
-    "builtin", "lcdsl.operators", FakeDist("lcdsl", "0.1.0"), _plugin("fake_builtin", Alpha)
+    "builtin", "lcdsl.operators.builtin", FakeDist("lcdsl", "0.1.0"), _plugin("fake_builtin", Alpha)
 )
 
 
@@ -252,9 +254,9 @@ def test_a_blocked_plugin_is_not_even_imported(entry_points, monkeypatch):
 def test_without_the_builtin_entry_point_the_builtins_are_registered_directly(entry_points):
     entry_points(_ep("b", _plugin("b", Beta)))  # a source tree: no installed metadata for lcdsl
     pm = get_plugin_manager()
-    assert pm.get_plugin("builtin") is lcdsl.operators
+    assert pm.get_plugin("builtin") is lcdsl.operators.builtin
     assert pm.source("builtin")[0] == "lcdsl"
-    assert set(pm.list_name_plugin()) >= {("b", pm.get_plugin("b")), ("builtin", lcdsl.operators)}
+    assert set(pm.list_name_plugin()) >= {("b", pm.get_plugin("b")), ("builtin", lcdsl.operators.builtin)}
     assert get_plugin_manager(block=["builtin"]).get_plugin("builtin") is None
     assert [p.name for p in Registry.load().plugins] == ["builtin", "b"]
 
@@ -289,11 +291,13 @@ def test_default_registry_is_cached():
 
 def test_importing_the_registry_loads_no_plugin():
     code = (
-        "import sys, lcdsl.registry; "
+        "import sys, lcdsl.plugins.registry; "
         "print(sorted(m for m in sys.modules if m.startswith('lcdsl.operators.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['lcdsl.operators.base']"
+    loaded = set(ast.literal_eval(out))
+    families = {f"lcdsl.operators.{name}" for name in (*FAMILIES, "builtin")}
+    assert "lcdsl.operators.base" in loaded and not loaded & families
 
 
 # ---------------------------------------------------------------- lcdsl plugins

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lcdsl.cli import main
-from lcdsl.registry import ALLOW_ENV, BLOCK_ENV, default_registry
+from lcdsl.plugins.registry import ALLOW_ENV, BLOCK_ENV, default_registry
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lcdsl"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -36,7 +36,7 @@ def _calls(path: Path):
 
 
 def test_the_package_has_sources():
-    assert len(SOURCES) > 20 and PACKAGE / "parser.py" in SOURCES
+    assert len(SOURCES) > 20 and PACKAGE / "language" / "parser.py" in SOURCES
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -127,9 +127,9 @@ def test_a_pickled_payload_in_a_reference_is_refused_without_running(tmp_path, c
 
 
 def test_a_pickled_payload_in_a_compressed_model_is_refused(tmp_path):
-    from lcdsl.checkpoint import load_compressed
     from lcdsl.errors import ModelError
-    from lcdsl.zoo import LeNet300
+    from lcdsl.store.model import load_compressed
+    from lcdsl.training.zoo import LeNet300
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "compressed.pt"

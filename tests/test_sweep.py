@@ -9,9 +9,9 @@ import pytest
 import lcdsl
 from lcdsl.cli import main
 from lcdsl.errors import EngineError, SpecError
-from lcdsl.spec import Percent
-from lcdsl.sweep import Variation, collect, parse_variation, plot_tradeoff, slug, variants
-from lcdsl.zoo import LeNet300
+from lcdsl.language.spec import Percent
+from lcdsl.report.sweep import Variation, collect, parse_variation, plot_tradeoff, slug, variants
+from lcdsl.training.zoo import LeNet300
 
 BASE = """\
 # base spec

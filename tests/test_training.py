@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from lcdsl.data import Dataset
 from lcdsl.errors import EngineError
-from lcdsl.settings import Settings
-from lcdsl.training import Batches, Recipe, default_recipe, error_rate, make_l_step, train_reference
-
+from lcdsl.plan.settings import Settings
+from lcdsl.training.data import Dataset
+from lcdsl.training.epochs import Batches, error_rate
+from lcdsl.training.lstep import make_l_step
+from lcdsl.training.reference import Recipe, default_recipe, train_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,15 +8,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from lcdsl.spec import Percent
-from lcdsl.units import (
-    check_amount,
-    is_fraction,
-    optional_amount,
-    resolve_amount,
-    to_amount,
-    validate_amount,
-)
+from lcdsl.language.spec import Percent
+from lcdsl.operators.units import check_amount, is_fraction, optional_amount, resolve_amount, to_amount, validate_amount
 
 fractions = st.floats(min_value=1e-9, max_value=1.0, exclude_max=True, allow_subnormal=False)
 """Floats that mean a fraction: the open interval (0, 1)."""

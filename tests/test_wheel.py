@@ -37,7 +37,7 @@ def test_installed_wheel_parses_with_its_own_grammar(installed, tmp_path):
         "from importlib import resources\n"
         "from lcdsl.parser import parse\n"
         "print(lcdsl.__file__)\n"
-        "print((resources.files('lcdsl') / 'lcdsl.lark').is_file())\n"
+        "print((resources.files('lcdsl.language') / 'lcdsl.lark').is_file())\n"
         "spec = parse('fc1 : quant(k=2) + prune(l0=1%)')\n"
         "print(spec.rules[0].terms[1].kwargs()['l0'].value)\n"
     )

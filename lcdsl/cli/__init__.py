@@ -28,13 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"lcdsl.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lcdsl.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"lcdsl.cli.{name}").add_parser(sub)
     return parser
 
 

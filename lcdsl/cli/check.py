@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from lcdsl.binding import check_spec
-from lcdsl.console import console
+from lcdsl.language.parser import load
 from lcdsl.operators.base import describe
-from lcdsl.parser import load
-from lcdsl.plan_report import plan_summary, plan_table
-from lcdsl.report import settings_json
-from lcdsl.settings import settings_from_spec
-from lcdsl.zoo import load_model
+from lcdsl.plan.binder import check_spec
+from lcdsl.plan.settings import settings_from_spec
+from lcdsl.plan.summary import plan_summary
+from lcdsl.report.console import console
+from lcdsl.report.plan import plan_table
+from lcdsl.report.run import settings_json
+from lcdsl.training.zoo import load_model
 
 __all__ = ["add_parser", "run"]
 

@@ -17,20 +17,24 @@ from typing import Any
 import attrs
 import torch
 
-from lcdsl.checkpoint import check_writable, compressed_state, load_checkpoint, remove_stale_temporaries, save_atomic
 from lcdsl.cli.train import add_model_data_arguments, build_model, load_reference, resolve_device, train
-from lcdsl.console import console
-from lcdsl.data import Dataset, load_data
-from lcdsl.engine import Engine
+from lcdsl.engine.core import Engine
+from lcdsl.engine.events import StepRecord
 from lcdsl.errors import Diagnostic, EngineError, PluginError, SpecError
-from lcdsl.events import StepRecord
+from lcdsl.language.parser import load
+from lcdsl.language.spec import Spec
 from lcdsl.operators.base import FLOAT_BITS
-from lcdsl.parser import load
-from lcdsl.plan_report import plan_summary, plan_table
-from lcdsl.report import StepPrinter, build_report, plot_curves, size_table, write_report
-from lcdsl.settings import Explicit, Geometric, Settings, settings_from_spec
-from lcdsl.spec import Spec
-from lcdsl.training import LStep, default_recipe, error_rate, make_l_step
+from lcdsl.plan.settings import Explicit, Geometric, Settings, settings_from_spec
+from lcdsl.plan.summary import plan_summary
+from lcdsl.report.console import console
+from lcdsl.report.plan import plan_table
+from lcdsl.report.run import StepPrinter, build_report, plot_curves, size_table, write_report
+from lcdsl.store.atomic import check_writable, load_checkpoint, remove_stale_temporaries, save_atomic
+from lcdsl.store.model import compressed_state
+from lcdsl.training.data import Dataset, load_data
+from lcdsl.training.epochs import error_rate
+from lcdsl.training.lstep import LStep, make_l_step
+from lcdsl.training.reference import default_recipe
 
 __all__ = [
     "add_parser", "run", "CHECKPOINT_FORMAT", "SETTINGS_OPTIONS", "add_settings_arguments", "settings_argv",

@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from lcdsl.checkpoint import load_checkpoint, load_compressed
 from lcdsl.cli.train import build_model
-from lcdsl.console import console, human_bits
-from lcdsl.data import load_data
 from lcdsl.deploy import deploy
 from lcdsl.errors import EngineError, ModelError
-from lcdsl.export import ExportSizes, export_model, load_lcz, read_manifest
-from lcdsl.parser import parse
+from lcdsl.language.parser import parse
+from lcdsl.report.console import console, human_bits
+from lcdsl.store.atomic import load_checkpoint
+from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
+from lcdsl.store.model import load_compressed
+from lcdsl.training.data import load_data
 
 __all__ = ["add_parser", "run", "size_table", "median_latency"]
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lcdsl.checkpoint import write_atomic
-from lcdsl.fmt import format_spec
-from lcdsl.parser import load
+from lcdsl.language.fmt import format_spec
+from lcdsl.language.parser import load
+from lcdsl.store.atomic import write_atomic
 
 __all__ = ["add_parser", "run"]
 

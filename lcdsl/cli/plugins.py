@@ -9,8 +9,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lcdsl.console import console
-from lcdsl.registry import Registry, default_registry
+from lcdsl.plugins.registry import Registry, default_registry
+from lcdsl.report.console import console
 
 __all__ = ["add_parser", "run", "registry_json"]
 

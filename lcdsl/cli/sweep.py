@@ -13,13 +13,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from lcdsl.checkpoint import check_writable, write_atomic
 from lcdsl.cli.compress import add_settings_arguments, prepare_reference, settings_argv, settings_with_overrides
 from lcdsl.cli.train import add_model_data_arguments, load_model_data
-from lcdsl.console import console, human_bits
 from lcdsl.errors import EngineError
-from lcdsl.parser import load
-from lcdsl.sweep import canonical, collect, parse_variation, plot_tradeoff, slug, variants, write_result
+from lcdsl.language.parser import load
+from lcdsl.report.console import console, human_bits
+from lcdsl.report.sweep import canonical, collect, parse_variation, plot_tradeoff, slug, variants, write_result
+from lcdsl.store.atomic import check_writable, write_atomic
 
 __all__ = ["add_parser", "run"]
 

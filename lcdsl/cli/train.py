@@ -11,12 +11,13 @@ import attrs
 import torch
 from torch import nn
 
-from lcdsl.checkpoint import check_writable, load_checkpoint, save_atomic
-from lcdsl.console import console
-from lcdsl.data import Dataset, check_fits, load_data, model_kwargs
 from lcdsl.errors import ModelError
-from lcdsl.training import Recipe, default_recipe, error_rate, train_reference
-from lcdsl.zoo import load_model
+from lcdsl.report.console import console
+from lcdsl.store.atomic import check_writable, load_checkpoint, save_atomic
+from lcdsl.training.data import Dataset, check_fits, load_data, model_kwargs
+from lcdsl.training.epochs import error_rate
+from lcdsl.training.reference import Recipe, default_recipe, train_reference
+from lcdsl.training.zoo import load_model
 
 __all__ = [
     "add_parser",

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from lcdsl.integrations import DriverCallback
+from lcdsl.engine.driver import DriverCallback
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments

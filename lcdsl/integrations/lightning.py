@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lcdsl.integrations import DriverCallback
+from lcdsl.engine.driver import DriverCallback
 
 try:  # the unified package first, the standalone one otherwise
     import lightning.pytorch as pl

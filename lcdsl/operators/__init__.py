@@ -1,29 +1,58 @@
-"""The built-in C-step operators, one family a module, registered like any plugin.
+"""The plugin-author API, in one import: the operator contract, amounts, bit costs and packers.
 
-lcdsl's ``pyproject.toml`` declares the entry point ``builtin = "lcdsl.operators"`` in the group
-``lcdsl``, so :mod:`lcdsl.registry` finds this module exactly as it finds a third-party plugin
-and calls :func:`lcdsl_register_operators` below.
+Everything a plugin needs to write an operator and register it::
+
+    from lcdsl.operators import FLOAT_BITS, Operator, Storage, hookimpl, int_at_least
+
+- the contract (:mod:`.base`): :class:`Operator`, :class:`Storage`, :data:`Theta`,
+  :data:`Encoded`, :data:`View`, :func:`view_shape`, :func:`describe`;
+- bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`;
+- amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends;
+- packers for :meth:`Operator.encode` (:mod:`.bitpack`);
+- the hook marker :data:`hookimpl` (:mod:`.marker`).
+
+The built-in families (:mod:`.quant`, :mod:`.binary`, :mod:`.prune`, :mod:`.lowrank`, and
+:mod:`.additive` for ``A + B``) are imported only when the registry loads the ``builtin`` plugin
+(:mod:`.builtin`), exactly as a third-party plugin is.
 """
 
-from __future__ import annotations
+from lcdsl.operators.base import (
+    FLOAT_BITS,
+    Encoded,
+    Operator,
+    Storage,
+    Theta,
+    View,
+    bits_per_index,
+    describe,
+    index_bits,
+    view_shape,
+)  # fmt: skip
+from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_bits, pack_uint, unpack_bits, unpack_uint
+from lcdsl.operators.marker import PROJECT, hookimpl
+from lcdsl.operators.units import (
+    Amount,
+    check_amount,
+    int_at_least,
+    is_fraction,
+    optional_amount,
+    positive_number,
+    resolve_amount,
+    to_amount,
+    to_float,
+    validate_amount,
+)  # fmt: skip
 
-import importlib
-
-from lcdsl.hookspecs import hookimpl
-from lcdsl.operators.base import Operator
-
-__all__ = ["FAMILIES", "lcdsl_register_operators"]
-
-FAMILIES = ("quant", "binary", "prune", "lowrank")
-"""The modules under ``lcdsl.operators`` whose ``OPERATORS`` tuples are the built-ins."""
-
-
-@hookimpl
-def lcdsl_register_operators() -> list[type[Operator]]:
-    """Every family's ``OPERATORS``, imported here (not at module import) so that a family
-    that fails to import is reported as a problem of the ``builtin`` plugin, with the cause."""
-    operators: list[type[Operator]] = []
-    for family in FAMILIES:
-        module = importlib.import_module(f"{__name__}.{family}")
-        operators.extend(module.OPERATORS)
-    return operators
+__all__ = [
+    # the contract
+    "Operator", "Storage", "Theta", "Encoded", "View", "view_shape", "describe",
+    # bit costs
+    "FLOAT_BITS", "bits_per_index", "index_bits",
+    # amounts and validators
+    "Amount", "to_amount", "optional_amount", "check_amount", "validate_amount", "is_fraction", "resolve_amount",
+    "int_at_least", "positive_number", "to_float",
+    # packers
+    "pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "decode_tensor",
+    # registration
+    "hookimpl", "PROJECT",
+]  # fmt: skip

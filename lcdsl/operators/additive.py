@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from lcdsl.operators.base import Operator, Storage, Theta, View, view_shape
-from lcdsl.units import int_at_least
+from lcdsl.operators.units import int_at_least
 
 __all__ = ["Additive", "additive_project", "term_shape", "RELATIVE_TOLERANCE"]
 

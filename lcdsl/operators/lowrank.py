@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View
-from lcdsl.units import int_at_least, positive_number, to_float
+from lcdsl.operators.units import int_at_least, positive_number, to_float
 
 __all__ = ["LowRank", "OPERATORS", "svd", "select_rank"]
 

@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View, index_bits
-from lcdsl.units import Amount, check_amount, optional_amount, positive_number, resolve_amount, to_float
+from lcdsl.operators.units import Amount, check_amount, optional_amount, positive_number, resolve_amount, to_float
 
 __all__ = ["Prune", "OPERATORS", "top_k_mask", "project_l1_ball"]
 

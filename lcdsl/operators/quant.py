@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators._kmeans1d import kmeans1d
 from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, bits_per_index
-from lcdsl.units import int_at_least
+from lcdsl.operators.kmeans1d.dp import kmeans1d
+from lcdsl.operators.units import int_at_least
 
 __all__ = ["Quant", "OPERATORS"]
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from lcdsl.registry import Registry, default_registry
-from lcdsl.testing import operator_properties, weights
 from lcdsl_pow2 import Pow2
+
+from lcdsl.plugins.registry import Registry, default_registry
+from lcdsl.testing import operator_properties, weights
 
 # the whole contract, as every built-in operator runs it
 test_pow2_bits2 = operator_properties(Pow2(bits=2))

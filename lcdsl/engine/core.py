@@ -1,0 +1,380 @@
+"""The LC engine: the Learning-Compression algorithm's pieces, for any trainer to drive.
+
+The engine keeps, per task of a :class:`~lcdsl.plan.Plan`: ``Δ(θ)`` and ``λ`` as tensors of the
+task's view, and ``θ``. The weights ``w`` are never copied: each use builds the view from the
+model's live parameters. Everything stays on the parameters' device.
+
+The pieces (see ``docs/engine.md`` for a training loop that uses them):
+
+- :meth:`Engine.direct_compression`: ``θ = Π(w)``, ``λ = 0`` (step 0, ``μ = 0``);
+- :meth:`Engine.penalty`: ``Σ μ/2 ‖w − Δ(θ) − λ/μ‖²``, a differentiable scalar to add to the loss;
+- :meth:`Engine.c_step`: ``θ ← Π(w − λ/μ)``;
+- :meth:`Engine.multiplier_step`: ``λ ← λ − μ (w − Δ(θ))``;
+- :meth:`Engine.finalize`: ``w ← Δ(θ)``;
+
+and :meth:`Engine.run` drives them along the μ schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+
+import attrs
+import torch
+from torch import nn
+
+from lcdsl.engine.events import EventBus, StepRecord
+from lcdsl.engine.loop import EngineLoop
+from lcdsl.engine.state import EngineState, plan_fingerprint
+from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
+from lcdsl.faults import fault_point
+from lcdsl.operators.base import Storage, Theta
+from lcdsl.plan.model import Plan, Task, split_view
+from lcdsl.plan.names import parameters_by_name
+from lcdsl.plan.settings import Settings
+from lcdsl.plugins.origin import operator_origin
+
+__all__ = ["Engine"]
+
+
+@attrs.define
+class _TaskState:
+    """A task, its live parameters, and its engine state (all tensors in the task's view)."""
+
+    task: Task
+    params: list[nn.Parameter]
+    view: str
+    shape: tuple[int, ...]
+    theta: Theta | None = None
+    delta: torch.Tensor | None = None  # Δ(θ), shape = view shape, no grad
+    lam: torch.Tensor | None = None  # λ, shape = view shape
+
+
+def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
+    """``θ = Π(target)`` and ``Δ(θ)``, refusing what breaks the operator contract.
+
+    Raises:
+        PluginError: the operator raised, or returned a θ that is not named tensors, or a
+            ``Δ(θ)`` of another shape, dtype or device than ``target``, or non-finite values;
+            the message names the operator and its plugin.
+        EngineError: the target itself is not finite (the weights diverged).
+    """
+    op, task = state.task.operator, state.task.name
+
+    def blame(what: str) -> PluginError:
+        name = getattr(op, "name", type(op).__name__)
+        return PluginError(f"operator {name} {what} (from {operator_origin(op)})")
+
+    try:
+        theta = op.project(target, mu=mu, warm=state.theta)
+        if not isinstance(theta, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in theta.items()
+        ):
+            raise blame(f"returned a θ of type {type(theta).__name__} for task {task}, not a dict of named tensors")
+        delta = op.decompress(theta, state.shape)
+    except LcdslError:
+        raise
+    except Exception as exc:  # a plugin may raise anything; report it with its name
+        raise blame(f"raised {type(exc).__name__} on task {task}: {exc}") from exc
+    if not isinstance(delta, torch.Tensor):
+        raise blame(f"decompressed task {task} to a {type(delta).__name__}, not a tensor")
+    delta = delta.detach()
+    if tuple(delta.shape) != state.shape:
+        raise blame(f"decompressed task {task} to shape {tuple(delta.shape)}, expected {state.shape}")
+    if delta.dtype != target.dtype or delta.device != target.device:
+        raise blame(
+            f"decompressed task {task} to {delta.dtype} on {delta.device}, expected {target.dtype} on {target.device}"
+        )
+    floats = [delta] + [v for v in theta.values() if v.is_floating_point()]
+    flags = torch.stack([torch.isfinite(t).all().to(delta.device) for t in floats])  # one sync below
+    if not bool(flags.all()):
+        if not bool(torch.isfinite(target).all()):
+            raise EngineError(f"task {task}: the weights to compress are not finite; lower the learning rate or μ")
+        where = "Δ(θ)" if not bool(flags[0]) else "θ"
+        raise blame(f"returned non-finite values in {where} of task {task}")
+    return theta, delta
+
+
+class Engine(EngineState, EngineLoop):
+    """The LC algorithm over a plan's tasks, for one model.
+
+    Args:
+        model: the model whose parameters the plan names (a DDP/DataParallel wrapper is fine:
+            its ``module.`` prefix is ignored). Move it to its device before building the engine.
+        plan: the tasks and the settings.
+        settings: overrides ``plan.settings``.
+
+    Raises:
+        EngineError: a parameter of the plan is missing from the model, has another shape, or
+            is claimed by two tasks.
+    """
+
+    def __init__(self, model: nn.Module, plan: Plan, *, settings: Settings | None = None) -> None:
+        self.model = model
+        self.plan = plan
+        self.settings: Settings = settings if settings is not None else plan.settings
+        self.mus: tuple[float, ...] = tuple(float(m) for m in self.settings.mu.values())
+        self.step: int = 0
+        self.thetas: dict[str, Theta] = {}
+        self.history: list[StepRecord] = []
+        self.converged: bool = False
+        self.events = EventBus()
+        self.fingerprint = plan_fingerprint(attrs.evolve(plan, settings=self.settings))
+        self._mu = 0.0
+        self._targets: list[torch.Tensor] | None = None  # Δ(θ) + λ/μ per task, for penalty()
+        # (parameter, its piece of Δ(θ), its piece of λ), views into the task tensors, for add_penalty_grad()
+        self._param_views: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
+        self._penalty_seconds = 0.0
+        self._step_started = time.perf_counter()
+        self._mu_before_step = 0.0
+        self._tasks = self._bind(model, plan)
+
+    @staticmethod
+    def _bind(model: nn.Module, plan: Plan) -> list[_TaskState]:
+        by_name = parameters_by_name(model)
+        claimed: dict[str, str] = {}
+        states = []
+        for task in plan.tasks:
+            params = []
+            for name, shape in zip(task.parameters, task.shapes):
+                if name not in by_name:
+                    raise EngineError(
+                        f"task {task.name}: the model has no parameter '{name}'{did_you_mean(name, by_name)}"
+                    )
+                if name in claimed:
+                    raise EngineError(f"parameter '{name}' is in two tasks: {claimed[name]} and {task.name}")
+                claimed[name] = task.name
+                param = by_name[name]
+                if tuple(param.shape) != tuple(shape):
+                    raise EngineError(
+                        f"task {task.name}: parameter '{name}' has shape {tuple(param.shape)}, "
+                        f"the plan expects {tuple(shape)}"
+                    )
+                params.append(param)
+            view = task.operator.view  # may be an instance property (structured pruning)
+            if view not in ("vector", "matrix", "tensor"):
+                raise EngineError(f"task {task.name}: operator {task.operator.name} has unknown view {view!r}")
+            try:
+                shape = tuple(task.view_shape)
+            except ValueError as exc:
+                raise EngineError(f"task {task.name}: {exc}") from exc
+            states.append(_TaskState(task, params, view, shape))
+        return states
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def mu(self) -> float:
+        """The current μ: 0.0 until the first LC step starts. A trainer driving the pieces itself
+        sets it before each L step (``engine.mu = engine.mus[k]``)."""
+        return self._mu
+
+    @mu.setter
+    def mu(self, value: float) -> None:
+        value = float(value)
+        if not (value >= 0 and math.isfinite(value)):
+            raise EngineError(f"μ must be a finite number ≥ 0, got {value}")
+        if value != self._mu:
+            self._mu = value
+            self._targets = None
+
+    @property
+    def parameters(self) -> tuple[nn.Parameter, ...]:
+        """The parameters the plan compresses, task by task."""
+        return tuple(p for s in self._tasks for p in s.params)
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The plan's tasks, in order."""
+        return tuple(s.task for s in self._tasks)
+
+    @property
+    def quadratic(self) -> bool:
+        """Whether λ stays 0 (``penalty = "quadratic"``)."""
+        return self.settings.penalty == "quadratic"
+
+    def _w(self, state: _TaskState) -> torch.Tensor:
+        """The task's live weights in its view (differentiable when grad is on)."""
+        if state.view == "vector":
+            if len(state.params) == 1:
+                return state.params[0].reshape(-1)  # (n,)
+            return torch.cat([p.reshape(-1) for p in state.params])  # (Σ n,)
+        if state.view == "matrix":
+            p = state.params[0]
+            return p.reshape(p.shape[0], -1)  # (out, in·kh·kw)
+        return state.params[0]
+
+    @torch.no_grad()
+    def _write(self, state: _TaskState, value: torch.Tensor) -> None:
+        """Copy a view-shaped tensor into the task's parameters."""
+        for p, piece in zip(state.params, self._split(state, value)):
+            p.copy_(piece)
+
+    def _require_theta(self, what: str) -> None:
+        if not self.thetas and self._tasks:
+            raise EngineError(f"{what} needs a C step first: call direct_compression()")
+
+    # ------------------------------------------------------------ the pieces
+
+    @torch.no_grad()
+    def direct_compression(self) -> None:
+        """Step 0: ``θ = Π(w)`` at ``μ = 0`` with no warm start, ``λ = 0``; resets the run."""
+        self.step = 0
+        self._mu = 0.0
+        self.converged = False
+        self.history = []
+        for state in self._tasks:
+            state.theta = None
+            state.lam = torch.zeros_like(self._w(state))
+        self.thetas = {}
+        self.c_step()
+
+    @torch.no_grad()
+    def c_step(self) -> None:
+        """``θ ← Π(w − λ/μ)`` per task (target ``w`` while ``μ = 0``), warm-started from the
+        previous ``θ``; then ``Δ(θ)`` is recomputed."""
+        mu = self._mu
+        for state in self._tasks:
+            w = self._w(state)
+            if mu > 0 and state.lam is not None and not self.quadratic:
+                target = w - state.lam / mu
+            else:
+                target = w.clone()  # the operator must never alias a live parameter
+            theta, delta = _checked_projection(state, target, mu)
+            fault_point("c_step")
+            state.theta = theta
+            state.delta = delta
+            if state.lam is None:
+                state.lam = torch.zeros_like(w)
+            self.thetas[state.task.name] = theta
+        self._targets = self._param_views = None
+
+    @torch.no_grad()
+    def multiplier_step(self) -> None:
+        """``λ ← λ − μ (w − Δ(θ))`` per task; nothing in quadratic mode or while ``μ = 0``."""
+        self._require_theta("multiplier_step()")
+        if self.quadratic or self._mu == 0:
+            return
+        for state in self._tasks:
+            state.lam.sub_(self._mu * (self._w(state) - state.delta))
+        self._targets = None
+
+    def penalty(self) -> torch.Tensor:
+        """``Σ_tasks μ/2 ‖w − Δ(θ) − λ/μ‖²``: add it to the L step's loss.
+
+        Differentiable in ``w``: its gradient is ``μ (w − Δ(θ)) − λ``. A 0-dim tensor on the
+        parameters' device; 0 while ``μ = 0``.
+        """
+        fault_point("l_step")
+        start = time.perf_counter()
+        mu = self._mu
+        if mu == 0 or not self._tasks:
+            device = self._tasks[0].params[0].device if self._tasks else None
+            return torch.zeros((), device=device)
+        self._require_theta("penalty()")
+        total = None
+        for state, target in zip(self._tasks, self._penalty_targets()):
+            term = (self._w(state) - target).pow(2).sum()  # one flat op per task
+            total = term if total is None else total + term
+        out = (mu / 2) * total
+        self._penalty_seconds += time.perf_counter() - start
+        return out
+
+    @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        """``w.grad += μ (w − Δ(θ)) − λ``: the penalty's gradient, added in place.
+
+        The fast way to train with the penalty: call it after ``loss.backward()`` on the data
+        loss alone and before ``optimizer.step()``, instead of adding :meth:`penalty` to the
+        loss. Same gradient, without autograd building and keeping ``w − Δ + λ/μ``, its square
+        and their gradients every batch: three fused ``_foreach`` passes, no temporaries.
+        Parameters without a ``.grad`` get one. With a gradient scaler (AMP), call it after
+        ``scaler.unscale_(optimizer)``. Nothing happens while ``μ = 0``.
+        """
+        fault_point("l_step")
+        mu = self._mu
+        if mu == 0 or not self._tasks:
+            return
+        self._require_theta("add_penalty_grad()")
+        start = time.perf_counter()
+        if self._param_views is None:
+            self._param_views = [
+                (p, delta, lam)
+                for s in self._tasks
+                for p, delta, lam in zip(s.params, self._split(s, s.delta), self._split(s, s.lam))
+            ]
+        views = [v for v in self._param_views if v[0].requires_grad]
+        for p, _, _ in views:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p, _, _ in views]
+        # three fused passes and no temporaries: the engine keeps Δ(θ) and λ, nothing more
+        torch._foreach_add_(grads, [p for p, _, _ in views], alpha=mu)  # + μ w
+        torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
+        if not self.quadratic:
+            torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
+        self._penalty_seconds += time.perf_counter() - start
+
+    def _penalty_targets(self) -> list[torch.Tensor]:
+        """``Δ(θ) + λ/μ`` per task (``Δ(θ)`` in quadratic mode), view-shaped, for :meth:`penalty`;
+        cached until θ, λ or μ change."""
+        if self._targets is None:
+            mu = self._mu
+            with torch.no_grad():
+                self._targets = [s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks]
+        return self._targets
+
+    @staticmethod
+    def _split(state: _TaskState, value: torch.Tensor) -> list[torch.Tensor]:
+        return split_view(state.view, state.params, value)
+
+    @torch.no_grad()
+    def distortion(self) -> float:
+        """``Σ_tasks ‖w − Δ(θ)‖²`` (one device sync)."""
+        self._require_theta("distortion()")
+        if not self._tasks:
+            return 0.0
+        total = sum((self._w(s) - s.delta).double().pow(2).sum() for s in self._tasks)
+        return float(total)
+
+    @contextlib.contextmanager
+    def compressed(self) -> Iterator[None]:
+        """Inside the block the weights are ``Δ(θ)``; on leaving (even by an exception) they are
+        restored exactly::
+
+            with engine.compressed():
+                error = evaluate(model)
+        """
+        self._require_theta("compressed()")
+        with torch.no_grad():
+            saved = [[p.detach().clone() for p in s.params] for s in self._tasks]
+            for state in self._tasks:
+                self._write(state, state.delta)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for state, copies in zip(self._tasks, saved):
+                    for p, copy in zip(state.params, copies):
+                        p.copy_(copy)
+
+    @torch.no_grad()
+    def finalize(self) -> dict[str, Theta]:
+        """``w ← Δ(θ)`` for good. Returns ``θ`` by task name (what gets stored)."""
+        self._require_theta("finalize()")
+        for state in self._tasks:
+            self._write(state, state.delta)
+        return dict(self.thetas)
+
+    def storage(self) -> list[tuple[Task, Storage | None]]:
+        """Per task, the size of its ``θ`` (the predicted size before any C step)."""
+        return [(s.task, s.task.operator.storage(s.shape, s.theta)) for s in self._tasks]
+
+    def _total_storage(self) -> tuple[int | None, int | None]:
+        sizes = [size for _, size in self.storage()]
+        if any(size is None for size in sizes):
+            return None, None
+        return sum(s.bits for s in sizes), sum(s.params for s in sizes)

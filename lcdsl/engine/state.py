@@ -1,0 +1,137 @@
+"""The engine's state as plain data: what a checkpoint saves, and the check that it fits a plan.
+
+:class:`EngineState` is a part of :class:`~lcdsl.engine.Engine`; it reads the engine's tasks and
+writes them back, and knows nothing of files (:mod:`lcdsl.store` writes them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lcdsl.engine.events import StepRecord
+from lcdsl.errors import EngineError
+from lcdsl.plan.model import Plan
+from lcdsl.plugins.origin import plugin_versions
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["STATE_FORMAT", "plan_fingerprint", "EngineState"]
+
+STATE_FORMAT = 1
+"""Version of the :meth:`Engine.state_dict` layout."""
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """The sha256 of a plan's canonical text: task names, views, shapes, operators, settings.
+
+    Two plans with the same fingerprint compress the same tensors the same way, so a saved
+    engine state of one can resume the other."""
+    lines = [
+        f"task {task.name} joint={task.joint} shapes={task.shapes} operator={task.operator!r}"
+        for task in plan.tasks
+    ]
+    lines.append(f"settings {plan.settings!r}")
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+class EngineState:
+    """:meth:`state_dict` and :meth:`load_state_dict` of :class:`~lcdsl.engine.Engine`."""
+
+    def _task_descriptions(self) -> list[str]:
+        """``"task: operator"`` per task: what a saved state must match to be loaded."""
+        return [f"{s.task.name}: {s.task.operator!r}" for s in self._tasks]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole LC state as tensors and plain data (``torch.save`` /
+        ``torch.load(weights_only=True)``). The model's weights and the optimizer are not in it:
+        save them beside it."""
+        return {
+            "format": STATE_FORMAT,
+            "fingerprint": self.fingerprint,
+            "tasks": self._task_descriptions(),
+            "settings": repr(self.settings),
+            "plugin_versions": plugin_versions(),
+            "mus": list(self.mus),
+            "penalty": self.settings.penalty,
+            "step": self.step,
+            "mu": self._mu,
+            "converged": self.converged,
+            "lambdas": {s.task.name: s.lam.detach().clone() for s in self._tasks if s.lam is not None},
+            "thetas": {
+                name: {k: v.detach().clone() for k, v in theta.items()} for name, theta in self.thetas.items()
+            },
+            "history": [r.to_dict() for r in self.history],
+        }
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise EngineError(f"not an lcdsl engine state of format {STATE_FORMAT} (found {found!r})")
+        if state.get("fingerprint") == self.fingerprint:
+            return
+        ours = self._task_descriptions()
+        theirs = list(state.get("tasks", []))
+        if theirs != ours:
+            missing = [t for t in theirs if t not in ours]
+            extra = [t for t in ours if t not in theirs]
+            detail = "; ".join(
+                part
+                for part in (
+                    f"only in the checkpoint: {', '.join(missing)}" if missing else "",
+                    f"only in this plan: {', '.join(extra)}" if extra else "",
+                )
+                if part
+            ) or "the tasks are in another order"
+            raise EngineError(f"cannot resume: the checkpoint was made for other tasks ({detail})")
+        if state.get("settings") != repr(self.settings):
+            raise EngineError(
+                "cannot resume: the checkpoint was made with other settings "
+                f"(checkpoint: {state.get('settings')}; now: {self.settings!r})"
+            )
+        raise EngineError("cannot resume: the checkpoint was made for another plan (fingerprint differs)")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (tensors move to the parameters' device).
+
+        Raises:
+            EngineError: the state is for another plan (other tasks, operators, shapes or
+                settings), or is malformed.
+        """
+        self._check_compatible(state)
+        saved_versions = state.get("plugin_versions", {})
+        if saved_versions != plugin_versions():
+            warnings.warn(
+                f"resuming with other plugin versions (checkpoint: {saved_versions}, now: {plugin_versions()})",
+                stacklevel=2,
+            )
+        thetas, lambdas = state.get("thetas", {}), state.get("lambdas", {})
+        for s in self._tasks:
+            name = s.task.name
+            if (name in thetas) != (name in lambdas) or (thetas and name not in thetas):
+                raise EngineError(f"cannot resume: the checkpoint's state of task {name} is incomplete")
+        with torch.no_grad():
+            for s in self._tasks:
+                name = s.task.name
+                if name not in thetas:
+                    s.theta = s.delta = s.lam = None
+                    continue
+                device = s.params[0].device
+                lam = lambdas[name].to(device)
+                if tuple(lam.shape) != s.shape:
+                    raise EngineError(
+                        f"cannot resume: λ of task {name} has shape {tuple(lam.shape)}, expected {s.shape}"
+                    )
+                s.theta = {k: v.to(device) for k, v in thetas[name].items()}
+                s.lam = lam
+                s.delta = s.task.operator.decompress(s.theta, s.shape).detach()
+        self.thetas = {s.task.name: s.theta for s in self._tasks if s.theta is not None}
+        self.step = int(state["step"])
+        self._mu = float(state["mu"])
+        self.converged = bool(state.get("converged", False))
+        self.history = [StepRecord.from_dict(r) for r in state.get("history", [])]
+        self._targets = self._param_views = None

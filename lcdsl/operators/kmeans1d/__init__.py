@@ -1,0 +1,6 @@
+"""Exact 1-D k-means (:func:`kmeans1d`): the torch path and dispatch in :mod:`.dp`, the compiled
+CPU kernels (numba) in :mod:`.cpu`."""
+
+from lcdsl.operators.kmeans1d.dp import Clusters, kmeans1d, prefix_sums
+
+__all__ = ["kmeans1d", "Clusters", "prefix_sums"]

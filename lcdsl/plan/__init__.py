@@ -1,0 +1,20 @@
+"""Plans: a spec bound to a model. Which tensors form which task, under which operator.
+
+:func:`bind` resolves every selector against the model's parameter names (:mod:`.selectors`,
+:mod:`.names`), builds each rule's operator through the registry, validates the settings
+(:mod:`.settings`), resolves relative amounts (``l0=5%``) against each task's size, and reports
+every problem of the spec at once. :mod:`.summary` tells what a plan will do before training.
+"""
+
+from lcdsl.operators.base import view_shape
+from lcdsl.plan.binder import bind, build_operator, check_spec
+from lcdsl.plan.model import Plan, Task, split_view
+from lcdsl.plan.names import parameters_by_name, strip_ddp_prefix, task_name
+from lcdsl.plan.settings import Explicit, Geometric, Schedule, Settings, settings_from_spec
+from lcdsl.plan.summary import plan_rows, plan_summary
+
+__all__ = [
+    "bind", "build_operator", "check_spec", "Plan", "Task", "split_view", "view_shape", "parameters_by_name",
+    "strip_ddp_prefix", "task_name", "Settings", "Schedule", "Geometric", "Explicit", "settings_from_spec",
+    "plan_rows", "plan_summary",
+]  # fmt: skip

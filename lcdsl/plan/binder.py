@@ -1,0 +1,298 @@
+"""Binding a spec to a model: selectors → tensors, calls → operators, every problem at once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from lcdsl.errors import Diagnostic, Span, SpecError, did_you_mean, exception_message
+from lcdsl.language.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
+from lcdsl.operators.additive import Additive
+from lcdsl.operators.base import Operator, view_shape
+from lcdsl.plan.model import Plan, Task
+from lcdsl.plan.names import task_name
+from lcdsl.plan.selectors import ModelIndex
+from lcdsl.plan.settings import Settings, settings_from_spec
+from lcdsl.plugins.registry import Registry, default_registry
+
+__all__ = ["bind", "build_operator", "check_spec"]
+
+
+class _Diagnostics(list):
+    """A list of diagnostics with a shorthand for adding one."""
+
+    def add(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.append(Diagnostic(message, span, hint))
+
+
+def _registry(registry: Registry | None) -> Registry:
+    return registry if registry is not None else default_registry()
+
+
+def _build_call(call: Call, registry: Registry, diags: _Diagnostics) -> Operator | None:
+    """One operator from one call, or None with the problems added to ``diags``."""
+    try:
+        cls = registry.operator(call.name)
+    except KeyError:
+        names = sorted(registry.operators)
+        diags.add(
+            f"unknown operator '{call.name}'{did_you_mean(call.name, names)}",
+            call.span,
+            hint="operators: " + ", ".join(names) + " (`lcdsl plugins` lists where each comes from)",
+        )
+        return None
+    fields = [a.name for a in attrs.fields(cls)] if attrs.has(cls) else []
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for arg in call.args:
+        if arg.name is None:
+            diags.add(
+                f"{call.name}() takes keyword arguments, e.g. {call.name}({fields[0] if fields else 'x'}=…)",
+                arg.span,
+            )
+            ok = False
+        elif arg.name not in fields:
+            hint = f"{call.name}() takes " + (", ".join(fields) if fields else "no arguments")
+            diags.add(f"{call.name}() has no argument '{arg.name}'{did_you_mean(arg.name, fields)}", arg.span, hint)
+            ok = False
+        elif arg.name in kwargs:
+            diags.add(f"{call.name}() got '{arg.name}' twice", arg.span)
+            ok = False
+        elif isinstance(arg.value, Call):
+            diags.add(f"{call.name}() argument '{arg.name}' must be a value, not a call", arg.span)
+            ok = False
+        else:
+            kwargs[arg.name] = arg.value
+    if not ok:
+        return None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        diags.add(f"{call.name}(): {exception_message(exc)}", call.span)
+        return None
+
+
+def build_operator(
+    terms: Sequence[Call], *, registry: Registry | None = None, rounds: int = 10
+) -> Operator:
+    """The operator for a rule's right-hand side: one call, or the additive combination of several.
+
+    Raises:
+        SpecError: unknown operators, unknown or repeated arguments, bad values; all together.
+    """
+    diags = _Diagnostics()
+    op = _build_terms(terms, _registry(registry), rounds, diags)
+    if diags or op is None:
+        raise SpecError(diags or [Diagnostic("empty expression")])
+    return op
+
+
+def _build_terms(terms: Sequence[Call], registry: Registry, rounds: int, diags: _Diagnostics) -> Operator | None:
+    ops = [_build_call(call, registry, diags) for call in terms]
+    if any(op is None for op in ops) or not ops:
+        return None
+    if len(ops) == 1:
+        return ops[0]
+    return Additive(terms=tuple(ops), rounds=rounds)
+
+
+def _settings(spec: Spec, diags: _Diagnostics) -> Settings:
+    """The spec's settings (the defaults where they are wrong); adds its whole-file problems."""
+    try:
+        settings = settings_from_spec(spec)
+    except SpecError as exc:
+        diags.extend(exc.diagnostics)
+        settings = Settings()
+    if not spec.rules:
+        diags.add(
+            "the spec has no rules, so nothing would be compressed",
+            None,
+            hint="add a rule such as 'fc1 : quant(k=2)' (selectors : operator)",
+        )
+    return settings
+
+
+def check_spec(spec: Spec, *, registry: Registry | None = None) -> dict[int, Operator]:
+    """Validate a spec without a model: settings, operator names and arguments.
+
+    Returns:
+        The operator of each rule, by the rule's index in ``spec.rules``.
+
+    Raises:
+        SpecError: every problem, together.
+    """
+    registry = _registry(registry)
+    diags = _Diagnostics()
+    settings = _settings(spec, diags)
+    ops = {}
+    for i, rule in enumerate(spec.rules):
+        op = _build_terms(rule.terms, registry, settings.additive_rounds, diags)
+        if op is not None:
+            ops[i] = op
+    if diags:
+        raise SpecError(diags, source=spec.source, filename=spec.filename)
+    return ops
+
+
+def _select(
+    item: NameSelector | TypeSelector, index: ModelIndex, diags: _Diagnostics
+) -> list[str]:
+    """The parameters one plain selector matches; an error when it matches nothing."""
+    if isinstance(item, TypeSelector):
+        found = index.match_type(item)
+        if not found:
+            types = index.module_types()
+            diags.add(
+                f"no module of type '{item.type_name}' in the model{did_you_mean(item.type_name, types)}",
+                item.span,
+                hint="types with weights: " + ", ".join(types),
+            )
+        return found
+    found = index.match_name(item)
+    if found:
+        return found
+    if item.pattern in index.modules:
+        diags.add(
+            f"module '{item.pattern}' has no weight of its own",
+            item.span,
+            hint=f"name its parameters, e.g. '{item.pattern}.**' or '{item.pattern}.*'",
+        )
+    else:
+        close = did_you_mean(item.pattern, index.suggestions())
+        diags.add(f"'{item.pattern}' matches no parameter of the model{close}", item.span)
+    return []
+
+
+def _resolve_items(
+    items: Sequence[NameSelector | TypeSelector | Exclude], index: ModelIndex, diags: _Diagnostics
+) -> tuple[list[str], set[str]]:
+    """(included names in model order, excluded names) of plain and excluding selectors."""
+    included: list[str] = []
+    excluded: set[str] = set()
+    for item in items:
+        if isinstance(item, Exclude):
+            excluded.update(_select(item.selector, index, diags))
+        else:
+            included.extend(n for n in _select(item, index, diags) if n not in included)
+    return included, excluded
+
+
+def _rule_groups(rule: Rule, index: ModelIndex, diags: _Diagnostics) -> list[tuple[list[str], bool, Span | None]]:
+    """The tensor groups of a rule: (names, joint, span) — one per tensor, one per ``[…]``."""
+    before = len(diags)
+    plain = [s for s in rule.selectors if not isinstance(s, JointGroup)]
+    singles, excluded = _resolve_items(plain, index, diags)
+    groups: list[tuple[list[str], bool, Span | None]] = []
+    claimed: dict[str, Span | None] = {}
+    for joint in (s for s in rule.selectors if isinstance(s, JointGroup)):
+        inner_before = len(diags)
+        names, inner_excluded = _resolve_items(joint.items, index, diags)
+        names = [n for n in names if n not in excluded and n not in inner_excluded]
+        if not names:
+            if len(diags) == inner_before:
+                diags.add("this group is empty after its exclusions", joint.span)
+            continue
+        for n in names:
+            if n in claimed:
+                diags.add(f"'{n}' is in two groups of this rule", joint.span)
+            claimed[n] = joint.span
+        groups.append((names, True, joint.span))
+    for n in singles:
+        if n in excluded:
+            continue
+        if n in claimed:
+            diags.add(f"'{n}' is both in a joint group and on its own in this rule", rule.span)
+            continue
+        groups.append(([n], False, rule.span))
+    if not groups and len(diags) == before:
+        diags.add("every tensor this rule selects is excluded", rule.span)
+    return groups
+
+
+def _line(span: Span | None) -> str:
+    return f"line {span.line}" if span is not None else "another rule"
+
+
+def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None) -> Plan:
+    """Bind ``spec`` to ``model``.
+
+    Raises:
+        SpecError: every problem of the spec, together (selectors matching nothing, tensors
+            claimed twice, unknown operators, bad arguments, joint groups an operator cannot
+            take, …), with spans and "did you mean" suggestions.
+    """
+    registry = _registry(registry)
+    diags = _Diagnostics()
+    settings = _settings(spec, diags)
+    index = ModelIndex(model)
+    owner: dict[str, Rule] = {}
+    tasks: list[Task] = []
+    for rule in spec.rules:
+        op = _build_terms(rule.terms, registry, settings.additive_rounds, diags)
+        for names, joint, span in _rule_groups(rule, index, diags):
+            fresh = []
+            for n in names:
+                if n in owner:
+                    first = owner[n]
+                    diags.add(
+                        f"'{n}' is already compressed by the rule on {_line(first.span)}",
+                        rule.span,
+                        hint="each tensor may be claimed by one rule only; narrow one selector or add an exclusion (!name)",
+                    )
+                else:
+                    owner[n] = rule
+                    fresh.append(n)
+            if not fresh or op is None:
+                continue
+            task = _make_task(fresh, joint, op, rule, span, index, diags)
+            if task is not None:
+                tasks.append(task)
+    if diags:
+        raise SpecError(diags, source=spec.source, filename=spec.filename)
+    dense = [n for n in index.parameters if n not in owner]
+    return Plan(
+        tasks=tuple(tasks),
+        dense=tuple(dense),
+        dense_numel=sum(index.parameters[n].numel() for n in dense),
+        settings=settings,
+        spec=spec,
+    )
+
+
+def _make_task(
+    names: list[str],
+    joint: bool,
+    op: Operator,
+    rule: Rule,
+    span: Span | None,
+    index: ModelIndex,
+    diags: _Diagnostics,
+) -> Task | None:
+    params = [index.parameters[n] for n in names]
+    kinds = {(p.dtype, p.device) for p in params}
+    if len(kinds) > 1:
+        listed = ", ".join(f"{n} ({p.dtype}, {p.device})" for n, p in zip(names, params))
+        diags.add(f"a joint group must share one dtype and device: {listed}", span)
+        return None
+    shapes = tuple(tuple(p.shape) for p in params)
+    try:
+        shape = view_shape(op.view, shapes)
+    except ValueError as exc:
+        hint = "drop the brackets to give each tensor its own task" if joint and len(names) > 1 else None
+        diags.add(f"{_op_name(op)} cannot take {', '.join(names)}: {exc}", span, hint)
+        return None
+    try:
+        resolved = op.resolve(shape)
+    except (ValueError, TypeError) as exc:
+        where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
+        diags.add(f"{_op_name(op)} on {task_name(names, joint)} ({math.prod(shape)} weights): {exception_message(exc)}", where)
+        return None
+    return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule)
+
+
+def _op_name(op: Operator) -> str:
+    return getattr(op, "name", type(op).__name__)

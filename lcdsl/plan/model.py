@@ -1,0 +1,80 @@
+"""The plan: a spec bound to a model. Which tensors form which task, under which operator.
+
+:func:`lcdsl.plan.binder` makes one from a spec and a model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+
+from lcdsl.language.spec import Rule, Spec
+from lcdsl.operators.base import Operator, Storage, view_shape
+from lcdsl.plan.names import task_name
+from lcdsl.plan.settings import Settings
+
+__all__ = ["Task", "Plan", "split_view"]
+
+
+
+@attrs.frozen
+class Task:
+    """One C-step problem: some tensors, seen together, under one operator."""
+
+    parameters: tuple[str, ...] = attrs.field(converter=tuple)
+    """Full parameter names (without a DDP ``module.`` prefix), in model order."""
+    shapes: tuple[tuple[int, ...], ...] = attrs.field(converter=lambda s: tuple(tuple(x) for x in s))
+    """The shape of each parameter."""
+    operator: Operator
+    """The operator, with amounts resolved to absolute numbers."""
+    joint: bool = False
+    """Whether the task came from a ``[ … ]`` group (one codebook / budget for all)."""
+    rule: Rule | None = attrs.field(default=None, eq=False, repr=False)
+    """The rule the task came from, for messages."""
+
+    @property
+    def name(self) -> str:
+        """``fc1.weight``, or ``[fc1.weight, fc2.weight]`` for a joint task."""
+        return task_name(self.parameters, self.joint)
+
+    @property
+    def numel(self) -> int:
+        """Number of weights in the task."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """The shape the operator sees; see :func:`view_shape`."""
+        return view_shape(self.operator.view, self.shapes)
+
+    def predicted_storage(self) -> Storage | None:
+        """The operator's size for this task before training, if it can tell."""
+        return self.operator.storage(self.view_shape)
+
+
+@attrs.frozen
+class Plan:
+    """A spec bound to a model: the tasks, the parameters left dense, and the settings."""
+
+    tasks: tuple[Task, ...] = attrs.field(converter=tuple)
+    """Every task, in rule order then model order."""
+    dense: tuple[str, ...] = attrs.field(converter=tuple)
+    """Parameters no rule claims; they stay 32-bit dense."""
+    dense_numel: int = 0
+    """How many numbers the dense parameters hold."""
+    settings: Settings = attrs.field(factory=Settings)
+    """The run settings."""
+    spec: Spec | None = attrs.field(default=None, eq=False, repr=False)
+    """The spec this plan was bound from."""
+
+
+def split_view(view: str, params: list[torch.Tensor], value: torch.Tensor) -> list[torch.Tensor]:
+    """A task's view-shaped tensor cut into pieces shaped like its parameters (views where the
+    layout allows): a ``"vector"`` task's flat ``(Σ n,)`` into one piece a parameter, a matrix
+    or tensor task's into its one parameter's shape."""
+    if view == "vector":
+        pieces = torch.split(value.reshape(-1), [p.numel() for p in params])
+        return [piece.reshape(p.shape) for p, piece in zip(params, pieces)]
+    return [value.reshape(params[0].shape)]

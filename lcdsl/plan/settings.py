@@ -1,0 +1,211 @@
+"""Run settings: the ``name = value`` lines of a spec, validated, with defaults.
+
+The grammar knows no setting names; this module does. Unknown names and bad values are
+spec errors at the setting's span, all reported together.
+
+Example spec lines::
+
+    mu        = geometric(start=9e-5, factor=1.21, steps=20)
+    penalty   = "quadratic"
+    lr        = 0.09
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import attrs
+
+from lcdsl.errors import Diagnostic, SpecError, did_you_mean, exception_message
+from lcdsl.language.spec import Call, Percent, Setting, Spec, Value
+from lcdsl.operators.units import int_at_least, positive_number
+
+__all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec"]
+
+
+@attrs.frozen
+class Geometric:
+    """``μ_k = start · factor^k`` for ``k < steps``, capped at ``cap`` if given."""
+
+    start: float = attrs.field(converter=float, validator=positive_number)
+    """μ at step 0 (after direct compression); must be > 0."""
+    factor: float = attrs.field(converter=float)
+    """Growth per LC step; must be > 1."""
+    steps: int = attrs.field(validator=int_at_least(1))
+    """Number of LC steps; must be ≥ 1."""
+    cap: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
+    """Largest μ; later steps stay at the cap."""
+
+    def __attrs_post_init__(self) -> None:
+        self.values()  # a schedule that overflows is an error where it is written, not at step k
+
+    @factor.validator
+    def _check_factor(self, attribute: Any, value: float) -> None:
+        if not (value > 1 and math.isfinite(value)):
+            raise ValueError(f"factor must be a number > 1, got {value}")
+
+    def values(self) -> tuple[float, ...]:
+        """Every μ of the run, in order."""
+        out = []
+        for k in range(self.steps):
+            try:
+                mu = self.start * self.factor**k
+            except OverflowError:  # float ** raises where * gives inf
+                mu = math.inf
+            if self.cap is not None:
+                mu = min(mu, self.cap)
+            if not math.isfinite(mu):
+                raise ValueError(f"the μ schedule overflows at step {k}; lower factor or steps, or set cap")
+            out.append(mu)
+        return tuple(out)
+
+
+@attrs.frozen
+class Explicit:
+    """An explicit list of μ values, one per LC step."""
+
+    mus: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in v))
+    """The values; each must be > 0 and finite."""
+
+    @mus.validator
+    def _check(self, attribute: Any, value: tuple[float, ...]) -> None:
+        if not value:
+            raise ValueError("the μ list is empty")
+        for mu in value:
+            if not (mu > 0 and math.isfinite(mu)):
+                raise ValueError(f"every μ must be a positive finite number, got {mu}")
+
+    def values(self) -> tuple[float, ...]:
+        """Every μ of the run, in order."""
+        return self.mus
+
+
+Schedule = Geometric | Explicit
+
+
+def _positive_float(name: str, allow_zero: bool = False):
+    def check(inst: Any, attribute: Any, value: Any) -> None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            bound = "≥ 0" if allow_zero else "> 0"
+            raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+    return check
+
+
+def _seed(inst: Any, attribute: Any, value: Any) -> None:
+    # torch and scikit-learn both take seeds in [0, 2**32)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {value!r}")
+
+
+@attrs.frozen
+class Settings:
+    """Everything about a run that is not which tensors get which operator."""
+
+    mu: Schedule = attrs.field(factory=lambda: Geometric(start=9e-5, factor=1.21, steps=20))
+    """The μ schedule: ``geometric(start=…, factor=…, steps=…[, cap=…])`` or a list."""
+    penalty: Literal["augmented-lagrangian", "quadratic"] = attrs.field(
+        default="augmented-lagrangian",
+        validator=attrs.validators.in_(("augmented-lagrangian", "quadratic")),
+    )
+    """``"augmented-lagrangian"`` (with multipliers λ) or ``"quadratic"`` (λ = 0 throughout)."""
+    tolerance: float = attrs.field(default=0.0, validator=_positive_float("tolerance", allow_zero=True))
+    """Stop early once ``‖w − Δ(θ)‖`` (over all tasks) is below this; 0 never stops early."""
+    additive_rounds: int = attrs.field(default=10, validator=int_at_least(1))
+    """Most alternations of the terms of an additive ``A + B`` C step."""
+    optimizer: Literal["sgd", "adam"] = attrs.field(
+        default="sgd", validator=attrs.validators.in_(("sgd", "adam"))
+    )
+    """The L step's optimizer."""
+    lr: float = attrs.field(default=0.1, validator=_positive_float("lr"))
+    """The L step's learning rate at the first LC step."""
+    lr_decay: float = attrs.field(default=0.98, validator=_positive_float("lr_decay"))
+    """The learning rate is multiplied by this after every LC step."""
+    momentum: float = attrs.field(default=0.9, validator=_positive_float("momentum", allow_zero=True))
+    """SGD momentum."""
+    nesterov: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    """Use Nesterov momentum."""
+    epochs: int = attrs.field(default=2, validator=int_at_least(1))
+    """Epochs per L step."""
+    first_epochs: int = attrs.field(default=4, validator=int_at_least(1))
+    """Epochs of the first L step."""
+    batch_size: int = attrs.field(default=256, validator=int_at_least(1))
+    """Mini-batch size."""
+    seed: int = attrs.field(default=0, validator=_seed)
+    """Seed of the data order and of everything random, in [0, 2³²)."""
+
+
+_SETTING_NAMES = tuple(a.name for a in attrs.fields(Settings))
+
+
+def _schedule(value: Value) -> Schedule:
+    if isinstance(value, Call):
+        if value.name != "geometric":
+            raise ValueError(f"unknown schedule '{value.name}'{did_you_mean(value.name, ['geometric'])}")
+        if any(a.name is None for a in value.args):
+            raise ValueError("geometric() takes keyword arguments: start=…, factor=…, steps=…")
+        names = [a.name for a in value.args]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"geometric() got '{repeated}' twice")
+        kwargs = value.kwargs()
+        known = {"start", "factor", "steps", "cap"}
+        for key in kwargs:
+            if key not in known:
+                raise ValueError(f"geometric() has no argument '{key}'{did_you_mean(key, known)}")
+        missing = [k for k in ("start", "factor", "steps") if k not in kwargs]
+        if missing:
+            raise ValueError(f"geometric() needs {', '.join(missing)}")
+        for key, v in kwargs.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"geometric() argument {key} must be a number, got {v!r}")
+        return Geometric(**kwargs)
+    if isinstance(value, tuple):
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"every μ in the list must be a number, got {v!r}")
+        return Explicit(value)
+    raise ValueError("mu must be geometric(start=…, factor=…, steps=…) or a list of numbers")
+
+
+def _plain(name: str, value: Value) -> Any:
+    if name == "mu":
+        return _schedule(value)
+    if isinstance(value, (Call, Percent)):
+        raise ValueError(f"{name} takes a plain value, not {type(value).__name__.lower()}")
+    return value
+
+
+def settings_from_spec(spec: Spec, **overrides: Any) -> Settings:
+    """The spec's settings on top of the defaults, then ``overrides`` (from the command line).
+
+    Raises:
+        SpecError: every unknown name and bad value of the spec, together.
+    """
+    diagnostics: list[Diagnostic] = []
+    values: dict[str, Any] = {}
+    for statement in spec.statements:
+        if not isinstance(statement, Setting):
+            continue
+        if statement.name not in _SETTING_NAMES:
+            diagnostics.append(
+                Diagnostic(
+                    f"unknown setting '{statement.name}'{did_you_mean(statement.name, _SETTING_NAMES)}",
+                    statement.span,
+                    hint="settings are: " + ", ".join(_SETTING_NAMES),
+                )
+            )
+            continue
+        try:
+            values[statement.name] = _plain(statement.name, statement.value)
+            attrs.evolve(Settings(), **{statement.name: values[statement.name]})
+        except (ValueError, TypeError) as exc:
+            values.pop(statement.name, None)
+            message = exception_message(exc)
+            diagnostics.append(Diagnostic(f"bad value for '{statement.name}': {message}", statement.span))
+    if diagnostics:
+        raise SpecError(diagnostics, source=spec.source, filename=spec.filename)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

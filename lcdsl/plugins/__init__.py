@@ -1,0 +1,22 @@
+"""Plugins: the hook specifications, the registry of operator names, and where each came from.
+
+Plugins are the entry points of the group ``lcdsl``; :func:`default_registry` loads them on first
+use (never at import). A plugin author needs only :mod:`lcdsl.operators`.
+"""
+
+from lcdsl.plugins.hookspecs import PROJECT, hookimpl, hookspec
+from lcdsl.plugins.origin import operator_origin, plugin_versions, versions
+from lcdsl.plugins.registry import (
+    PluginInfo,
+    PluginManager,
+    PluginProblem,
+    Registry,
+    UnknownOperatorError,
+    default_registry,
+    get_plugin_manager,
+)  # fmt: skip
+
+__all__ = [
+    "PROJECT", "hookimpl", "hookspec", "Registry", "PluginInfo", "PluginProblem", "PluginManager",
+    "UnknownOperatorError", "default_registry", "get_plugin_manager", "operator_origin", "plugin_versions", "versions",
+]  # fmt: skip

@@ -1,0 +1,72 @@
+"""The plan as a table: one row a task, then the dense parameters, then the totals."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from lcdsl.operators.base import FLOAT_BITS, Storage
+from lcdsl.plan.model import Plan
+from lcdsl.plan.summary import plan_summary
+from lcdsl.report.console import human_bits
+
+__all__ = ["plan_table"]
+
+
+def _shape_text(shapes: tuple[tuple[int, ...], ...]) -> str:
+    return ", ".join("×".join(map(str, s)) for s in shapes)
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    return f"×{ratio:.1f}" if ratio is not None else "after training"
+
+
+def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: str = "plan") -> Table:
+    """A rich table of :func:`plan_summary`: one row a task, then the dense ones, then totals."""
+    summary = plan_summary(plan, storages)
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("line", "right"),
+        ("task", "left"),
+        ("shape", "left"),
+        ("weights", "right"),
+        ("operator", "left"),
+        ("params", "right"),
+        ("size", "right"),
+        ("ratio", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in summary["tasks"]:
+        table.add_row(
+            str(row["line"] or ""),
+            row["task"],
+            _shape_text(tuple(tuple(s) for s in row["shapes"])),
+            f"{row['weights']:,}",
+            row["operator"],
+            f"{row['params_after']:,}" if row["params_after"] is not None else "?",
+            human_bits(row["bits_after"]) if row["bits_after"] is not None else "?",
+            _fmt_ratio(row["ratio"]),
+        )
+    if summary["dense"]:
+        table.add_row(
+            "",
+            f"dense: {', '.join(summary['dense'])}",
+            "",
+            f"{summary['dense_params']:,}",
+            "(left as is, 32-bit)",
+            f"{summary['dense_params']:,}",
+            human_bits(summary["dense_params"] * FLOAT_BITS),
+            "×1.0",
+            end_section=True,
+        )
+    table.add_row(
+        "",
+        "total",
+        "",
+        f"{summary['params_before']:,}",
+        f"{human_bits(summary['bits_before'])} dense",
+        f"{summary['params_after']:,}" if summary["params_after"] is not None else "?",
+        human_bits(summary["bits_after"]) if summary["bits_after"] is not None else "?",
+        _fmt_ratio(summary["ratio"]),
+        style="bold",
+    )
+    return table

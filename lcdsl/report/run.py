@@ -1,0 +1,242 @@
+"""What ``lcdsl compress`` shows and saves: the step rows, the size table, report.json, curves.png.
+
+Computing (:func:`build_report`, :func:`~lcdsl.plan_report.plan_summary`) is kept apart from printing
+(:class:`StepPrinter`, :func:`size_table`) and from writing files (:func:`write_report`,
+:func:`plot_curves`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+from rich.console import Console
+from rich.table import Table
+
+from lcdsl.engine.events import StepRecord
+from lcdsl.operators.base import FLOAT_BITS, Storage
+from lcdsl.plan.model import Plan
+from lcdsl.plan.settings import Settings
+from lcdsl.plan.summary import plan_summary
+from lcdsl.plugins.origin import versions
+from lcdsl.report.console import human_bits
+from lcdsl.store.atomic import write_atomic
+
+__all__ = [
+    "REPORT_FORMAT",
+    "StepPrinter",
+    "size_table",
+    "versions",
+    "build_report",
+    "write_report",
+    "settings_json",
+    "plot_curves",
+    "pyplot",
+    "save_figure",
+]
+
+REPORT_FORMAT = 1
+"""Version of the report.json layout."""
+
+# (header, width, justify) of the per-step rows.
+_STEP_COLUMNS = (
+    ("step", 4, "right"),
+    ("μ", 9, "right"),
+    ("L-step loss", 11, "right"),
+    ("‖w − Δ(θ)‖²", 11, "right"),
+    ("train err", 9, "right"),
+    ("test err", 8, "right"),
+    ("size", 9, "right"),
+    ("ratio", 7, "right"),
+    ("time", 6, "right"),
+)
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+class StepPrinter:
+    """Prints one row per LC step as it comes, in columns that line up across rows.
+
+    Args:
+        console: where to print.
+        dense_bits: bits of the parameters no task compresses (added to each step's size).
+        bits_before: bits of the whole model at 32 bits a number (the ratio's numerator).
+    """
+
+    def __init__(self, console: Console, *, dense_bits: int, bits_before: int) -> None:
+        self.console = console
+        self.dense_bits = dense_bits
+        self.bits_before = bits_before
+        self._header_shown = False
+
+    def _table(self, header: bool) -> Table:
+        table = Table(show_header=header, box=None, pad_edge=False, padding=(0, 1))
+        for name, width, justify in _STEP_COLUMNS:
+            table.add_column(name, width=width, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        return table
+
+    def row(self, record: StepRecord) -> list[str]:
+        """The texts of one record's row."""
+        total = None if record.bits is None else record.bits + self.dense_bits
+        return [
+            str(record.step),
+            "direct" if record.step == 0 else f"{record.mu:.3g}",
+            "" if record.loss is None else f"{record.loss:.4f}",
+            f"{record.distortion:.4g}",
+            _percent(record.metrics.get("train_error")),
+            _percent(record.metrics.get("test_error")),
+            "?" if total is None else human_bits(total),
+            "?" if not total else f"×{self.bits_before / total:.1f}",
+            f"{record.seconds_l_step + record.seconds_c_step:.1f}s",
+        ]
+
+    def print(self, record: StepRecord) -> None:
+        """Print ``record``'s row (with the header before the first row)."""
+        table = self._table(header=not self._header_shown)
+        table.add_row(*self.row(record))
+        self._header_shown = True
+        self.console.print(table)
+
+
+def size_table(summary: dict[str, Any], title: str = "compressed model") -> Table:
+    """The final table of a :func:`~lcdsl.plan_report.plan_summary`: one row a task, the dense
+    parameters, the total."""
+    table = Table(title=title, title_justify="left")
+    for column in ("task", "operator", "params before", "params after", "bits before", "bits after", "ratio"):
+        table.add_column(column, justify="left" if column in ("task", "operator") else "right")
+
+    def ratio(value: float | None) -> str:
+        return "?" if value is None else f"×{value:.1f}"
+
+    def count(value: int | None) -> str:
+        return "?" if value is None else f"{value:,}"
+
+    for row in summary["tasks"]:
+        table.add_row(
+            row["task"], row["operator"], count(row["params_before"]), count(row["params_after"]),
+            human_bits(row["bits_before"]), "?" if row["bits_after"] is None else human_bits(row["bits_after"]),
+            ratio(row["ratio"]),
+        )  # fmt: skip
+    if summary["dense"]:
+        dense_bits = summary["dense_params"] * FLOAT_BITS
+        table.add_row(
+            "dense: " + ", ".join(summary["dense"]), "(left as is, 32-bit)", count(summary["dense_params"]),
+            count(summary["dense_params"]), human_bits(dense_bits), human_bits(dense_bits), "×1.0",
+            end_section=True,
+        )  # fmt: skip
+    table.add_row(
+        "total", "", count(summary["params_before"]), count(summary["params_after"]),
+        human_bits(summary["bits_before"]),
+        "?" if summary["bits_after"] is None else human_bits(summary["bits_after"]),
+        ratio(summary["ratio"]), style="bold",
+    )  # fmt: skip
+    return table
+
+
+def settings_json(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data, the μ schedule with its kind and every value."""
+    data = attrs.asdict(settings)
+    mu = settings.mu
+    data["mu"] = {"kind": type(mu).__name__.lower(), **attrs.asdict(mu), "values": list(mu.values())}
+    return data
+
+
+def build_report(
+    *,
+    spec_path: str,
+    spec_text: str,
+    model: str,
+    data: str,
+    settings: Settings,
+    plan: Plan,
+    history: list[StepRecord],
+    storages: list[Storage | None],
+    reference: dict[str, Any],
+    final: dict[str, float],
+) -> dict[str, Any]:
+    """Everything about a finished run, as JSON-ready data.
+
+    Args:
+        reference: what is known of the reference model (path, test and train error).
+        final: the errors of the final compressed model.
+    """
+    steps = [r.to_dict() for r in history]
+    direct = history[0].metrics if history and history[0].step == 0 else {}
+    return {
+        "format": REPORT_FORMAT,
+        "spec": {"path": spec_path, "text": spec_text},
+        "model": model,
+        "data": data,
+        "settings": settings_json(settings),
+        "plan": plan_summary(plan),
+        "reference": reference,
+        "steps": steps,
+        "final": {**final, "direct_compression": dict(direct)},
+        "size": plan_summary(plan, storages),
+        "seconds": {
+            "l_steps": sum(r.seconds_l_step for r in history),
+            "c_steps": sum(r.seconds_c_step for r in history),
+        },
+        "versions": versions(),
+    }
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Write ``report`` as indented JSON, atomically."""
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed), or None when
+    matplotlib cannot be imported."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and free it."""
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    finally:
+        pyplot().close(fig)
+
+
+def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") -> str | None:
+    """Plot test/train error and ``‖w − Δ(θ)‖²`` against the LC step into ``path`` (PNG).
+
+    Returns:
+        None when the plot was written; a one-line note when matplotlib is not installed.
+    """
+    plt = pyplot()
+    if plt is None:
+        return "curves.png skipped: matplotlib is not installed (pip install matplotlib)"
+    steps = [r.step for r in history]
+    fig, (ax_err, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("test_error", "test"), ("train_error", "train")):
+        values = [100 * r.metrics[key] if key in r.metrics else float("nan") for r in history]
+        ax_err.plot(steps, values, marker="o", label=label)
+    ax_err.set_xlabel("LC step (0 = direct compression)")
+    ax_err.set_ylabel("error of the compressed model (%)")
+    ax_err.legend()
+    ax_err.grid(alpha=0.3)
+    distortions = [max(r.distortion, 1e-30) for r in history]
+    ax_dist.semilogy(steps, distortions, marker="o", color="tab:red")
+    ax_dist.set_xlabel("LC step")
+    ax_dist.set_ylabel("‖w − Δ(θ)‖²")
+    ax_dist.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+    return None

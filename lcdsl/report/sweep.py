@@ -1,0 +1,275 @@
+"""Sweeps: one spec, one argument of one rule's operator varied, the error-against-size curve.
+
+A variation names the rule by its selector text as the spec writes it, then the operator and
+the argument, then the values, in the spec's own syntax::
+
+    fc* : prune.l0 = 1%, 2%, 5%, 10%
+    [fc1, fc2] : quant.k = 2, 4, 8
+    fc2 : lowrank.rank = 5, 10, 20
+
+The selector is compared with each rule's selectors in canonical form, whitespace ignored (so
+``@Linear,!fc2`` names the rule ``@Linear, !fc2 : …``); values are parsed as spec values
+(``5%``, ``0.05``, ``[-1, 0, 1]``), never evaluated. Several variations make a grid (every
+combination). Each variant is a whole spec, run by ``lcdsl compress`` against one shared
+reference; :func:`collect` gathers their reports and :func:`plot_tradeoff` draws test error
+against size, with the reference model marked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lcdsl.errors import Diagnostic, EngineError, SpecError
+from lcdsl.language.fmt import format_selector, format_value
+from lcdsl.language.parser import parse
+from lcdsl.language.spec import Argument, Call, Rule, Setting, Spec, Value
+from lcdsl.report.run import pyplot, save_figure
+from lcdsl.store.atomic import write_atomic
+
+__all__ = [
+    "SWEEP_FORMAT",
+    "Variation",
+    "Variant",
+    "parse_variation",
+    "variants",
+    "canonical",
+    "slug",
+    "collect",
+    "plot_tradeoff",
+    "write_result",
+]
+
+SWEEP_FORMAT = 1
+"""Version of the sweep.json layout."""
+
+_HEAD = re.compile(r"^\s*(?P<selector>.+?)\s*:\s*(?P<op>[A-Za-z_]\w*)\.(?P<arg>[A-Za-z_]\w*)\s*$")
+
+
+def _error(message: str, text: str, hint: str | None = None) -> SpecError:
+    return SpecError(Diagnostic(f"{message} in '{text}'", hint=hint), filename="--vary")
+
+
+@attrs.frozen
+class Variation:
+    """One argument of one rule's operator, and the values it takes."""
+
+    selector: str
+    """The rule's selector text, e.g. ``fc*`` or ``[fc1, fc2]``."""
+    operator: str
+    """The operator's name in that rule, e.g. ``prune``."""
+    argument: str
+    """The argument's keyword, e.g. ``l0``."""
+    values: tuple[Value, ...] = attrs.field(converter=tuple)
+    """The values, as spec values."""
+
+    def label(self, value: Value) -> str:
+        """``fc*: prune.l0=5%``."""
+        return f"{self.selector}: {self.operator}.{self.argument}={format_value(value)}"
+
+
+@attrs.frozen
+class Variant:
+    """One spec of a sweep."""
+
+    label: str
+    """What differs from the base spec, e.g. ``fc*: prune.l0=5%``."""
+    values: dict[str, Value]
+    """The value of each variation, by ``selector: operator.argument``."""
+    spec: Spec
+    """The whole spec (its ``source`` is the canonical text)."""
+
+
+def parse_variation(text: str) -> Variation:
+    """``SELECTOR : OPERATOR.ARGUMENT = V1, V2, …`` as a :class:`Variation`.
+
+    Raises:
+        SpecError: the text does not have that form, or a value is not a spec value.
+    """
+    head, eq, tail = text.partition("=")
+    match = _HEAD.match(head)
+    if not eq or match is None:
+        raise _error("expected SELECTOR : OPERATOR.ARGUMENT = V1, V2, …", text, hint="e.g. 'fc* : prune.l0 = 1%, 5%'")
+    if not tail.strip():
+        raise _error("no values after '='", text)
+    try:
+        setting = parse(f"values = [{tail}]\n", filename="--vary").statements[0]
+    except SpecError as exc:
+        raise _error(f"the values are not a list of spec values ({exc.diagnostics[0].message})", text) from exc
+    values = setting.value if isinstance(setting, Setting) else ()
+    if len(set(map(format_value, values))) != len(values):
+        raise _error("a value is given twice", text)
+    return Variation(" ".join(match["selector"].split()), match["op"], match["arg"], values)
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def _selector_text(rule: Rule) -> str:
+    return ", ".join(format_selector(s) for s in rule.selectors)
+
+
+def _locate(spec: Spec, variation: Variation) -> tuple[int, int]:
+    """(statement index, term index) of the call a variation changes."""
+    rules = [(i, s) for i, s in enumerate(spec.statements) if isinstance(s, Rule)]
+    matches = [(i, s) for i, s in rules if _squash(_selector_text(s)) == _squash(variation.selector)]
+    name = f"{variation.selector} : {variation.operator}.{variation.argument}"
+    if not matches:
+        known = ", ".join(f"'{_selector_text(s)}'" for _, s in rules)
+        raise _error(f"no rule has the selector '{variation.selector}'", name, hint=f"the rules' selectors: {known}")
+    if len(matches) > 1:
+        raise _error(f"{len(matches)} rules have the selector '{variation.selector}'", name)
+    index, rule = matches[0]
+    terms = [t for t, call in enumerate(rule.terms) if call.name == variation.operator]
+    if len(terms) != 1:
+        ops = " + ".join(call.name for call in rule.terms)
+        what = "no" if not terms else "more than one"
+        raise _error(f"the rule '{_selector_text(rule)} : …' has {what} '{variation.operator}' term", name,
+                     hint=f"its operators: {ops}")  # fmt: skip
+    return index, terms[0]
+
+
+def canonical(spec: Spec, variations: Sequence[Variation]) -> list[Variation]:
+    """The variations with their selectors as ``fmt`` writes the rules' (``@Linear, !fc2``).
+
+    Raises:
+        SpecError: a variation names no rule, several rules, or an operator the rule lacks.
+    """
+    out = []
+    for variation in variations:
+        index, _ = _locate(spec, variation)
+        out.append(attrs.evolve(variation, selector=_selector_text(spec.statements[index])))
+    return out
+
+
+def _with_argument(call: Call, name: str, value: Value) -> Call:
+    args = [a for a in call.args if a.name != name]
+    position = next((i for i, a in enumerate(call.args) if a.name == name), len(args))
+    args.insert(position, Argument(name, value))
+    return attrs.evolve(call, args=tuple(args))
+
+
+def variants(spec: Spec, variations: Sequence[Variation]) -> list[Variant]:
+    """Every combination of the variations' values, each as a whole spec.
+
+    Raises:
+        SpecError: a variation names no rule (or several), or an operator the rule lacks; or two
+            variations name the same argument.
+    """
+    variations = canonical(spec, variations)
+    places = [_locate(spec, v) for v in variations]
+    keys = [(p, v.argument) for p, v in zip(places, variations)]
+    if len(set(keys)) != len(keys):
+        raise SpecError(Diagnostic("two --vary options change the same argument"), filename="--vary")
+    out = []
+    for combo in itertools.product(*(v.values for v in variations)):
+        statements = list(spec.statements)
+        for (index, term), variation, value in zip(places, variations, combo):
+            rule = statements[index]
+            terms = list(rule.terms)
+            terms[term] = _with_argument(terms[term], variation.argument, value)
+            statements[index] = attrs.evolve(rule, terms=tuple(terms))
+        text = attrs.evolve(spec, statements=tuple(statements)).format()
+        label = "; ".join(v.label(value) for v, value in zip(variations, combo))
+        values = {f"{v.selector}: {v.operator}.{v.argument}": value for v, value in zip(variations, combo)}
+        out.append(Variant(label, values, parse(text, filename=f"variant '{label}'")))
+    return out
+
+
+def slug(index: int, variant: Variant) -> str:
+    """A folder name for a variant: ``03-prune.l0-5pct``."""
+    parts = [f"{key.split(': ')[1]}-{format_value(value)}" for key, value in variant.values.items()]
+    text = "_".join(parts).replace("%", "pct")
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "", text)[:60]
+
+
+def _json_value(value: Value) -> Any:
+    return value if isinstance(value, (int, float, str, bool)) else format_value(value)
+
+
+def collect(runs: Sequence[tuple[Variant, Path]], reference: dict[str, Any], *, spec_path: str,
+            variations: Sequence[Variation]) -> dict[str, Any]:  # fmt: skip
+    """sweep.json's content from the variants' ``report.json`` files.
+
+    Raises:
+        EngineError: a variant's report is missing.
+    """
+    rows = []
+    bits_before = None
+    for variant, folder in runs:
+        path = folder / "report.json"
+        if not path.is_file():
+            raise EngineError(f"{path}: missing (did the run of '{variant.label}' fail?)")
+        report = json.loads(path.read_text())
+        size, final = report["size"], report["final"]
+        bits_before = size["bits_before"]
+        rows.append({
+            "label": variant.label,
+            "values": {k: _json_value(v) for k, v in variant.values.items()},
+            "dir": str(folder),
+            "spec": variant.spec.source,
+            "bits": size["bits_after"],
+            "ratio": size["ratio"],
+            "test_error": final["test_error"],
+            "train_error": final["train_error"],
+            "direct_test_error": final.get("direct_compression", {}).get("test_error"),
+        })  # fmt: skip
+    return {
+        "format": SWEEP_FORMAT,
+        "spec": spec_path,
+        "variations": [
+            {"selector": v.selector, "operator": v.operator, "argument": v.argument,
+             "values": [_json_value(x) for x in v.values]}
+            for v in variations
+        ],  # fmt: skip
+        "reference": {**reference, "bits": bits_before},
+        "runs": rows,
+    }
+
+
+def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str = "") -> str | None:
+    """Test error against size (log scale) of every run, the reference marked; PNG at ``path``.
+
+    Returns:
+        None when the plot was written; a one-line note when matplotlib is not installed.
+    """
+    plt = pyplot()
+    if plt is None:
+        return "sweep.png skipped: matplotlib is not installed (pip install matplotlib)"
+    runs = sorted((r for r in result["runs"] if r["bits"] is not None), key=lambda r: r["bits"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    kb = [r["bits"] / 8000 for r in runs]
+    ax.plot(kb, [100 * r["test_error"] for r in runs], marker="o", label="LC")
+    for r, x in zip(runs, kb):
+        text = ", ".join(f"{v}" for v in r["values"].values())
+        ax.annotate(text, (x, 100 * r["test_error"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    direct = [(x, 100 * r["direct_test_error"]) for r, x in zip(runs, kb) if r["direct_test_error"] is not None]
+    if direct:
+        ax.plot(*zip(*direct), marker="x", linestyle=":", color="tab:gray", label="direct compression")
+    ref = result["reference"]
+    if ref.get("bits") and ref.get("test_error") is not None:
+        ax.plot([ref["bits"] / 8000], [100 * ref["test_error"]], marker="*", markersize=14, color="tab:red",
+                linestyle="none", label="reference (32-bit)")  # fmt: skip
+        ax.axhline(100 * ref["test_error"], color="tab:red", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (kB, dense leftovers included)")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    save_figure(fig, path)
+    return None
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """Write sweep.json, atomically."""
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
