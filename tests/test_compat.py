@@ -58,12 +58,20 @@ def test_the_old_names_users_imported_most():
         from lcdsl.export import export_model, load_lcz  # noqa: F401
         from lcdsl.parser import parse  # noqa: F401
         from lcdsl.spec import Spec  # noqa: F401
+    import lcdsl
     from lcdsl.engine import Engine, StepRecord, plan_fingerprint, plugin_versions  # noqa: F401 (a package now)
     from lcdsl.integrations import DriverCallback, LCDriver  # noqa: F401
-    from lcdsl.plan import Plan, Task, bind, parameters_by_name, split_view, strip_ddp_prefix, view_shape  # noqa: F401
+    from lcdsl.plan import (  # noqa: F401
+        Plan,
+        Task,
+        bind,
+        parameters_by_name,
+        split_view,
+        strip_ddp_prefix,
+        view_shape,
+    )
     from lcdsl.report import build_report, versions  # noqa: F401
     from lcdsl.training import LStep, Recipe, error_rate, make_l_step  # noqa: F401
-    import lcdsl
 
     assert lcdsl.parse is parse and lcdsl.Spec is Spec
 
