@@ -293,5 +293,8 @@ def test_examples_compress(text):
 
 def test_a_huge_lr_is_an_engine_error_not_a_crash():
     plan = parse("lr = 1e30\nmu = [1e-3, 1e-2]\nfc* : quant(k=2)").bind(MODEL)
-    with pytest.raises(LcdslError, match=r"LC step \d \(μ=.*\): the L step.s loss is nan"):
+    # the L step diverges: the last epoch's loss is nan, or finite with the weights already
+    # overflowed by its last update (which one depends on the float dynamics of the build)
+    diverged = r"LC step \d \(μ=.*\): (the L step.s loss is nan|parameter '.*' has non-finite values)"
+    with pytest.raises(LcdslError, match=diverged):
         compress_tiny(plan)
