@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
+from lcdsl._version import __version__
 from lcdsl.errors import LcdslError, SpecError
 
 __all__ = ["main", "COMMANDS"]
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="lcdsl",
         description="Compress PyTorch models with the Learning-Compression algorithm, from a .lc spec.",
     )
+    parser.add_argument("--version", action="version", version=f"lcdsl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -33,7 +36,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    ``--model`` and ``--data`` name ``module:function`` factories; as ``python -m`` does, the
+    current folder is searched for their modules (a console script's ``sys.path`` starts with the
+    script's own folder instead)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     parser = _parser()
     args = parser.parse_args(argv)
     try:
