@@ -307,10 +307,10 @@ def model_kwargs(model: str, data: Dataset) -> dict[str, int]:
     """The keyword arguments that fit a built-in model to ``data`` (none for ``module:function``)."""
     if model == "lenet300":
         return {"in_features": data.features, "num_classes": data.num_classes}
-    if model == "lenet5":
+    if model in ("lenet5", "resnet18", "resnet-small"):
         shape = data.input_shape
         if len(shape) != 3 or shape[1] != shape[2]:
-            raise ModelError(f"lenet5 needs square images (channels, side, side); '{data.name}' has inputs {shape}")
+            raise ModelError(f"{model} needs square images (channels, side, side); '{data.name}' has inputs {shape}")
         return {"in_channels": shape[0], "image_size": shape[1], "num_classes": data.num_classes}
     return {}
 
