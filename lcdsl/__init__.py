@@ -32,7 +32,7 @@ from lcdsl.language import (
     parse,
     parse_expression,
 )  # fmt: skip
-from lcdsl.operators import Operator, Storage, Theta, describe, hookimpl
+from lcdsl.operators import Operator, Storage, Theta, View, describe, hookimpl
 from lcdsl.plan import Explicit, Geometric, Plan, Settings, Task, bind
 from lcdsl.plugins import Registry, default_registry
 from lcdsl.project import Projection, project
@@ -68,6 +68,7 @@ __all__ = [
     "Operator",
     "Storage",
     "Theta",
+    "View",
     "describe",
     "project",
     "Projection",

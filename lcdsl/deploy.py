@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcdsl.operators.base import Theta
+from lcdsl.operators.base import Theta, View
 from lcdsl.operators.lowrank import LowRank
 from lcdsl.plan.model import Plan
 from lcdsl.plan.names import strip_ddp_prefix
@@ -124,12 +124,11 @@ def _conv(template: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, 
         layer = nn.Conv2d(template.in_channels, out, template.kernel_size, stride=template.stride,
                           padding=template.padding, dilation=template.dilation, bias=False,
                           padding_mode=template.padding_mode, device=weight.device, dtype=weight.dtype)  # fmt: skip
-        layer.weight.copy_(weight.reshape(out, template.in_channels, *template.kernel_size))
     else:
         layer = nn.Conv2d(weight.shape[1], out, 1, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-        layer.weight.copy_(weight.reshape(out, weight.shape[1], 1, 1))
-        if bias is not None:
-            layer.bias.copy_(bias)
+    View("matrix", (layer.weight.shape,)).scatter(weight, [layer.weight])  # (out, in·kh·kw) into the conv weight
+    if bias is not None and not first:
+        layer.bias.copy_(bias)
     return layer
 
 
@@ -247,7 +246,7 @@ def _shrink_pairs(model: nn.Module, layers: dict[str, _Layer], notes: list[str])
 
 def _from_module(module: nn.Module) -> _Layer:
     bias = None if module.bias is None else module.bias.detach().clone()
-    weight = module.weight.detach().reshape(module.weight.shape[0], -1).clone()
+    weight = View("matrix", (module.weight.shape,)).gather([module.weight.detach()]).clone()  # (out, in·kh·kw)
     return _Layer(module, weight, None, None, bias)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from lcdsl.errors import Diagnostic, SpecError
 from lcdsl.language.parser import parse_expression
-from lcdsl.operators.base import Operator, Theta, view_shape
+from lcdsl.operators.base import Operator, Theta, View
 from lcdsl.plan.binder import build_operator
 from lcdsl.plugins.registry import Registry
 
@@ -54,14 +54,13 @@ def project(
         op = build_operator(terms, registry=registry)
     except SpecError as exc:
         raise exc.with_source(source, filename) from None
-    shape = (tuple(tensor.shape),)
     try:
-        view = view_shape(op.view, shape)
-        op = op.resolve(view)
+        view = View.of(op, (tensor.shape,))
+        op = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
         raise SpecError(Diagnostic(f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}", terms[0].span), source=source, filename=filename) from None
     with torch.no_grad():
-        w = tensor.detach().reshape(view)
+        w = view.gather([tensor.detach()])
         theta = op.project(w, mu)
-        delta = op.decompress(theta, view).reshape(tensor.shape)
+        (delta,) = view.split(op.decompress(theta, view.shape))  # the tensor's shape
     return Projection(delta, theta, op)

@@ -1,8 +1,9 @@
 """The LC engine: the Learning-Compression algorithm's pieces, for any trainer to drive.
 
-The engine keeps, per task of a :class:`~lcdsl.plan.Plan`: ``Δ(θ)`` and ``λ`` as tensors of the
-task's view, and ``θ``. The weights ``w`` are never copied: each use builds the view from the
-model's live parameters. Everything stays on the parameters' device.
+The engine keeps, per task of a :class:`~lcdsl.plan.Plan`: its :class:`~lcdsl.operators.View`,
+``Δ(θ)`` and ``λ`` as tensors of the view's shape, and ``θ``. The weights ``w`` are never copied:
+each use gathers the view from the model's live parameters. Everything stays on the parameters'
+device.
 
 The pieces (see ``docs/engine.md`` for a training loop that uses them):
 
@@ -31,8 +32,8 @@ from lcdsl.engine.loop import EngineLoop
 from lcdsl.engine.state import EngineState, plan_fingerprint
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.faults import fault_point
-from lcdsl.operators.base import Storage, Theta
-from lcdsl.plan.model import Plan, Task, split_view
+from lcdsl.operators.base import Storage, Theta, View
+from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
 from lcdsl.plan.settings import Settings
 from lcdsl.plugins.origin import operator_origin
@@ -46,8 +47,7 @@ class _TaskState:
 
     task: Task
     params: list[nn.Parameter]
-    view: str
-    shape: tuple[int, ...]
+    view: View
     theta: Theta | None = None
     delta: torch.Tensor | None = None  # Δ(θ), shape = view shape, no grad
     lam: torch.Tensor | None = None  # λ, shape = view shape
@@ -74,7 +74,7 @@ def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> t
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in theta.items()
         ):
             raise blame(f"returned a θ of type {type(theta).__name__} for task {task}, not a dict of named tensors")
-        delta = op.decompress(theta, state.shape)
+        delta = op.decompress(theta, state.view.shape)
     except LcdslError:
         raise
     except Exception as exc:  # a plugin may raise anything; report it with its name
@@ -82,8 +82,8 @@ def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> t
     if not isinstance(delta, torch.Tensor):
         raise blame(f"decompressed task {task} to a {type(delta).__name__}, not a tensor")
     delta = delta.detach()
-    if tuple(delta.shape) != state.shape:
-        raise blame(f"decompressed task {task} to shape {tuple(delta.shape)}, expected {state.shape}")
+    if tuple(delta.shape) != state.view.shape:
+        raise blame(f"decompressed task {task} to shape {tuple(delta.shape)}, expected {state.view.shape}")
     if delta.dtype != target.dtype or delta.device != target.device:
         raise blame(
             f"decompressed task {task} to {delta.dtype} on {delta.device}, expected {target.dtype} on {target.device}"
@@ -154,14 +154,11 @@ class Engine(EngineState, EngineLoop):
                         f"the plan expects {tuple(shape)}"
                     )
                 params.append(param)
-            view = task.operator.view  # may be an instance property (structured pruning)
-            if view not in ("vector", "matrix", "tensor"):
-                raise EngineError(f"task {task.name}: operator {task.operator.name} has unknown view {view!r}")
             try:
-                shape = tuple(task.view_shape)
+                view = task.view  # an unknown view, or shapes the view cannot take
             except ValueError as exc:
                 raise EngineError(f"task {task.name}: {exc}") from exc
-            states.append(_TaskState(task, params, view, shape))
+            states.append(_TaskState(task, params, view))
         return states
 
     # ----------------------------------------------------------------- state
@@ -196,23 +193,6 @@ class Engine(EngineState, EngineLoop):
         """Whether λ stays 0 (``penalty = "quadratic"``)."""
         return self.settings.penalty == "quadratic"
 
-    def _w(self, state: _TaskState) -> torch.Tensor:
-        """The task's live weights in its view (differentiable when grad is on)."""
-        if state.view == "vector":
-            if len(state.params) == 1:
-                return state.params[0].reshape(-1)  # (n,)
-            return torch.cat([p.reshape(-1) for p in state.params])  # (Σ n,)
-        if state.view == "matrix":
-            p = state.params[0]
-            return p.reshape(p.shape[0], -1)  # (out, in·kh·kw)
-        return state.params[0]
-
-    @torch.no_grad()
-    def _write(self, state: _TaskState, value: torch.Tensor) -> None:
-        """Copy a view-shaped tensor into the task's parameters."""
-        for p, piece in zip(state.params, self._split(state, value)):
-            p.copy_(piece)
-
     def _require_theta(self, what: str) -> None:
         if not self.thetas and self._tasks:
             raise EngineError(f"{what} needs a C step first: call direct_compression()")
@@ -228,7 +208,7 @@ class Engine(EngineState, EngineLoop):
         self.history = []
         for state in self._tasks:
             state.theta = None
-            state.lam = torch.zeros_like(self._w(state))
+            state.lam = torch.zeros_like(state.view.gather(state.params))
         self.thetas = {}
         self.c_step()
 
@@ -238,7 +218,7 @@ class Engine(EngineState, EngineLoop):
         previous ``θ``; then ``Δ(θ)`` is recomputed."""
         mu = self._mu
         for state in self._tasks:
-            w = self._w(state)
+            w = state.view.gather(state.params)
             if mu > 0 and state.lam is not None and not self.quadratic:
                 target = w - state.lam / mu
             else:
@@ -259,7 +239,7 @@ class Engine(EngineState, EngineLoop):
         if self.quadratic or self._mu == 0:
             return
         for state in self._tasks:
-            state.lam.sub_(self._mu * (self._w(state) - state.delta))
+            state.lam.sub_(self._mu * (state.view.gather(state.params) - state.delta))
         self._targets = None
 
     def penalty(self) -> torch.Tensor:
@@ -277,7 +257,7 @@ class Engine(EngineState, EngineLoop):
         self._require_theta("penalty()")
         total = None
         for state, target in zip(self._tasks, self._penalty_targets()):
-            term = (self._w(state) - target).pow(2).sum()  # one flat op per task
+            term = (state.view.gather(state.params) - target).pow(2).sum()  # one flat op per task
             total = term if total is None else total + term
         out = (mu / 2) * total
         self._penalty_seconds += time.perf_counter() - start
@@ -304,7 +284,7 @@ class Engine(EngineState, EngineLoop):
             self._param_views = [
                 (p, delta, lam)
                 for s in self._tasks
-                for p, delta, lam in zip(s.params, self._split(s, s.delta), self._split(s, s.lam))
+                for p, delta, lam in zip(s.params, s.view.split(s.delta), s.view.split(s.lam))
             ]
         views = [v for v in self._param_views if v[0].requires_grad]
         for p, _, _ in views:
@@ -327,17 +307,13 @@ class Engine(EngineState, EngineLoop):
                 self._targets = [s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks]
         return self._targets
 
-    @staticmethod
-    def _split(state: _TaskState, value: torch.Tensor) -> list[torch.Tensor]:
-        return split_view(state.view, state.params, value)
-
     @torch.no_grad()
     def distortion(self) -> float:
         """``Σ_tasks ‖w − Δ(θ)‖²`` (one device sync)."""
         self._require_theta("distortion()")
         if not self._tasks:
             return 0.0
-        total = sum((self._w(s) - s.delta).double().pow(2).sum() for s in self._tasks)
+        total = sum((s.view.gather(s.params) - s.delta).double().pow(2).sum() for s in self._tasks)
         return float(total)
 
     @contextlib.contextmanager
@@ -352,7 +328,7 @@ class Engine(EngineState, EngineLoop):
         with torch.no_grad():
             saved = [[p.detach().clone() for p in s.params] for s in self._tasks]
             for state in self._tasks:
-                self._write(state, state.delta)
+                state.view.scatter(state.delta, state.params)
         try:
             yield
         finally:
@@ -366,12 +342,12 @@ class Engine(EngineState, EngineLoop):
         """``w ← Δ(θ)`` for good. Returns ``θ`` by task name (what gets stored)."""
         self._require_theta("finalize()")
         for state in self._tasks:
-            self._write(state, state.delta)
+            state.view.scatter(state.delta, state.params)
         return dict(self.thetas)
 
     def storage(self) -> list[tuple[Task, Storage | None]]:
         """Per task, the size of its ``θ`` (the predicted size before any C step)."""
-        return [(s.task, s.task.operator.storage(s.shape, s.theta)) for s in self._tasks]
+        return [(s.task, s.task.operator.storage(s.view.shape, s.theta)) for s in self._tasks]
 
     def _total_storage(self) -> tuple[int | None, int | None]:
         sizes = [size for _, size in self.storage()]

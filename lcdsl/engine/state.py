@@ -122,13 +122,13 @@ class EngineState:
                     continue
                 device = s.params[0].device
                 lam = lambdas[name].to(device)
-                if tuple(lam.shape) != s.shape:
+                if tuple(lam.shape) != s.view.shape:
                     raise EngineError(
-                        f"cannot resume: λ of task {name} has shape {tuple(lam.shape)}, expected {s.shape}"
+                        f"cannot resume: λ of task {name} has shape {tuple(lam.shape)}, expected {s.view.shape}"
                     )
                 s.theta = {k: v.to(device) for k, v in thetas[name].items()}
                 s.lam = lam
-                s.delta = s.task.operator.decompress(s.theta, s.shape).detach()
+                s.delta = s.task.operator.decompress(s.theta, s.view.shape).detach()
         self.thetas = {s.task.name: s.theta for s in self._tasks if s.theta is not None}
         self.step = int(state["step"])
         self._mu = float(state["mu"])

@@ -5,7 +5,9 @@ Everything a plugin needs to write an operator and register it::
     from lcdsl.operators import FLOAT_BITS, Operator, Storage, hookimpl, int_at_least
 
 - the contract (:mod:`.base`): :class:`Operator`, :class:`Storage`, :data:`Theta`,
-  :data:`Encoded`, :data:`View`, :func:`view_shape`, :func:`describe`;
+  :data:`Encoded`, :func:`describe`;
+- views (:mod:`.view`): :class:`View` (a task's tensors as the operator sees them, gathered
+  and scattered back), :data:`ViewKind`, :func:`view_shape`;
 - bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`;
 - amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends;
 - packers for :meth:`Operator.encode` (:mod:`.bitpack`);
@@ -23,6 +25,7 @@ from lcdsl.operators.base import (
     Storage,
     Theta,
     View,
+    ViewKind,
     bits_per_index,
     describe,
     index_bits,
@@ -45,7 +48,7 @@ from lcdsl.operators.units import (
 
 __all__ = [
     # the contract
-    "Operator", "Storage", "Theta", "Encoded", "View", "view_shape", "describe",
+    "Operator", "Storage", "Theta", "Encoded", "View", "ViewKind", "view_shape", "describe",
     # bit costs
     "FLOAT_BITS", "bits_per_index", "index_bits",
     # amounts and validators

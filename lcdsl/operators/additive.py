@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import Operator, Storage, Theta, View, view_shape
+from lcdsl.operators.base import Operator, Storage, Theta, ViewKind
 from lcdsl.operators.units import int_at_least
+from lcdsl.operators.view import View
 
 __all__ = ["Additive", "additive_project", "term_shape", "RELATIVE_TOLERANCE"]
 
@@ -22,7 +23,12 @@ RELATIVE_TOLERANCE = 1e-9
 
 def term_shape(view: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape a term of ``view`` sees when the combination's view has ``shape``."""
-    return view_shape(view, (tuple(shape),))
+    return View(view, (shape,)).shape  # type: ignore[arg-type]
+
+
+def _term_views(terms: tuple[Operator, ...], shape: tuple[int, ...]) -> list[View]:
+    """Each term's view of the combination's view-shaped tensor (of ``shape``)."""
+    return [View.of(t, (shape,)) for t in terms]
 
 
 def _split(theta: Theta, count: int) -> list[Theta] | None:
@@ -70,22 +76,21 @@ def additive_project(
         The flat θ, and the distortion before the first round followed by the distortion after
         each round (float64 sums, as Python floats).
     """
-    shape = tuple(w.shape)
-    shapes = [term_shape(t.view, shape) for t in terms]
+    views = _term_views(terms, tuple(w.shape))
     parts = _split(warm, len(terms)) if warm else None
     if parts is not None:
-        deltas = [t.decompress(p, s).reshape(shape).to(w.dtype) for t, p, s in zip(terms, parts, shapes)]
+        deltas = [v.split(t.decompress(p, v.shape))[0].to(w.dtype) for t, p, v in zip(terms, parts, views)]
     else:
         parts = [None] * len(terms)  # type: ignore[list-item]
         deltas = [torch.zeros_like(w) for _ in terms]
     total = torch.stack(deltas).sum(0) if len(deltas) > 1 else deltas[0].clone()  # shape of w
     trace = [_distortion(w, total)]
     for _ in range(rounds):
-        for i, (term, tshape) in enumerate(zip(terms, shapes)):
+        for i, (term, view) in enumerate(zip(terms, views)):
             others = total - deltas[i]
-            target = (w - others).reshape(tshape)
+            target = view.gather([w - others])  # the term's view of the residual
             parts[i] = term.project(target, mu=mu, warm=parts[i])
-            deltas[i] = term.decompress(parts[i], tshape).reshape(shape).to(w.dtype)
+            deltas[i] = view.split(term.decompress(parts[i], view.shape))[0].to(w.dtype)  # shape of w
             total = others + deltas[i]
         trace.append(_distortion(w, total))
         before, after = trace[-2], trace[-1]
@@ -125,7 +130,7 @@ class Additive(Operator):
     """Most alternation rounds per C step."""
 
     @property
-    def view(self) -> View:  # type: ignore[override]
+    def view(self) -> ViewKind:  # type: ignore[override]
         """The most shaped view any term needs: tensor, then matrix, then vector."""
         views = {t.view for t in self.terms}
         for view in ("tensor", "matrix"):
@@ -135,8 +140,8 @@ class Additive(Operator):
 
     def resolve(self, shape: tuple[int, ...]) -> Additive:
         """Every term resolved against its view of the same task."""
-        shape = tuple(shape)
-        return attrs.evolve(self, terms=tuple(t.resolve(term_shape(t.view, shape)) for t in self.terms))
+        views = _term_views(self.terms, tuple(shape))
+        return attrs.evolve(self, terms=tuple(t.resolve(v.shape) for t, v in zip(self.terms, views)))
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """The flat θ of :func:`additive_project`."""
@@ -150,8 +155,8 @@ class Additive(Operator):
         if parts is None:
             raise ValueError(f"θ does not hold every term of {len(self.terms)}: keys {sorted(theta)}")
         out = None
-        for term, part in zip(self.terms, parts):
-            delta = term.decompress(part, term_shape(term.view, shape)).reshape(shape)
+        for term, part, view in zip(self.terms, parts, _term_views(self.terms, shape)):
+            delta = view.split(term.decompress(part, view.shape))[0]  # of shape
             out = delta if out is None else out + delta
         return out
 
@@ -162,8 +167,8 @@ class Additive(Operator):
         if parts is None:
             raise ValueError(f"θ does not hold every term of {len(self.terms)}: keys {sorted(theta)}")
         total = Storage(0, 0)
-        for term, part in zip(self.terms, parts):
-            size = term.storage(term_shape(term.view, shape), part)
+        for term, part, view in zip(self.terms, parts, _term_views(self.terms, shape)):
+            size = term.storage(view.shape, part)
             if size is None:
                 return None
             total = total + size

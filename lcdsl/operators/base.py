@@ -23,7 +23,8 @@ docstring opens with the problem it solves. It offers:
 ``θ`` is a ``dict[str, Tensor]`` (:data:`Theta`), so it saves with ``torch.save`` and loads with
 ``torch.load(weights_only=True)``, and moves between devices like any tensor.
 
-**Views.** The engine hands an operator the task's weights in the view it declares:
+**Views.** The engine hands an operator the task's weights in the view it declares
+(:data:`ViewKind`); a :class:`View` (:mod:`.view`) gathers them there and scatters back:
 
 - ``"vector"``: all tensors of the task flattened and concatenated, shape ``(n,)``;
 - ``"matrix"``: one tensor as ``(out, in·kh·kw)``;
@@ -36,15 +37,17 @@ All work happens on ``w``'s device and dtype with torch ops.
 
 from __future__ import annotations
 
-import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import attrs
 import torch
 
+from lcdsl.operators.view import View, ViewKind, view_shape
+
 __all__ = [
-    "Theta", "Encoded", "View", "Storage", "Operator", "index_bits", "bits_per_index", "view_shape", "describe"
-]
+    "Theta", "Encoded", "View", "ViewKind", "Storage", "Operator", "index_bits", "bits_per_index", "view_shape",
+    "describe",
+]  # fmt: skip
 
 Theta = dict[str, torch.Tensor]
 """The compressed representation of one task: named tensors (codebook, assignments, …)."""
@@ -53,27 +56,8 @@ Encoded = dict[str, "torch.Tensor | bytes"]
 """``θ`` as :meth:`Operator.encode` gives it: bytes the operator packed itself (stored as they
 are) and tensors (stored by the exporter's content-based codec), by field name."""
 
-View = Literal["vector", "matrix", "tensor"]
-"""How an operator sees a task's weights; see the module docstring."""
-
 FLOAT_BITS = 32
 """Bits of one stored real number (codebook entries, sparse values, factors)."""
-
-
-def view_shape(view: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
-    """The shape an operator of ``view`` sees for tensors of ``shapes``.
-
-    ``"vector"``: ``(Σ numel,)``; ``"matrix"``: ``(out, in·kh·kw)``; ``"tensor"``: the shape."""
-    if view == "vector":
-        return (sum(math.prod(s) for s in shapes),)
-    if len(shapes) != 1:
-        raise ValueError(f"a '{view}' operator takes one tensor, got {len(shapes)}")
-    shape = shapes[0]
-    if view == "matrix":
-        if len(shape) < 2:
-            raise ValueError(f"a matrix operator needs a tensor of 2 or more dimensions, got shape {tuple(shape)}")
-        return (shape[0], math.prod(shape[1:]))
-    return tuple(shape)
 
 
 @attrs.frozen
@@ -124,7 +108,7 @@ class Operator:
 
     name: ClassVar[str]
     """The spec keyword, e.g. ``"quant"``."""
-    view: ClassVar[View] = "vector"
+    view: ClassVar[ViewKind] = "vector"
     """The shape the engine hands to :meth:`project`. A subclass may make it a property of the
     instance when the view depends on a field (``prune(by=channels)`` needs ``"tensor"``,
     ``prune(l0=…)`` a ``"vector"``); the plan and the engine read ``operator.view`` on instances."""

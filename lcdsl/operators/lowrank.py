@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind
 from lcdsl.operators.units import int_at_least, positive_number, to_float
 
 __all__ = ["LowRank", "OPERATORS", "svd", "select_rank"]
@@ -107,7 +107,7 @@ class LowRank(Operator):
     """
 
     name: ClassVar[str] = "lowrank"
-    view: ClassVar[View] = "matrix"
+    view: ClassVar[ViewKind] = "matrix"
 
     rank: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1)))
     """Keep this many singular triplets."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, View, index_bits
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind, index_bits
 from lcdsl.operators.units import Amount, check_amount, optional_amount, positive_number, resolve_amount, to_float
 
 __all__ = ["Prune", "OPERATORS", "top_k_mask", "project_l1_ball"]
@@ -131,7 +131,7 @@ class Prune(Operator):
             raise ValueError(f"by={self.by} needs l0 (the number of groups to keep), got {given[0]}")
 
     @property
-    def view(self) -> View:  # type: ignore[override]
+    def view(self) -> ViewKind:  # type: ignore[override]
         """``"vector"`` for single weights, ``"tensor"`` for groups."""
         return "vector" if self.by == "weights" else "tensor"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 from lcdsl.errors import Diagnostic, Span, SpecError, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
 from lcdsl.operators.additive import Additive
-from lcdsl.operators.base import Operator, view_shape
+from lcdsl.operators.base import Operator, View
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import task_name
 from lcdsl.plan.selectors import ModelIndex
@@ -280,16 +279,16 @@ def _make_task(
         return None
     shapes = tuple(tuple(p.shape) for p in params)
     try:
-        shape = view_shape(op.view, shapes)
+        view = View.of(op, shapes)
     except ValueError as exc:
         hint = "drop the brackets to give each tensor its own task" if joint and len(names) > 1 else None
         diags.add(f"{_op_name(op)} cannot take {', '.join(names)}: {exc}", span, hint)
         return None
     try:
-        resolved = op.resolve(shape)
+        resolved = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
         where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
-        diags.add(f"{_op_name(op)} on {task_name(names, joint)} ({math.prod(shape)} weights): {exception_message(exc)}", where)
+        diags.add(f"{_op_name(op)} on {task_name(names, joint)} ({view.numel} weights): {exception_message(exc)}", where)
         return None
     return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 
 import attrs
-import torch
 
 from lcdsl.language.spec import Rule, Spec
-from lcdsl.operators.base import Operator, Storage, view_shape
+from lcdsl.operators.base import Operator, Storage
+from lcdsl.operators.view import View, split_view
 from lcdsl.plan.names import task_name
 from lcdsl.plan.settings import Settings
 
@@ -45,9 +45,16 @@ class Task:
         return sum(math.prod(s) for s in self.shapes)
 
     @property
+    def view(self) -> View:
+        """The task's tensors as its operator sees them (:class:`~lcdsl.operators.View`).
+
+        Raises ``ValueError`` when the operator's view cannot take the task's shapes."""
+        return View.of(self.operator, self.shapes)
+
+    @property
     def view_shape(self) -> tuple[int, ...]:
-        """The shape the operator sees; see :func:`view_shape`."""
-        return view_shape(self.operator.view, self.shapes)
+        """The shape the operator sees: ``self.view.shape``."""
+        return self.view.shape
 
     def predicted_storage(self) -> Storage | None:
         """The operator's size for this task before training, if it can tell."""
@@ -68,13 +75,3 @@ class Plan:
     """The run settings."""
     spec: Spec | None = attrs.field(default=None, eq=False, repr=False)
     """The spec this plan was bound from."""
-
-
-def split_view(view: str, params: list[torch.Tensor], value: torch.Tensor) -> list[torch.Tensor]:
-    """A task's view-shaped tensor cut into pieces shaped like its parameters (views where the
-    layout allows): a ``"vector"`` task's flat ``(Σ n,)`` into one piece a parameter, a matrix
-    or tensor task's into its one parameter's shape."""
-    if view == "vector":
-        pieces = torch.split(value.reshape(-1), [p.numel() for p in params])
-        return [piece.reshape(p.shape) for p, piece in zip(params, pieces)]
-    return [value.reshape(params[0].shape)]

@@ -17,7 +17,7 @@ from torch import nn
 from lcdsl.errors import ModelError
 from lcdsl.language.parser import parse
 from lcdsl.operators.base import Theta
-from lcdsl.plan.model import Plan, Task, split_view
+from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
 from lcdsl.store.atomic import load_checkpoint
 
@@ -62,9 +62,8 @@ def write_theta(task: Task, params: list[torch.Tensor], theta: Theta, *, where: 
     """
     theta = {k: v.to(params[0].device) for k, v in theta.items()}
     try:
-        delta = task.operator.decompress(theta, task.view_shape)
-        for p, piece in zip(params, split_view(task.operator.view, params, delta.to(params[0].dtype))):
-            p.copy_(piece)
+        view = task.view
+        view.scatter(task.operator.decompress(theta, view.shape), params)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise ModelError(f"{where}: θ of task {task.name} does not fit the model: {exc}") from exc
     return theta
