@@ -45,7 +45,7 @@ _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def _unwritable(message: str, node: object = None) -> SpecError:
-    return SpecError(Diagnostic(message, getattr(node, "span", None)))
+    return SpecError(Diagnostic(message, getattr(node, "span", None), code="unwritable"))
 
 
 def format_number(value: int | float) -> str:
