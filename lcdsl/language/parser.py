@@ -23,12 +23,12 @@ from lark.exceptions import LarkError, UnexpectedInput
 
 from lcdsl.errors import Diagnostic, Diagnostics, Span, SpecError
 from lcdsl.language.grammar import (
-    IDENTIFIER,
     MAX_DEPTH,
     NON_FINITE_WORDS,
     ParseState,
     TooDeepError,
     get_parser,
+    identifier_pattern,
     non_finite_message,
     parse_state,
 )
@@ -188,7 +188,7 @@ class _Builder(Transformer):
 
     def setting(self, meta, children: list) -> Setting:
         name, value = children
-        if not IDENTIFIER.match(str(name)):
+        if not identifier_pattern().fullmatch(str(name)):
             self.diagnostics.add(
                 "bad-setting-name",
                 f"'{name}' is not a setting name; a rule needs ':' between selectors and operators",
