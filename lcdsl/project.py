@@ -59,7 +59,9 @@ def project(
         view = view_shape(op.view, shape)
         op = op.resolve(view)
     except (ValueError, TypeError) as exc:
-        raise SpecError(Diagnostic(f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}", terms[0].span, code="does-not-fit"), source=source, filename=filename) from None
+        message = f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}"
+        diag = Diagnostic(message, terms[0].span, code="does-not-fit")
+        raise SpecError(diag, source=source, filename=filename) from None
     with torch.no_grad():
         w = tensor.detach().reshape(view)
         theta = op.project(w, mu)

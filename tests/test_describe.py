@@ -75,7 +75,8 @@ def operators(draw, additive=True):
     if family == "quant":
         form = draw(st.sampled_from(["k", "bits", "codebook"]))
         if form == "codebook":
-            return Quant(codebook=tuple(draw(st.lists(_reals | _reals.map(lambda x: -x), min_size=1, max_size=5, unique=True))))
+            signed = _reals | _reals.map(lambda x: -x)
+            return Quant(codebook=tuple(draw(st.lists(signed, min_size=1, max_size=5, unique=True))))
         return Quant(**{form: draw(st.integers(2, 2**20) if form == "k" else st.integers(1, 31))})
     if family == "binarize":
         return Binarize(scale=draw(st.booleans()))

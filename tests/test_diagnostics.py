@@ -17,6 +17,7 @@ from lcdsl.language.parser import parse, parse_expression
 from lcdsl.language.spec import NameSelector, Rule, Spec
 from lcdsl.language.syntax_errors import _SYNTAX_TABLE
 from lcdsl.plan.binder import bind, build_operator, check_spec
+from lcdsl.project import project
 
 PACKAGE = Path(lcdsl.__file__).parent
 DOCS = PACKAGE.parent / "docs" / "language.md"
@@ -163,6 +164,11 @@ def test_a_joint_group_of_mixed_dtypes():
     model = Net()
     model.fc2.to(torch.float64)
     assert codes_of(bind, parse("[fc1, fc2] : quant(k=2)"), model) == ["mixed-group"]
+
+
+def test_projecting_a_tensor_an_operator_cannot_take():
+    assert codes_of(project, "lowrank(rank=1)", torch.zeros(3)) == ["does-not-fit"]
+    assert codes_of(project, "lowrank(rank=1) +", torch.zeros(3, 3)) == ["missing-call"]
 
 
 def test_a_spec_that_cannot_be_written_is_unwritable():

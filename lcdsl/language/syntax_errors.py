@@ -68,7 +68,10 @@ _SYNTAX_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "nested-group", "a joint group cannot contain another group",
         ("[fc1, [fc2]] : quant(k=2)", "[[fc1]] : quant(k=2)", "[fc1, fc2, [fc3]] : quant(k=2)"),
     ),
-    ("empty-group", "a joint group needs at least one selector", ("[] : quant(k=2)", "[ : quant(k=2)", "[", "[, fc1] : quant(k=2)")),
+    (
+        "empty-group", "a joint group needs at least one selector",
+        ("[] : quant(k=2)", "[ : quant(k=2)", "[", "[, fc1] : quant(k=2)"),
+    ),
     (
         "missing-bracket", "missing ']' to close the joint group",
         (
@@ -91,7 +94,10 @@ _SYNTAX_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "fc1 : quant(k=2) + binarize + prune(l0=1)",
         ),
     ),
-    ("missing-call", "'+' must be followed by an operator call", ("fc1 : quant(k=2) +", "fc1 : quant(k=2) + + prune(l0=1)", "fc1 : quant(k=2) + 5")),
+    (
+        "missing-call", "'+' must be followed by an operator call",
+        ("fc1 : quant(k=2) +", "fc1 : quant(k=2) + + prune(l0=1)", "fc1 : quant(k=2) + 5"),
+    ),
     (
         "trailing-text", "expected '+' or the end of the line after an operator call",
         ("fc1 : quant(k=2) prune(l0=1)", "fc1 : quant(k=2) fc2 : quant(k=2)", "fc1 : quant(k=2) = 1"),
@@ -129,7 +135,10 @@ _SYNTAX_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "x = [[1]", "fc1 : quant(codebook=[1, 2)", "fc1 : quant(codebook=[1)", "fc1 : quant(codebook=[1, 2",
         ),
     ),
-    ("missing-value", "expected a value after ','", ("x = [1, 2,]", "x = [1,]", "fc1 : quant(codebook=[1, 2,])", "x = [1,,2]")),
+    (
+        "missing-value", "expected a value after ','",
+        ("x = [1, 2,]", "x = [1,]", "fc1 : quant(codebook=[1, 2,])", "x = [1,,2]"),
+    ),
     (
         "trailing-text", "expected the end of the line after the setting's value",
         ("x = 1 2", "x = a b", "x = 'a' b", "x = 1% 2", "x = [1] 2", "x = g() 2", "x = 1.5 2"),

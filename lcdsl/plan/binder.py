@@ -288,7 +288,8 @@ def _make_task(
         resolved = op.resolve(shape)
     except (ValueError, TypeError) as exc:
         where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
-        diags.add("does-not-fit", f"{_op_name(op)} on {task_name(names, joint)} ({math.prod(shape)} weights): {exception_message(exc)}", where)
+        message = f"{_op_name(op)} on {task_name(names, joint)} ({math.prod(shape)} weights): {exception_message(exc)}"
+        diags.add("does-not-fit", message, where)
         return None
     return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule)
 
