@@ -7,6 +7,13 @@ A :class:`SpecError` carries one or more :class:`Diagnostic` s, each pointing at
       fc1 : qaunt(k=2)
             ^^^^^^^^^^
 
+Every diagnostic has a stable :attr:`Diagnostic.code`, a few kebab-case words naming the kind
+of problem (``unknown-operator``, ``missing-paren``): the message may be reworded, the code is
+not. :data:`CODES` lists every code with its meaning (docs/language.md repeats the table).
+Diagnostics are gathered by one :class:`Diagnostics` collector per check and raised together
+as one :class:`SpecError`, sorted by position: whole-file diagnostics (no span) first, then by
+line and column, in the order they were found where two share a place.
+
 All other errors (a model that cannot be built, a dataset that is missing, a plugin that is
 broken, a run that diverged) derive from :class:`LcdslError` too, so the command line can
 print them without a traceback.
@@ -16,23 +23,101 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator
+from types import MappingProxyType
+from typing import Any
 
 import attrs
 
 __all__ = [
+    "CODES",
     "Span",
     "Diagnostic",
+    "Diagnostics",
     "LcdslError",
     "SpecError",
     "PluginError",
     "ModelError",
     "DataError",
     "EngineError",
+    "sort_diagnostics",
     "did_you_mean",
     "exception_message",
     "render_diagnostic",
 ]
+
+
+CODES = MappingProxyType({
+    # reading the file
+    "unreadable": "the spec file cannot be read",
+    "too-long": "the spec has more characters (or its file more bytes) than a spec may have",
+    "not-text": "the spec holds a NUL character or is not UTF-8 text",
+    # syntax: the first error of a file that does not parse
+    "syntax": "a syntax error that no more specific code covers (\"unexpected X; expected …\")",
+    "bad-character": "a character the language has no use for",
+    "unterminated-string": "a string without its closing quote on the same line",
+    "percent-after-space": "a space between a number and its percent sign",
+    "missing-type": "'@' without a module class name after it",
+    "too-deep": "brackets and parentheses nested deeper than the parser allows",
+    "bad-statement": "a line that starts with neither selectors nor a setting name",
+    "missing-colon": "selectors without ':' after them",
+    "equals-for-colon": "a rule written with '=' instead of ':'",
+    "unmatched-closer": "a ')' or ']' that closes nothing",
+    "missing-selector": "a ',' or '!' without a selector after it",
+    "nested-group": "a joint group inside a joint group",
+    "empty-group": "a joint group with no selector in its brackets",
+    "missing-bracket": "a joint group or a list without its closing ']'",
+    "missing-call": "no operator call after ':' or '+'",
+    "call-without-parens": "an operator name without the parentheses of a call",
+    "trailing-text": "more text after a complete operator call or setting value",
+    "comma-for-plus": "operators joined with ',' instead of '+'",
+    "missing-paren": "a call without its closing ')'",
+    "missing-argument": "a ',' in a call without an argument after it",
+    "missing-value": "a '=' or a ',' in a list without a value after it",
+    "double-equals": "'==' where one '=' is meant",
+    "missing-name": "an argument written '=value' without its name",
+    "list-without-brackets": "several values after '=' without the brackets of a list",
+    # after parsing: every problem of the file at once
+    "non-finite": "a number that is not finite (nan, inf, or a float too large such as 1e999)",
+    "number-too-long": "a number with more digits than a spec may have",
+    "bad-escape": "an unknown escape sequence in a string",
+    "bad-setting-name": "a setting name that is a glob or a dotted name (a rule meant with '=')",
+    "repeated-setting": "one setting given on two lines",
+    # settings
+    "unknown-setting": "a setting name the run does not know",
+    "bad-value": "a value that its setting or operator argument refuses",
+    # operators
+    "unknown-operator": "an operator name no installed plugin provides",
+    "unknown-argument": "an argument the operator does not take",
+    "positional-argument": "an operator argument without its name",
+    "repeated-argument": "one argument given twice in one call",
+    "empty-expression": "a right-hand side without an operator call",
+    # binding to a model
+    "no-rules": "a spec without rules, so nothing would be compressed",
+    "no-match": "a selector that matches no parameter (or no module type) of the model",
+    "no-weight": "a selector naming a module that has no weight of its own",
+    "all-excluded": "a rule or joint group whose tensors are all excluded",
+    "claimed-twice": "a tensor claimed by two rules, or twice within one rule",
+    "mixed-group": "a joint group whose tensors differ in dtype or device",
+    "does-not-fit": "an operator that cannot take its task's tensors (their count, shape or size)",
+    # outside a spec file
+    "unwritable": "a spec built in code that has no spelling in the language (lcdsl fmt)",
+    "bad-option": "a command-line value that overrides a setting and is refused",
+    "bad-variation": "a --vary option that names no rule or argument, or one already varied",
+    "other": "a spec error given as a plain message, without a more specific code",
+})
+"""Every :attr:`Diagnostic.code`, with what it means. Codes are stable: tests and tools may
+match them; a new kind of problem gets a new code here (and in docs/language.md)."""
+
+_CODE_SHAPE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*\Z")
+
+
+def _known_code(instance: Any, attribute: Any, code: str) -> None:
+    if not isinstance(code, str) or not _CODE_SHAPE.match(code):
+        raise ValueError(f"a diagnostic code is kebab-case words, got {code!r}")
+    if code not in CODES:
+        raise ValueError(f"unknown diagnostic code {code!r}: add it to lcdsl.errors.CODES")
 
 
 @attrs.frozen
@@ -63,6 +148,72 @@ class Diagnostic:
     """Where it is wrong; None when the message concerns the whole file."""
     hint: str | None = None
     """An optional second line saying how to fix it."""
+    code: str = attrs.field(kw_only=True, validator=_known_code)
+    """The kind of problem, one of :data:`CODES` (``unknown-operator``); stable where the
+    message may be reworded."""
+
+
+def _position(diagnostic: Diagnostic) -> tuple[int, int, int]:
+    """The sort key of a diagnostic: whole-file ones (no span) first, then line and column."""
+    span = diagnostic.span
+    return (0, 0, 0) if span is None else (1, span.line, span.column)
+
+
+def sort_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """``diagnostics`` by position (:func:`_position`); those at one place keep their order."""
+    return sorted(diagnostics, key=_position)
+
+
+class Diagnostics:
+    """The collector of one check's diagnostics: add them as they are found, raise them together.
+
+    Example::
+
+        diags = Diagnostics()
+        diags.add("unknown-operator", "unknown operator 'qaunt'", call.span, hint="operators: …")
+        diags.raise_if_any(source=spec.source, filename=spec.filename)
+    """
+
+    def __init__(self, diagnostics: Iterable[Diagnostic] = ()) -> None:
+        self._items: list[Diagnostic] = list(diagnostics)
+
+    def add(self, code: str, message: str, span: Span | None = None, hint: str | None = None) -> Diagnostic:
+        """Record one problem; returns the diagnostic made."""
+        diagnostic = Diagnostic(message, span, hint, code=code)
+        self._items.append(diagnostic)
+        return diagnostic
+
+    def extend(self, diagnostics: Iterable[Diagnostic] | SpecError) -> None:
+        """Record diagnostics made elsewhere (another collector's, or a SpecError's)."""
+        if isinstance(diagnostics, SpecError):
+            diagnostics = diagnostics.diagnostics
+        self._items.extend(diagnostics)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __iter__(self) -> Iterator[Diagnostic]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"Diagnostics({self._items!r})"
+
+    @property
+    def codes(self) -> list[str]:
+        """The code of each diagnostic, in the order they were added."""
+        return [d.code for d in self._items]
+
+    def error(self, *, source: str = "", filename: str = "<spec>") -> SpecError:
+        """One SpecError holding every diagnostic, sorted by position."""
+        return SpecError(self._items, source=source, filename=filename)
+
+    def raise_if_any(self, *, source: str = "", filename: str = "<spec>") -> None:
+        """Raise :meth:`error` when anything was added; return otherwise."""
+        if self._items:
+            raise self.error(source=source, filename=filename)
 
 
 MAX_RENDERED = 50
@@ -77,25 +228,33 @@ class LcdslError(Exception):
 
 
 class SpecError(LcdslError, ValueError):
-    """One or more problems in a spec, each with a place in the source (exit code 2)."""
+    """One or more problems in a spec, each with a place in the source (exit code 2).
+
+    ``diagnostics`` are kept sorted by position (whole-file ones first, then by line and
+    column); a plain string becomes one diagnostic of code ``other``."""
 
     exit_code = 2
 
     def __init__(
         self,
-        diagnostics: Diagnostic | str | Sequence[Diagnostic],
+        diagnostics: Diagnostic | str | Iterable[Diagnostic],
         *,
         source: str = "",
         filename: str = "<spec>",
     ) -> None:
         if isinstance(diagnostics, str):
-            diagnostics = [Diagnostic(diagnostics)]
+            diagnostics = [Diagnostic(diagnostics, code="other")]
         elif isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
-        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        self.diagnostics: list[Diagnostic] = sort_diagnostics(diagnostics)
         self.source = source
         self.filename = filename
         super().__init__(self.render())
+
+    @property
+    def codes(self) -> list[str]:
+        """The code of each diagnostic, in order (see :data:`CODES`)."""
+        return [d.code for d in self.diagnostics]
 
     def with_source(self, source: str, filename: str) -> SpecError:
         """This error, attached to the spec text its spans point into."""

@@ -58,7 +58,9 @@ def project(
         view = View.of(op, (tensor.shape,))
         op = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
-        raise SpecError(Diagnostic(f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}", terms[0].span), source=source, filename=filename) from None
+        message = f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}"
+        diag = Diagnostic(message, terms[0].span, code="does-not-fit")
+        raise SpecError(diag, source=source, filename=filename) from None
     with torch.no_grad():
         w = view.gather([tensor.detach()])
         theta = op.project(w, mu)

@@ -1,5 +1,5 @@
 """The grammar corpus: every valid example parses and round-trips; every invalid one fails
-with exactly the line, column and message its first line announces."""
+with exactly the line, column, diagnostic code and message its first line announces."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lcdsl.errors import SpecError
+from lcdsl.errors import CODES, SpecError
 from lcdsl.language.fmt import format_spec
 from lcdsl.language.parser import load, parse
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar"
 VALID = sorted((GRAMMAR / "valid").glob("*.lc"))
 INVALID = sorted((GRAMMAR / "invalid").glob("*.lc"))
-_EXPECT = re.compile(r"# expect: (\d+):(\d+): (.+)")
+_EXPECT = re.compile(r"# expect: (\d+):(\d+): \[([a-z0-9-]+)\] (.+)")
 
 
 def test_the_corpus_is_there():
@@ -39,13 +39,15 @@ def test_valid_example_parses_and_round_trips(path):
 def test_invalid_example_fails_where_it_says(path):
     first = path.read_text(encoding="utf-8").split("\n", 1)[0]
     match = _EXPECT.fullmatch(first)
-    assert match, f"{path.name} must start with '# expect: LINE:COL: message'"
-    line, column, fragment = int(match[1]), int(match[2]), match[3]
+    assert match, f"{path.name} must start with '# expect: LINE:COL: [code] message'"
+    line, column, code, fragment = int(match[1]), int(match[2]), match[3], match[4]
+    assert code in CODES
     with pytest.raises(SpecError) as caught:
         load(path)
     diagnostic = caught.value.diagnostics[0]
     assert (diagnostic.span.line, diagnostic.span.column) == (line, column), caught.value.render()
     assert fragment in diagnostic.message
+    assert diagnostic.code == code
     rendered = caught.value.render()
     assert rendered.startswith(f"{path}:{line}:{column}: error: ")
     assert "Token(" not in rendered and "__ANON" not in rendered

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lcdsl.errors import SpecError
-from lcdsl.language import grammar, parser, syntax_errors
+from lcdsl.language import fmt, grammar, parser, syntax_errors
+from lcdsl.language.spec import NameSelector
 
 
 def test_grammar_builds_in_strict_mode_without_conflicts_or_collisions():
@@ -58,3 +61,38 @@ def test_fallback_lists_expected_tokens_by_readable_names():
     assert message == "unexpected 'k'; expected ')' or ','"
     for terminal in grammar.get_parser().terminals:
         assert "__" not in syntax_errors._terminal_name(terminal.name)
+
+
+def _lark_terminal(name: str) -> str:
+    """The regular expression the .lark file writes for terminal ``name`` (``NAME: /…/``)."""
+    found = re.search(rf"^{name}(\.\d+)?: /(.*)/$", grammar.grammar_text(), re.MULTILINE)
+    assert found, name
+    return found[2]
+
+
+@pytest.mark.parametrize("name", ["WORD", "GLOB", "TYPE"])
+def test_terminal_patterns_are_the_lark_files(name):
+    assert grammar.terminal_pattern(name).pattern == _lark_terminal(name)
+
+
+def test_an_identifier_is_a_type_selector_without_its_at():
+    assert "@" + grammar.identifier_pattern().pattern == _lark_terminal("TYPE")
+    for text in ("fc1", "Conv2d", "_x", "lr_decay"):
+        assert grammar.identifier_pattern().fullmatch(text)
+    for text in ("fc.1", "1x", "fc*", "a-b", ""):
+        assert not grammar.identifier_pattern().fullmatch(text)
+
+
+@pytest.mark.parametrize(
+    "text, word, glob",
+    [("quant", True, True), ("augmented-lagrangian", True, False), ("layers.0.attn", False, True),
+     ("fc*", False, True), ("**", False, True), ("0fc", False, False), ("a b", False, False)],
+)  # fmt: skip
+def test_fmt_writes_names_and_globs_by_the_lexers_patterns(text, word, glob):
+    """fmt writes a bare word or a glob exactly when the lexer would read it back as one token."""
+    assert fmt._is_word(text) is word
+    if glob:
+        assert fmt.format_selector(NameSelector(text)) == text
+    else:
+        with pytest.raises(SpecError):
+            fmt.format_selector(NameSelector(text))

@@ -113,7 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cli_error(message: str) -> SpecError:
-    return SpecError(Diagnostic(message), filename="command line")
+    return SpecError(Diagnostic(message, code="bad-option"), filename="command line")
 
 
 def settings_with_overrides(spec: Spec, args: argparse.Namespace) -> Settings:

@@ -12,16 +12,19 @@ Layout rules:
   would not read back as the same string;
 - comment and blank lines are kept (runs of blank lines become one; none at the start or end).
 
-``parse(format_spec(spec)) == spec`` for every spec the grammar can express.
+``parse(format_spec(spec)) == spec`` for every spec the grammar can express. This module is the one
+writer of spec text: ``lcdsl fmt``, and the operator text of ``lcdsl check``, reports and saved runs
+(:func:`lcdsl.operators.base.describe` builds it with :func:`format_expression`). Names and globs
+are checked against the grammar's own terminals (:func:`~lcdsl.language.grammar.terminal_pattern`).
 """
 
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Sequence
 
 from lcdsl.errors import Diagnostic, SpecError
-from lcdsl.language.grammar import IDENTIFIER, NON_FINITE_WORDS
+from lcdsl.language.grammar import NON_FINITE_WORDS, identifier_pattern, terminal_pattern
 from lcdsl.language.spec import (
     Call,
     Exclude,
@@ -36,16 +39,19 @@ from lcdsl.language.spec import (
     Value,
 )
 
-__all__ = ["format_spec", "format_value", "format_call", "format_selector", "format_number"]
+__all__ = ["format_spec", "format_value", "format_call", "format_expression", "format_selector", "format_number"]
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*\Z")
-_GLOB = re.compile(r"[A-Za-z_*?][A-Za-z0-9_*?]*(\.[A-Za-z0-9_*?]+)*\Z")
 _RESERVED_WORDS = frozenset({"true", "false"})
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def _unwritable(message: str, node: object = None) -> SpecError:
-    return SpecError(Diagnostic(message, getattr(node, "span", None)))
+    return SpecError(Diagnostic(message, getattr(node, "span", None), code="unwritable"))
+
+
+def _is_word(text: str) -> bool:
+    """Whether the lexer reads ``text`` as one WORD token (a call, argument or bare-word value)."""
+    return terminal_pattern("WORD").fullmatch(text) is not None
 
 
 def format_number(value: int | float) -> str:
@@ -86,7 +92,7 @@ def _percent(value: float) -> str:
 
 
 def _string(value: str) -> str:
-    is_word = _WORD.match(value) and value not in _RESERVED_WORDS and value.lower() not in NON_FINITE_WORDS
+    is_word = _is_word(value) and value not in _RESERVED_WORDS and value.lower() not in NON_FINITE_WORDS
     if is_word:
         return value
     out = []
@@ -125,27 +131,34 @@ def format_value(value: Value) -> str:
 
 def format_call(call: Call) -> str:
     """``name(k=v, …)``."""
-    if not _WORD.match(call.name):
+    if not _is_word(call.name):
         raise _unwritable(f"'{call.name}' cannot be written as a call name", call)
     args = []
     for arg in call.args:
         if arg.name is None:
             args.append(format_value(arg.value))
-        elif _WORD.match(arg.name):
+        elif _is_word(arg.name):
             args.append(f"{arg.name}={format_value(arg.value)}")
         else:
             raise _unwritable(f"'{arg.name}' cannot be written as an argument name", arg)
     return f"{call.name}({', '.join(args)})"
 
 
+def format_expression(terms: Sequence[Call]) -> str:
+    """The right-hand side of a rule: its calls joined by `` + ``."""
+    if not terms:
+        raise _unwritable("an expression needs at least one operator call")
+    return " + ".join(format_call(c) for c in terms)
+
+
 def format_selector(selector: Selector) -> str:
     """``fc1``, ``@Linear``, ``!fc3``, ``[fc1, fc2]``."""
     if isinstance(selector, NameSelector):
-        if not _GLOB.match(selector.pattern):
+        if terminal_pattern("GLOB").fullmatch(selector.pattern) is None:
             raise _unwritable(f"'{selector.pattern}' cannot be written as a selector", selector)
         return selector.pattern
     if isinstance(selector, TypeSelector):
-        if not IDENTIFIER.match(selector.type_name):
+        if identifier_pattern().fullmatch(selector.type_name) is None:
             raise _unwritable(f"'{selector.type_name}' cannot be written as a type name", selector)
         return "@" + selector.type_name
     if isinstance(selector, Exclude):
@@ -161,8 +174,8 @@ def _head_and_tail(statement: Statement) -> tuple[str, str, str]:
         if not statement.selectors or not statement.terms:
             raise _unwritable("a rule needs at least one selector and one operator call", statement)
         left = ", ".join(format_selector(s) for s in statement.selectors)
-        return left, ":", " + ".join(format_call(c) for c in statement.terms)
-    if not IDENTIFIER.match(statement.name):
+        return left, ":", format_expression(statement.terms)
+    if identifier_pattern().fullmatch(statement.name) is None:
         raise _unwritable(f"'{statement.name}' cannot be written as a setting name", statement)
     return statement.name, "=", format_value(statement.value)
 
@@ -173,17 +186,14 @@ def _comment_line(text: str) -> str:
     return "#" if not text.strip() else f"# {text}"
 
 
-def _leading_lines(leading: tuple[str, ...], out: list[str]) -> bool:
-    """Append comment/blank lines; returns True when a blank line breaks the block."""
-    blank = False
+def _leading_lines(leading: tuple[str, ...], out: list[str]) -> None:
+    """Append comment and blank lines (a blank line only after a line that is not blank)."""
     for entry in leading:
         if entry == "":
             if out and out[-1] != "":
                 out.append("")
-                blank = True
         else:
             out.append(_comment_line(entry))
-    return blank
 
 
 def _blocks(statements: tuple[Statement, ...]) -> list[list[int]]:

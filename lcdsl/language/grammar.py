@@ -5,6 +5,10 @@ The wheel ships the grammar as ``lcdsl/language/lcdsl.lark``; an editable instal
 
 Lexer callbacks feed the parse in progress (:class:`ParseState`): comments are collected for
 ``fmt`` and bracket depth is bounded, so nesting can never exhaust Python's stack later.
+
+The patterns of names and globs live in the ``.lark`` file only: :func:`terminal_pattern` and
+:func:`identifier_pattern` read them from the built parser, for the parser's own checks and for
+``fmt``, which must write nothing the lexer would read differently.
 """
 
 from __future__ import annotations
@@ -19,12 +23,9 @@ import attrs
 from lark import Lark, Token
 
 __all__ = [
-    "MAX_DEPTH", "IDENTIFIER", "NON_FINITE_WORDS", "non_finite_message", "ParseState", "TooDeepError", "grammar_text",
-    "build_parser", "get_parser", "parse_state",
+    "MAX_DEPTH", "NON_FINITE_WORDS", "non_finite_message", "ParseState", "TooDeepError", "grammar_text",
+    "build_parser", "get_parser", "parse_state", "terminal_pattern", "identifier_pattern",
 ]  # fmt: skip
-
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-"""A setting name or a module class name (``@Linear``); the parser checks and ``fmt`` writes by it."""
 
 NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
 """Words (any case) that would read as non-finite floats: never numbers in a spec, and quoted
@@ -124,3 +125,26 @@ def build_parser(*, strict: bool = False) -> Lark:
 def get_parser() -> Lark:
     """The shared parser, built on first use."""
     return build_parser()
+
+
+@functools.cache
+def terminal_pattern(name: str) -> re.Pattern[str]:
+    """The regular expression of the grammar's terminal ``name`` (``WORD``, ``GLOB``, …), as the
+    lexer uses it; ``fullmatch`` tells whether a text is one such token.
+
+    Raises:
+        KeyError: the grammar has no terminal of that name.
+    """
+    return re.compile(get_parser().get_terminal(name).pattern.to_regexp())
+
+
+@functools.cache
+def identifier_pattern() -> re.Pattern[str]:
+    """A plain name: a setting's name, or a module class name (``Linear`` in ``@Linear``).
+
+    The grammar spells it once, as the ``TYPE`` terminal after its ``@``; a setting's name is
+    lexed as a ``GLOB`` and the parser checks it against this."""
+    regexp = terminal_pattern("TYPE").pattern
+    if not regexp.startswith("@"):
+        raise RuntimeError(f"the grammar's TYPE terminal no longer starts with '@': {regexp}")
+    return re.compile(regexp[1:])

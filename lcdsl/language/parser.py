@@ -21,14 +21,14 @@ import attrs
 from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedInput
 
-from lcdsl.errors import Diagnostic, Span, SpecError
+from lcdsl.errors import Diagnostic, Diagnostics, Span, SpecError
 from lcdsl.language.grammar import (
-    IDENTIFIER,
     MAX_DEPTH,
     NON_FINITE_WORDS,
     ParseState,
     TooDeepError,
     get_parser,
+    identifier_pattern,
     non_finite_message,
     parse_state,
 )
@@ -71,10 +71,7 @@ class _Builder(Transformer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.diagnostics: list[Diagnostic] = []
-
-    def _error(self, message: str, span: Span, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(message, span, hint))
+        self.diagnostics = Diagnostics()
 
     # ---- values
     def number(self, meta, children: list[Token]) -> int | float:
@@ -88,13 +85,15 @@ class _Builder(Transformer):
 
     def _number(self, text: str, span: Span, as_float: bool = False) -> int | float:
         if len(text) > MAX_NUMBER_LENGTH:
-            self._error(f"number too long ({len(text)} characters; at most {MAX_NUMBER_LENGTH})", span)
+            self.diagnostics.add(
+                "number-too-long", f"number too long ({len(text)} characters; at most {MAX_NUMBER_LENGTH})", span
+            )
             return 0
         if not as_float and not any(c in text for c in ".eE"):
             return int(text)
         value = float(text)
         if not math.isfinite(value):
-            self._error(f"number out of range: {text} is not a finite float", span)
+            self.diagnostics.add("non-finite", f"number out of range: {text} is not a finite float", span)
             return 0.0
         return value
 
@@ -124,7 +123,8 @@ class _Builder(Transformer):
                     out.append(chr(code))
                     i += 2 + width
                     continue
-            self._error(
+            self.diagnostics.add(
+                "bad-escape",
                 f"unknown escape '\\{kind}' in a string",
                 span,
                 hint="escapes are \\n \\t \\r \\0 \\\\ \\\" \\' \\xHH \\uHHHH \\UHHHHHHHH",
@@ -140,7 +140,8 @@ class _Builder(Transformer):
         if text == "false":
             return False
         if text.lower() in NON_FINITE_WORDS:
-            self._error(
+            self.diagnostics.add(
+                "non-finite",
                 non_finite_message(text),
                 token_span(token),
                 hint=f'write "{text}" in quotes if a string is meant',
@@ -187,8 +188,9 @@ class _Builder(Transformer):
 
     def setting(self, meta, children: list) -> Setting:
         name, value = children
-        if not IDENTIFIER.match(str(name)):
-            self._error(
+        if not identifier_pattern().fullmatch(str(name)):
+            self.diagnostics.add(
+                "bad-setting-name",
                 f"'{name}' is not a setting name; a rule needs ':' between selectors and operators",
                 token_span(name),
                 hint=f"write '{name} : …' to compress what '{name}' selects",
@@ -241,9 +243,8 @@ def _attach_comments(statements: list[Statement], comments: list[Token], text: s
 
 def _raise_syntax(exc: UnexpectedInput | TooDeepError, text: str, filename: str, start: str, state: ParseState) -> None:
     if isinstance(exc, TooDeepError):
-        diag = Diagnostic(
-            f"nesting deeper than {MAX_DEPTH} brackets and parentheses", token_span(exc.token)
-        )
+        message = f"nesting deeper than {MAX_DEPTH} brackets and parentheses"
+        diag = Diagnostic(message, token_span(exc.token), code="too-deep")
     else:
         diag = describe_syntax_error(exc, text, start, state.comments)
     raise SpecError(diag, source=text, filename=filename) from None
@@ -254,11 +255,11 @@ def _run(text: str, filename: str, start: str):
         raise TypeError(f"a spec is text (str), got {type(text).__name__}")
     if len(text) > MAX_SPEC_LENGTH:
         message = f"the spec has {len(text):,} characters; at most {MAX_SPEC_LENGTH:,} are read"
-        raise SpecError(Diagnostic(message), filename=filename)
+        raise SpecError(Diagnostic(message, code="too-long"), filename=filename)
     nul = text.find("\0")
     if nul >= 0:
-        span = offset_span(text, nul)
-        raise SpecError(Diagnostic("the spec contains a NUL character", span), source=text, filename=filename)
+        diag = Diagnostic("the spec contains a NUL character", offset_span(text, nul), code="not-text")
+        raise SpecError(diag, source=text, filename=filename)
     state = ParseState()
     token = parse_state().set(state)
     try:
@@ -266,7 +267,8 @@ def _run(text: str, filename: str, start: str):
     except (UnexpectedInput, TooDeepError) as exc:
         _raise_syntax(exc, text, filename, start, state)
     except LarkError as exc:  # a lark failure that is not a located syntax error
-        raise SpecError(Diagnostic(f"cannot parse the spec: {exc}"), source=text, filename=filename) from None
+        diag = Diagnostic(f"cannot parse the spec: {exc}", code="syntax")
+        raise SpecError(diag, source=text, filename=filename) from None
     finally:
         parse_state().reset(token)
     builder = _Builder()
@@ -295,17 +297,15 @@ def parse(text: str, filename: str = "<spec>") -> Spec:
             continue
         first = seen.get(statement.name)
         if first is not None:
-            diagnostics.append(
-                Diagnostic(
-                    f"setting '{statement.name}' is already set on line {first.span.line}",
-                    statement.span,
-                    hint="keep one of the two lines",
-                )
+            diagnostics.add(
+                "repeated-setting",
+                f"setting '{statement.name}' is already set on line {first.span.line}",
+                statement.span,
+                hint="keep one of the two lines",
             )
         else:
             seen[statement.name] = statement
-    if diagnostics:
-        raise SpecError(diagnostics, source=text, filename=filename)
+    diagnostics.raise_if_any(source=text, filename=filename)
     statements, trailing = _attach_comments(statements, state.comments, text)
     return Spec(tuple(statements), source=text, filename=filename, trailing=trailing)
 
@@ -317,8 +317,7 @@ def parse_expression(text: str) -> tuple[Call, ...]:
         SpecError: the text is not one operator call or a sum of them.
     """
     terms, diagnostics, _ = _run(text, "<expression>", "expr")
-    if diagnostics:
-        raise SpecError(diagnostics, source=text, filename="<expression>")
+    diagnostics.raise_if_any(source=text, filename="<expression>")
     return terms
 
 
@@ -328,7 +327,7 @@ def _decode_error(data: bytes, filename: str, offset: int, message: str) -> Spec
     column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
     span = Span(line, column, line, column + 1, offset, offset + 1)
     source = data.decode("utf-8", errors="replace")
-    return SpecError(Diagnostic(message, span), source=source, filename=filename)
+    return SpecError(Diagnostic(message, span, code="not-text"), source=source, filename=filename)
 
 
 def load(path: str | os.PathLike[str]) -> Spec:
@@ -342,10 +341,11 @@ def load(path: str | os.PathLike[str]) -> Spec:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        raise SpecError(Diagnostic(f"cannot read the spec: {exc.strerror or exc}"), filename=filename) from None
+        diag = Diagnostic(f"cannot read the spec: {exc.strerror or exc}", code="unreadable")
+        raise SpecError(diag, filename=filename) from None
     if len(data) > 4 * MAX_SPEC_LENGTH:  # more bytes than any spec of MAX_SPEC_LENGTH characters
         message = f"the file has {len(data):,} bytes; a spec has at most {MAX_SPEC_LENGTH:,} characters"
-        raise SpecError(Diagnostic(message), filename=filename)
+        raise SpecError(Diagnostic(message, code="too-long"), filename=filename)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     nul = data.find(b"\0")

@@ -1,10 +1,10 @@
 """Syntax errors a person understands: labelled malformed examples matched by lark.
 
-Each message comes with malformed one-line examples; lark's ``match_examples`` finds the example
+Each message comes with its diagnostic code and malformed one-line examples; lark's ``match_examples`` finds the example
 whose parser state (and accepted tokens) is the one the user's text broke in, preferring an
 example that broke on the same kind of token. ``{prev}`` is the word before the offending token,
 ``{token}`` the token, ``{expected}`` what would have been accepted. What no example covers falls
-back to "unexpected X; expected one of …" with tokens by readable names.
+back to "unexpected X; expected one of …" (code ``syntax``) with tokens by readable names.
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ def token_span(token: Token) -> Span:
     return Span(token.line, token.column, token.end_line, token.end_column, token.start_pos, token.end_pos)
 
 
-_SYNTAX_EXAMPLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+_SYNTAX_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
-        "a statement starts with selectors or a setting name, not {token}",
+        "bad-statement", "a statement starts with selectors or a setting name, not {token}",
         ("5 : quant(k=2)", "( : quant(k=2)", ") = 1", "+ quant(k=2)", "] : quant(k=2)", "'fc1' : quant(k=2)"),
     ),
-    ("a rule needs selectors before ':'", (": quant(k=2)",)),
-    ("a setting needs a name before '='", ("= 3",)),
+    ("bad-statement", "a rule needs selectors before ':'", (": quant(k=2)",)),
+    ("bad-statement", "a setting needs a name before '='", ("= 3",)),
     (
-        "expected ':' (a rule) or '=' (a setting) after '{prev}'",
+        "missing-colon", "expected ':' (a rule) or '=' (a setting) after '{prev}'",
         ("fc1 quant(k=2)", "fc1", "fc1 (k=2)", "fc1 5"),
     ),
     (
-        "missing ':' between the selectors and the operator call",
+        "missing-colon", "missing ':' between the selectors and the operator call",
         (
             "fc1, fc2 quant(k=2)", "@Linear quant(k=2)", "!fc1 quant(k=2)", "[fc1] quant(k=2)",
             "fc1, @Linear quant(k=2)", "fc1, !fc2 quant(k=2)", "fc1, [fc2] quant(k=2)",
@@ -45,7 +45,7 @@ _SYNTAX_EXAMPLES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     (
-        "a rule uses ':' between selectors and operators, not '='",
+        "equals-for-colon", "a rule uses ':' between selectors and operators, not '='",
         (
             "fc1, fc2 = quant(k=2)", "@Linear = quant(k=2)", "!fc1 = quant(k=2)", "[fc1] = quant(k=2)",
             "fc1, @Linear = quant(k=2)", "fc1, !fc2 = quant(k=2)", "fc1, [fc2] = quant(k=2)",
@@ -53,55 +53,61 @@ _SYNTAX_EXAMPLES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     (
-        "unmatched ']'",
+        "unmatched-closer", "unmatched ']'",
         ("fc1] : quant(k=2)", "fc1, fc2] : quant(k=2)", "@Linear] : quant(k=2)", "fc1 : quant(k=2)]", "x = 1]"),
     ),
-    ("unmatched ')'", ("fc1 : quant(k=2))", "fc1) : quant(k=2)", "x = 1)")),
+    ("unmatched-closer", "unmatched ')'", ("fc1 : quant(k=2))", "fc1) : quant(k=2)", "x = 1)")),
     (
-        "a ',' must be followed by another selector",
+        "missing-selector", "a ',' must be followed by another selector",
         (
             "fc1, : quant(k=2)", "fc1, fc2, : quant(k=2)", "fc1,", "fc1, , fc2 : quant(k=2)",
             "[fc1, ] : quant(k=2)", "[fc1, fc2, ] : quant(k=2)", "[fc1,",
         ),
     ),
     (
-        "a joint group cannot contain another group",
+        "nested-group", "a joint group cannot contain another group",
         ("[fc1, [fc2]] : quant(k=2)", "[[fc1]] : quant(k=2)", "[fc1, fc2, [fc3]] : quant(k=2)"),
     ),
-    ("a joint group needs at least one selector", ("[] : quant(k=2)", "[ : quant(k=2)", "[", "[, fc1] : quant(k=2)")),
     (
-        "missing ']' to close the joint group",
+        "empty-group", "a joint group needs at least one selector",
+        ("[] : quant(k=2)", "[ : quant(k=2)", "[", "[, fc1] : quant(k=2)"),
+    ),
+    (
+        "missing-bracket", "missing ']' to close the joint group",
         (
             "[fc1 : quant(k=2)", "[fc1, fc2 : quant(k=2)", "[@Linear : quant(k=2)", "[!fc1 : quant(k=2)",
             "[fc1", "[fc1, fc2", "[fc1, fc2, fc3 : quant(k=2)",
         ),
     ),
     (
-        "'!' must be followed by a selector",
+        "missing-selector", "'!' must be followed by a selector",
         ("! : quant(k=2)", "!", "fc1, ! : quant(k=2)", "[!] : quant(k=2)", "!!fc1 : quant(k=2)", "fc1, !!fc2 : quant(k=2)"),
     ),
     (
-        "expected an operator call after ':'",
+        "missing-call", "expected an operator call after ':'",
         ("fc1 :", "fc1 : 5", "fc1 : [quant(k=2)]", "fc1 : 'quant'", "fc1 : + quant(k=2)", "fc1 : : quant(k=2)"),
     ),
     (
-        "an operator call needs parentheses: write {prev}(…)",
+        "call-without-parens", "an operator call needs parentheses: write {prev}(…)",
         (
             "fc1 : binarize", "fc1 : binarize + quant(k=2)", "fc1 : quant k=2", "fc1 : quant(k=2) + binarize",
             "fc1 : quant(k=2) + binarize + prune(l0=1)",
         ),
     ),
-    ("'+' must be followed by an operator call", ("fc1 : quant(k=2) +", "fc1 : quant(k=2) + + prune(l0=1)", "fc1 : quant(k=2) + 5")),
     (
-        "expected '+' or the end of the line after an operator call",
+        "missing-call", "'+' must be followed by an operator call",
+        ("fc1 : quant(k=2) +", "fc1 : quant(k=2) + + prune(l0=1)", "fc1 : quant(k=2) + 5"),
+    ),
+    (
+        "trailing-text", "expected '+' or the end of the line after an operator call",
         ("fc1 : quant(k=2) prune(l0=1)", "fc1 : quant(k=2) fc2 : quant(k=2)", "fc1 : quant(k=2) = 1"),
     ),
     (
-        "operators are joined with '+', not ','",
+        "comma-for-plus", "operators are joined with '+', not ','",
         ("fc1 : quant(k=2), prune(l0=1)", "fc1 : quant(k=2),", "fc1 : quant(k=2) + prune(l0=1),"),
     ),
     (
-        "missing ')' to close the call",
+        "missing-paren", "missing ')' to close the call",
         (
             "fc1 : quant(k=2", "fc1 : quant(k=2, bits=3", "fc1 : quant(", "fc1 : quant(2", "fc1 : quant(k=2.5",
             "fc1 : quant(k=5%", "fc1 : quant(k=a", "fc1 : quant(k='a'", "fc1 : quant(k=[1]", "fc1 : quant(k=f()",
@@ -110,35 +116,44 @@ _SYNTAX_EXAMPLES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     (
-        "expected an argument after ','",
+        "missing-argument", "expected an argument after ','",
         ("fc1 : quant(k=2,)", "fc1 : quant(k=2, bits=3,)", "fc1 : quant(k=2,", "x = g(a=1,)", "x = g(a=1, b=2,)", "fc1 : quant(k=2,,bits=3)"),
     ),
     (
-        "expected a value after '='",
+        "missing-value", "expected a value after '='",
         ("fc1 : quant(k=)", "fc1 : quant(k=", "x = g(a=)", "x =", "x = )", "fc1 : quant(k=2, bits=)", "x = ,"),
     ),
     (
-        "'==' is not an operator: write a single '=' between a name and its value",
+        "double-equals", "'==' is not an operator: write a single '=' between a name and its value",
         ("fc1 : quant(k==2)", "fc1 : quant(k=2, bits==3)", "x = g(a==1)", "x == 1"),
     ),
-    ("an argument needs a name before '='", ("fc1 : quant(=2)", "fc1 : quant(k=2, =3)", "x = g(=1)")),
+    ("missing-name", "an argument needs a name before '='", ("fc1 : quant(=2)", "fc1 : quant(k=2, =3)", "x = g(=1)")),
     (
-        "missing ']' to close the list",
+        "missing-bracket", "missing ']' to close the list",
         (
             "x = [1, 2", "x = [1", "x = [", "x = [1, 2.5", "x = [a", "x = ['s'", "x = [5%", "x = [f()",
             "x = [[1]", "fc1 : quant(codebook=[1, 2)", "fc1 : quant(codebook=[1)", "fc1 : quant(codebook=[1, 2",
         ),
     ),
-    ("expected a value after ','", ("x = [1, 2,]", "x = [1,]", "fc1 : quant(codebook=[1, 2,])", "x = [1,,2]")),
     (
-        "expected the end of the line after the setting's value",
+        "missing-value", "expected a value after ','",
+        ("x = [1, 2,]", "x = [1,]", "fc1 : quant(codebook=[1, 2,])", "x = [1,,2]"),
+    ),
+    (
+        "trailing-text", "expected the end of the line after the setting's value",
         ("x = 1 2", "x = a b", "x = 'a' b", "x = 1% 2", "x = [1] 2", "x = g() 2", "x = 1.5 2"),
     ),
     (
-        "a list needs brackets: [a, b, …]",
+        "list-without-brackets", "a list needs brackets: [a, b, …]",
         ("x = 1, 2", "x = a, b", "x = 1.5, 2", "x = 5%, 1%", "x = 'a', 'b'", "x = g(), h()"),
     ),
 )
+
+_SYNTAX_EXAMPLES = tuple((label, examples) for _, label, examples in _SYNTAX_TABLE)
+"""(message, examples) pairs, as lark's ``match_examples`` takes them."""
+
+_SYNTAX_CODES = {label: code for code, label, _ in _SYNTAX_TABLE}
+"""The diagnostic code of each message of the table."""
 
 _RULE_PREFIX = "fc1 : "
 _EXPRESSION_EXAMPLES = tuple(
@@ -251,18 +266,24 @@ def _bad_character(exc: UnexpectedCharacters, text: str) -> Diagnostic:
     if char in "\"'":
         line_end = text.find("\n", offset)
         line_end = len(text) if line_end < 0 else line_end
-        return Diagnostic("unterminated string", offset_span(text, offset, max(1, line_end - offset)),
-                          hint=f"close it with {char} on the same line")
+        return Diagnostic(
+            "unterminated string",
+            offset_span(text, offset, max(1, line_end - offset)),
+            hint=f"close it with {char} on the same line",
+            code="unterminated-string",
+        )
     if char == "%" and re.search(r"\d\s+\Z", text[line_start:offset]):
-        return Diagnostic("a percent sign goes right after its number, without a space (5%)", offset_span(text, offset))
+        message = "a percent sign goes right after its number, without a space (5%)"
+        return Diagnostic(message, offset_span(text, offset), code="percent-after-space")
     if char == "@":
-        return Diagnostic("'@' must be followed by a module class name, e.g. @Linear", offset_span(text, offset))
+        message = "'@' must be followed by a module class name, e.g. @Linear"
+        return Diagnostic(message, offset_span(text, offset), code="missing-type")
     non_finite = _NON_FINITE_AT.match(text, offset)
     if non_finite:
         word = non_finite.group(0)
-        return Diagnostic(non_finite_message(word), offset_span(text, offset, len(word)))
+        return Diagnostic(non_finite_message(word), offset_span(text, offset, len(word)), code="non-finite")
     shown = f"'{char}'" if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
-    return Diagnostic(f"unexpected character {shown}", offset_span(text, offset))
+    return Diagnostic(f"unexpected character {shown}", offset_span(text, offset), code="bad-character")
 
 
 def describe_syntax_error(exc: UnexpectedInput, text: str, start: str, comments: list[Token]) -> Diagnostic:
@@ -270,7 +291,8 @@ def describe_syntax_error(exc: UnexpectedInput, text: str, start: str, comments:
     if isinstance(exc, UnexpectedCharacters):
         return _bad_character(exc, text)
     if not isinstance(exc, UnexpectedToken):
-        return Diagnostic("unexpected end of the input", offset_span(text, _end_of_content(text, len(text), comments)))
+        span = offset_span(text, _end_of_content(text, len(text), comments))
+        return Diagnostic("unexpected end of the input", span, code="syntax")
     token = exc.token
     if token.type in ("_NL", "$END"):
         end = token.start_pos if token.type == "_NL" and token.start_pos is not None else len(text)
@@ -280,7 +302,7 @@ def describe_syntax_error(exc: UnexpectedInput, text: str, start: str, comments:
         non_finite = _NON_FINITE_AT.match(text, span.start) if token.type == "PLUS" else None
         if non_finite:  # `+nan`: the sign lexes as '+', the word after it as a name
             word = non_finite.group(0)
-            return Diagnostic(non_finite_message(word), offset_span(text, span.start, len(word)))
+            return Diagnostic(non_finite_message(word), offset_span(text, span.start, len(word)), code="non-finite")
     lines = text.split("\n")
     line_text = lines[span.line - 1] if span.line <= len(lines) else ""
     label, again = _match_label(line_text.rstrip("\r"), start)
@@ -292,5 +314,6 @@ def describe_syntax_error(exc: UnexpectedInput, text: str, start: str, comments:
         "prev": previous.group(1) if previous else "",
         "expected": _expected(accepts),
     }
-    message = (label or "unexpected {token}; expected {expected}").format(**fields)
-    return Diagnostic(message, span)
+    if label is None:
+        return Diagnostic("unexpected {token}; expected {expected}".format(**fields), span, code="syntax")
+    return Diagnostic(label.format(**fields), span, code=_SYNTAX_CODES[label])

@@ -42,6 +42,8 @@ from typing import ClassVar
 import attrs
 import torch
 
+from lcdsl.language.fmt import format_expression
+from lcdsl.language.spec import Argument, Call
 from lcdsl.operators.view import View, ViewKind, view_shape
 
 __all__ = [
@@ -169,32 +171,31 @@ class Operator:
         return doc.splitlines()[0] if doc else ""
 
 
-def _value_text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value).replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
-    if isinstance(value, str):
-        return value if value.isidentifier() else f'"{value}"'
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_value_text(v) for v in value) + "]"
-    if hasattr(value, "fraction"):  # lcdsl.spec.Percent, not yet resolved against a task
-        return f"{value.value:g}%"
-    return str(value)
-
-
-def describe(op: Operator) -> str:
-    """An operator as spec text, with its non-default fields: ``prune(l0=13310)``.
-
-    An additive combination (an operator with ``terms``) is its terms joined by ``+``."""
+def _calls(op: Operator) -> tuple[Call, ...]:
+    """The spec calls that build ``op``: one per term of an additive combination (an operator
+    with ``terms``), each with the fields that differ from their defaults, in field order."""
     terms = getattr(op, "terms", None)
     if terms is not None:
-        return " + ".join(describe(t) for t in terms)
+        return tuple(call for term in terms for call in _calls(term))
     args = []
     if attrs.has(type(op)):
         for field in attrs.fields(type(op)):
             value = getattr(op, field.name)
             if field.default is not attrs.NOTHING and value == field.default:
                 continue
-            args.append(f"{field.name}={_value_text(value)}")
-    return f"{op.name}({', '.join(args)})"
+            args.append(Argument(field.name, value))
+    return (Call(op.name, tuple(args)),)
+
+
+def describe(op: Operator) -> str:
+    """An operator as spec text, with its non-default fields: ``prune(l0=13310)``.
+
+    An additive combination (an operator with ``terms``) is its terms joined by ``+``. The text
+    is :func:`lcdsl.language.fmt.format_expression`'s canonical form (floats in their shortest
+    form, ``lowrank(alpha=1e-4)``), so ``parse_expression(describe(op))`` builds ``op`` again.
+
+    Raises:
+        SpecError: a field holds a value that a spec cannot spell (fields are spec keywords, so
+            only an operator that converts its values to something else can get here).
+    """
+    return format_expression(_calls(op))

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import torch
 
-from lcdsl.errors import Diagnostic, Span, SpecError, did_you_mean, exception_message
+from lcdsl.errors import Diagnostics, Span, SpecError, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
 from lcdsl.operators.additive import Additive
 from lcdsl.operators.base import Operator, View
@@ -21,24 +21,18 @@ from lcdsl.plugins.registry import Registry, default_registry
 __all__ = ["bind", "build_operator", "check_spec"]
 
 
-class _Diagnostics(list):
-    """A list of diagnostics with a shorthand for adding one."""
-
-    def add(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        self.append(Diagnostic(message, span, hint))
-
-
 def _registry(registry: Registry | None) -> Registry:
     return registry if registry is not None else default_registry()
 
 
-def _build_call(call: Call, registry: Registry, diags: _Diagnostics) -> Operator | None:
+def _build_call(call: Call, registry: Registry, diags: Diagnostics) -> Operator | None:
     """One operator from one call, or None with the problems added to ``diags``."""
     try:
         cls = registry.operator(call.name)
     except KeyError:
         names = sorted(registry.operators)
         diags.add(
+            "unknown-operator",
             f"unknown operator '{call.name}'{did_you_mean(call.name, names)}",
             call.span,
             hint="operators: " + ", ".join(names) + " (`lcdsl plugins` lists where each comes from)",
@@ -50,19 +44,21 @@ def _build_call(call: Call, registry: Registry, diags: _Diagnostics) -> Operator
     for arg in call.args:
         if arg.name is None:
             diags.add(
+                "positional-argument",
                 f"{call.name}() takes keyword arguments, e.g. {call.name}({fields[0] if fields else 'x'}=…)",
                 arg.span,
             )
             ok = False
         elif arg.name not in fields:
             hint = f"{call.name}() takes " + (", ".join(fields) if fields else "no arguments")
-            diags.add(f"{call.name}() has no argument '{arg.name}'{did_you_mean(arg.name, fields)}", arg.span, hint)
+            message = f"{call.name}() has no argument '{arg.name}'{did_you_mean(arg.name, fields)}"
+            diags.add("unknown-argument", message, arg.span, hint)
             ok = False
         elif arg.name in kwargs:
-            diags.add(f"{call.name}() got '{arg.name}' twice", arg.span)
+            diags.add("repeated-argument", f"{call.name}() got '{arg.name}' twice", arg.span)
             ok = False
         elif isinstance(arg.value, Call):
-            diags.add(f"{call.name}() argument '{arg.name}' must be a value, not a call", arg.span)
+            diags.add("bad-value", f"{call.name}() argument '{arg.name}' must be a value, not a call", arg.span)
             ok = False
         else:
             kwargs[arg.name] = arg.value
@@ -71,7 +67,7 @@ def _build_call(call: Call, registry: Registry, diags: _Diagnostics) -> Operator
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        diags.add(f"{call.name}(): {exception_message(exc)}", call.span)
+        diags.add("bad-value", f"{call.name}(): {exception_message(exc)}", call.span)
         return None
 
 
@@ -83,14 +79,15 @@ def build_operator(
     Raises:
         SpecError: unknown operators, unknown or repeated arguments, bad values; all together.
     """
-    diags = _Diagnostics()
+    diags = Diagnostics()
     op = _build_terms(terms, _registry(registry), rounds, diags)
-    if diags or op is None:
-        raise SpecError(diags or [Diagnostic("empty expression")])
+    if op is None and not diags:
+        diags.add("empty-expression", "empty expression")
+    diags.raise_if_any()
     return op
 
 
-def _build_terms(terms: Sequence[Call], registry: Registry, rounds: int, diags: _Diagnostics) -> Operator | None:
+def _build_terms(terms: Sequence[Call], registry: Registry, rounds: int, diags: Diagnostics) -> Operator | None:
     ops = [_build_call(call, registry, diags) for call in terms]
     if any(op is None for op in ops) or not ops:
         return None
@@ -99,15 +96,16 @@ def _build_terms(terms: Sequence[Call], registry: Registry, rounds: int, diags: 
     return Additive(terms=tuple(ops), rounds=rounds)
 
 
-def _settings(spec: Spec, diags: _Diagnostics) -> Settings:
+def _settings(spec: Spec, diags: Diagnostics) -> Settings:
     """The spec's settings (the defaults where they are wrong); adds its whole-file problems."""
     try:
         settings = settings_from_spec(spec)
     except SpecError as exc:
-        diags.extend(exc.diagnostics)
+        diags.extend(exc)
         settings = Settings()
     if not spec.rules:
         diags.add(
+            "no-rules",
             "the spec has no rules, so nothing would be compressed",
             None,
             hint="add a rule such as 'fc1 : quant(k=2)' (selectors : operator)",
@@ -125,20 +123,19 @@ def check_spec(spec: Spec, *, registry: Registry | None = None) -> dict[int, Ope
         SpecError: every problem, together.
     """
     registry = _registry(registry)
-    diags = _Diagnostics()
+    diags = Diagnostics()
     settings = _settings(spec, diags)
     ops = {}
     for i, rule in enumerate(spec.rules):
         op = _build_terms(rule.terms, registry, settings.additive_rounds, diags)
         if op is not None:
             ops[i] = op
-    if diags:
-        raise SpecError(diags, source=spec.source, filename=spec.filename)
+    diags.raise_if_any(source=spec.source, filename=spec.filename)
     return ops
 
 
 def _select(
-    item: NameSelector | TypeSelector, index: ModelIndex, diags: _Diagnostics
+    item: NameSelector | TypeSelector, index: ModelIndex, diags: Diagnostics
 ) -> list[str]:
     """The parameters one plain selector matches; an error when it matches nothing."""
     if isinstance(item, TypeSelector):
@@ -146,6 +143,7 @@ def _select(
         if not found:
             types = index.module_types()
             diags.add(
+                "no-match",
                 f"no module of type '{item.type_name}' in the model{did_you_mean(item.type_name, types)}",
                 item.span,
                 hint="types with weights: " + ", ".join(types),
@@ -156,18 +154,19 @@ def _select(
         return found
     if item.pattern in index.modules:
         diags.add(
+            "no-weight",
             f"module '{item.pattern}' has no weight of its own",
             item.span,
             hint=f"name its parameters, e.g. '{item.pattern}.**' or '{item.pattern}.*'",
         )
     else:
         close = did_you_mean(item.pattern, index.suggestions())
-        diags.add(f"'{item.pattern}' matches no parameter of the model{close}", item.span)
+        diags.add("no-match", f"'{item.pattern}' matches no parameter of the model{close}", item.span)
     return []
 
 
 def _resolve_items(
-    items: Sequence[NameSelector | TypeSelector | Exclude], index: ModelIndex, diags: _Diagnostics
+    items: Sequence[NameSelector | TypeSelector | Exclude], index: ModelIndex, diags: Diagnostics
 ) -> tuple[list[str], set[str]]:
     """(included names in model order, excluded names) of plain and excluding selectors."""
     included: list[str] = []
@@ -180,7 +179,7 @@ def _resolve_items(
     return included, excluded
 
 
-def _rule_groups(rule: Rule, index: ModelIndex, diags: _Diagnostics) -> list[tuple[list[str], bool, Span | None]]:
+def _rule_groups(rule: Rule, index: ModelIndex, diags: Diagnostics) -> list[tuple[list[str], bool, Span | None]]:
     """The tensor groups of a rule: (names, joint, span) — one per tensor, one per ``[…]``."""
     before = len(diags)
     plain = [s for s in rule.selectors if not isinstance(s, JointGroup)]
@@ -193,22 +192,22 @@ def _rule_groups(rule: Rule, index: ModelIndex, diags: _Diagnostics) -> list[tup
         names = [n for n in names if n not in excluded and n not in inner_excluded]
         if not names:
             if len(diags) == inner_before:
-                diags.add("this group is empty after its exclusions", joint.span)
+                diags.add("all-excluded", "this group is empty after its exclusions", joint.span)
             continue
         for n in names:
             if n in claimed:
-                diags.add(f"'{n}' is in two groups of this rule", joint.span)
+                diags.add("claimed-twice", f"'{n}' is in two groups of this rule", joint.span)
             claimed[n] = joint.span
         groups.append((names, True, joint.span))
     for n in singles:
         if n in excluded:
             continue
         if n in claimed:
-            diags.add(f"'{n}' is both in a joint group and on its own in this rule", rule.span)
+            diags.add("claimed-twice", f"'{n}' is both in a joint group and on its own in this rule", rule.span)
             continue
         groups.append(([n], False, rule.span))
     if not groups and len(diags) == before:
-        diags.add("every tensor this rule selects is excluded", rule.span)
+        diags.add("all-excluded", "every tensor this rule selects is excluded", rule.span)
     return groups
 
 
@@ -225,7 +224,7 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
             take, …), with spans and "did you mean" suggestions.
     """
     registry = _registry(registry)
-    diags = _Diagnostics()
+    diags = Diagnostics()
     settings = _settings(spec, diags)
     index = ModelIndex(model)
     owner: dict[str, Rule] = {}
@@ -238,6 +237,7 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
                 if n in owner:
                     first = owner[n]
                     diags.add(
+                        "claimed-twice",
                         f"'{n}' is already compressed by the rule on {_line(first.span)}",
                         rule.span,
                         hint="each tensor may be claimed by one rule only; narrow one selector or add an exclusion (!name)",
@@ -250,8 +250,7 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
             task = _make_task(fresh, joint, op, rule, span, index, diags)
             if task is not None:
                 tasks.append(task)
-    if diags:
-        raise SpecError(diags, source=spec.source, filename=spec.filename)
+    diags.raise_if_any(source=spec.source, filename=spec.filename)
     dense = [n for n in index.parameters if n not in owner]
     return Plan(
         tasks=tuple(tasks),
@@ -269,26 +268,27 @@ def _make_task(
     rule: Rule,
     span: Span | None,
     index: ModelIndex,
-    diags: _Diagnostics,
+    diags: Diagnostics,
 ) -> Task | None:
     params = [index.parameters[n] for n in names]
     kinds = {(p.dtype, p.device) for p in params}
     if len(kinds) > 1:
         listed = ", ".join(f"{n} ({p.dtype}, {p.device})" for n, p in zip(names, params))
-        diags.add(f"a joint group must share one dtype and device: {listed}", span)
+        diags.add("mixed-group", f"a joint group must share one dtype and device: {listed}", span)
         return None
     shapes = tuple(tuple(p.shape) for p in params)
     try:
         view = View.of(op, shapes)
     except ValueError as exc:
         hint = "drop the brackets to give each tensor its own task" if joint and len(names) > 1 else None
-        diags.add(f"{_op_name(op)} cannot take {', '.join(names)}: {exc}", span, hint)
+        diags.add("does-not-fit", f"{_op_name(op)} cannot take {', '.join(names)}: {exc}", span, hint)
         return None
     try:
         resolved = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
         where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
-        diags.add(f"{_op_name(op)} on {task_name(names, joint)} ({view.numel} weights): {exception_message(exc)}", where)
+        message = f"{_op_name(op)} on {task_name(names, joint)} ({view.numel} weights): {exception_message(exc)}"
+        diags.add("does-not-fit", message, where)
         return None
     return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule)
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import attrs
 
-from lcdsl.errors import Diagnostic, SpecError, did_you_mean, exception_message
+from lcdsl.errors import Diagnostics, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Percent, Setting, Spec, Value
 from lcdsl.operators.units import int_at_least, positive_number
 
@@ -184,18 +184,17 @@ def settings_from_spec(spec: Spec, **overrides: Any) -> Settings:
     Raises:
         SpecError: every unknown name and bad value of the spec, together.
     """
-    diagnostics: list[Diagnostic] = []
+    diagnostics = Diagnostics()
     values: dict[str, Any] = {}
     for statement in spec.statements:
         if not isinstance(statement, Setting):
             continue
         if statement.name not in _SETTING_NAMES:
-            diagnostics.append(
-                Diagnostic(
-                    f"unknown setting '{statement.name}'{did_you_mean(statement.name, _SETTING_NAMES)}",
-                    statement.span,
-                    hint="settings are: " + ", ".join(_SETTING_NAMES),
-                )
+            diagnostics.add(
+                "unknown-setting",
+                f"unknown setting '{statement.name}'{did_you_mean(statement.name, _SETTING_NAMES)}",
+                statement.span,
+                hint="settings are: " + ", ".join(_SETTING_NAMES),
             )
             continue
         try:
@@ -204,8 +203,7 @@ def settings_from_spec(spec: Spec, **overrides: Any) -> Settings:
         except (ValueError, TypeError) as exc:
             values.pop(statement.name, None)
             message = exception_message(exc)
-            diagnostics.append(Diagnostic(f"bad value for '{statement.name}': {message}", statement.span))
-    if diagnostics:
-        raise SpecError(diagnostics, source=spec.source, filename=spec.filename)
+            diagnostics.add("bad-value", f"bad value for '{statement.name}': {message}", statement.span)
+    diagnostics.raise_if_any(source=spec.source, filename=spec.filename)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)

@@ -53,7 +53,7 @@ _HEAD = re.compile(r"^\s*(?P<selector>.+?)\s*:\s*(?P<op>[A-Za-z_]\w*)\.(?P<arg>[
 
 
 def _error(message: str, text: str, hint: str | None = None) -> SpecError:
-    return SpecError(Diagnostic(f"{message} in '{text}'", hint=hint), filename="--vary")
+    return SpecError(Diagnostic(f"{message} in '{text}'", hint=hint, code="bad-variation"), filename="--vary")
 
 
 @attrs.frozen
@@ -167,7 +167,8 @@ def variants(spec: Spec, variations: Sequence[Variation]) -> list[Variant]:
     places = [_locate(spec, v) for v in variations]
     keys = [(p, v.argument) for p, v in zip(places, variations)]
     if len(set(keys)) != len(keys):
-        raise SpecError(Diagnostic("two --vary options change the same argument"), filename="--vary")
+        diag = Diagnostic("two --vary options change the same argument", code="bad-variation")
+        raise SpecError(diag, filename="--vary")
     out = []
     for combo in itertools.product(*(v.values for v in variations)):
         statements = list(spec.statements)
