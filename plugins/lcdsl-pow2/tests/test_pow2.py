@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lcdsl_pow2 import Pow2
 
-from lcdsl.plugins.registry import Registry, default_registry
+import lcdsl
 from lcdsl.testing import operator_properties, weights
 
 # the whole contract, as every built-in operator runs it
@@ -82,7 +82,7 @@ def test_bad_arguments_are_value_errors(kwargs, message):
 
 
 def test_the_installed_plugin_is_in_the_default_registry():
-    registry = default_registry()
+    registry = lcdsl.default_registry()
     assert registry.operator("pow2") is Pow2
     info = registry.provider("pow2")
     assert (info.name, info.distribution, info.version) == ("pow2", "lcdsl-pow2", "0.1.0")
@@ -90,14 +90,12 @@ def test_the_installed_plugin_is_in_the_default_registry():
 
 
 def test_blocking_the_plugin_removes_the_operator():
-    assert "pow2" not in Registry.load(block=["pow2"]).operators
+    assert "pow2" not in lcdsl.Registry.load(block=["pow2"]).operators
 
 
 def test_pow2_from_spec_text():
-    from lcdsl.project import project
-
     w = torch.tensor([[0.3, -0.9], [2.0, 0.05]])
-    delta, theta, op = project("pow2(bits=3)", w)
+    delta, theta, op = lcdsl.project("pow2(bits=3)", w)
     assert op == Pow2(bits=3)
     assert delta.tolist() == [[0.25, -1.0], [1.0, 0.0]]
     assert math.prod(delta.shape) == 4

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import Operator, Storage, Theta
+from lcdsl.operators import Operator, Storage, Theta
 
 __all__ = ["Pow2", "MAX_BITS", "MIN_EXPONENT", "MAX_EXPONENT"]
 
