@@ -68,8 +68,8 @@ def test_theta_and_storage():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"bits": 1}, "bits must be an integer from 2 to 8, got 1"),
-        ({"bits": 9}, "bits must be an integer from 2 to 8"),
+        ({"bits": 1}, "bits must be an integer ≥ 2, got 1"),
+        ({"bits": 9}, "bits must be at most 8, got 9"),
         ({"bits": True}, "bits must be an integer"),
         ({"bits": 3, "emax": 1.5}, "emax must be an integer, got 1.5"),
         ({"bits": 3, "emax": 128}, "emax must be from -124 to 127"),
