@@ -573,3 +573,21 @@ def test_plugins_command_json_lists_blocked(fake_broken_and_blocked, capsys):
          "installed": True},
     ]  # fmt: skip
     assert [p["name"] for p in data["problems"]] == ["typo"]
+
+
+def test_an_unhashable_plugin_object_is_a_problem_not_a_crash_of_the_others():
+    @attrs.define  # mutable and eq: not hashable
+    class Mutable:
+        @hookimpl
+        def lcdsl_register_operators(self):
+            return [Beta]
+
+    pm = PluginManager()
+    pm.add_plugin(Mutable(), "mutable", "lcdsl-m", "1")
+    pm.add_plugin(_plugin("x", Gamma), "x")
+    registry = Registry.load(plugin_manager=pm)
+    assert set(registry.operators) == {"gamma"}
+    (problem,) = registry.problems
+    assert "is not hashable" in problem.message
+    with pytest.raises(KeyError, match="no plugin 'mutable' is registered"):
+        pm.call_one("lcdsl_register_operators", "mutable")

@@ -217,9 +217,12 @@ class PluginManager(pluggy.PluginManager):
             pluggy's results: what the plugin's implementations returned, ``None`` left out.
 
         Raises:
-            Whatever the implementation raises.
+            KeyError: no plugin of that name is registered.
+            Exception: whatever the implementation raises.
         """
         plugin = self.get_plugin(plugin_name)
+        if plugin is None:
+            raise KeyError(f"no plugin '{plugin_name}' is registered")
         others = [p for p in self.get_plugins() if p is not plugin]
         return self.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
 
@@ -320,6 +323,11 @@ def get_plugin_manager(
 def _register(pm: PluginManager, plugin: object, name: str) -> None:
     """Register ``plugin`` and validate it alone with pluggy; a broken one is recorded in the
     manager's problems and left unregistered, so the others keep working."""
+    try:
+        hash(plugin)
+    except TypeError:  # pluggy keeps plugins in sets to call one at a time
+        pm.add_problem(name, f"the plugin object {plugin!r} is not hashable: use a module or a hashable object")
+        return
     try:
         registered = pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:  # an implementation that does not fit its spec
