@@ -556,7 +556,7 @@ def test_plugins_command_shows_misspelled_and_blocked(fake_broken_and_blocked, c
     assert main(["plugins"]) == 1
     out = " ".join(capsys.readouterr().out.split())  # the console may wrap long lines
     assert (
-        "broken plugin typo (lcdsl-typo 1.0): plugin 'typo' (lcdsl-typo 1.0): implements unknown hook "
+        "broken plugin typo (lcdsl-typo 1.0): implements unknown hook "
         "'lcdsl_register_operator'; did you mean 'lcdsl_register_operators'?"
     ) in out
     assert "blocked plugin off (lcdsl-off 0.3) by the block argument" in out

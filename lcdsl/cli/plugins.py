@@ -93,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(*head, op["name"], op["summary"])
     out.print(table)
     for problem in data["problems"]:
+        label = f"({problem['distribution']} {problem['version']})"
+        # the message names the plugin too (for logs and --json); the line says it once
+        message = problem["message"].removeprefix(f"plugin '{problem['name']}' {label}: ")
         out.print(
-            f"[bold red]broken plugin[/] [bold]{escape(problem['name'])}[/] "
-            f"({escape(problem['distribution'])} {escape(problem['version'])}): "
-            f"[red]{escape(problem['message'])}[/]",
+            f"[bold red]broken plugin[/] [bold]{escape(problem['name'])}[/] {escape(label)}: [red]{escape(message)}[/]",
             markup=True,
             highlight=False,
         )
