@@ -398,7 +398,7 @@ def test_a_hook_with_an_unknown_argument_is_a_broken_plugin(entry_points):
     assert set(registry.operators) == {"alpha", "gamma"}
     (problem,) = registry.problems
     assert problem.message.startswith("plugin 'args' (lcdsl-args 1.0): ")
-    assert "hook lcdsl_register_operators takes argument the hook specification does not have" in problem.message
+    assert "hook lcdsl_register_operators takes an argument the hook specification does not have" in problem.message
     assert "'registry' (its arguments: none)" in problem.message
 
 

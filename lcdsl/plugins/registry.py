@@ -331,7 +331,7 @@ def _register(pm: PluginManager, plugin: object, name: str) -> None:
     try:
         registered = pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:  # an implementation that does not fit its spec
-        if pm.get_plugin(name) is plugin:  # pluggy before 1.6 left it half registered
+        if pm.get_plugin(name) is plugin:  # older pluggy versions leave it half registered
             pm.unregister(plugin)
         pm.add_problem(name, _mismatch(pm, plugin, exc))
         return
@@ -367,8 +367,8 @@ def _mismatch(pm: PluginManager, plugin: object, exc: pluggy.PluginValidationErr
         ]
         if unknown:
             words = ", ".join(f"'{u}'{_hint(u, spec_args, 'its arguments')}" for u in unknown)
-            s = "s" if len(unknown) > 1 else ""
-            return f"hook {caller.name} takes argument{s} the hook specification does not have: {words}"
+            what = "arguments" if len(unknown) > 1 else "an argument"
+            return f"hook {caller.name} takes {what} the hook specification does not have: {words}"
     return "does not fit lcdsl's hook specifications: " + " ".join(str(exc).split())
 
 
@@ -411,7 +411,9 @@ def _keyword_only(pm: PluginManager, plugin: object) -> str | None:
 def _no_hooks(pm: PluginManager, plugin: object) -> str | None:
     if pm.get_hookcallers(plugin):
         return None
-    unmarked = [a for a in dir(plugin) if a.startswith(f"{GROUP}_") and callable(getattr(plugin, a, None))]
+    unmarked = [
+        a for a in dir(plugin) if a.startswith(f"{GROUP}_") and callable(inspect.getattr_static(plugin, a, None))
+    ]
     if unmarked:
         return (
             f"implements no lcdsl hook: {', '.join(unmarked)} lacks @hookimpl "
