@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +103,73 @@ def test_the_guide_example_plugin_works():
     sign = Registry.load(plugin_manager=pm).operator("sign")()
     report = check_operator(sign, torch.tensor([0.5, -2.0, 0.0, 3.0]))
     assert report.distortion == pytest.approx(0.25 + 1.0 + 1.0 + 4.0)
+
+
+# ---------------------------------------------------------------- one import for plugin authors
+
+ROOT = Path(__file__).resolve().parents[1]
+POW2 = ROOT / "plugins" / "lcdsl-pow2"
+AUTHOR_API = {"lcdsl.operators"}
+"""What a plugin's own code imports from lcdsl."""
+TEST_API = AUTHOR_API | {"lcdsl.testing", "lcdsl"}
+"""What a plugin's tests may import besides: the property kit and the public package."""
+
+
+def _lcdsl_imports(code: str) -> set[str]:
+    """Every lcdsl module imported anywhere in ``code`` (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return {name for name in found if name == "lcdsl" or name.startswith("lcdsl.")}
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)]
+
+
+def test_the_pow2_plugin_imports_only_lcdsl_operators():
+    sources = sorted((POW2 / "src").rglob("*.py"))
+    assert sources
+    for path in sources:
+        assert _lcdsl_imports(path.read_text(encoding="utf-8")) <= AUTHOR_API, path
+
+
+def test_the_pow2_tests_and_readme_use_only_the_author_api():
+    for path in sorted((POW2 / "tests").rglob("*.py")):
+        assert _lcdsl_imports(path.read_text(encoding="utf-8")) <= TEST_API, path
+    for block in _python_blocks((POW2 / "README.md").read_text(encoding="utf-8")):
+        assert _lcdsl_imports(block) <= TEST_API, block
+
+
+def test_the_guide_imports_only_the_author_api():
+    """The module docstring, every hook's example, and README's plugin section."""
+    doc = hookspecs.__doc__
+    def snippet(first_line: str, end: str) -> str:
+        return textwrap.dedent(doc[doc.rindex("\n", 0, doc.index(first_line)) + 1 : doc.index(end)])
+
+    guide, tests = snippet("# my_plugin/__init__.py", "**2."), snippet("# tests/test_sign.py", "Hooks are called")
+    assert _lcdsl_imports(guide) == AUTHOR_API
+    assert _lcdsl_imports(tests) == {"lcdsl.testing"}
+    for hook in _hooks():
+        example = textwrap.dedent(inspect.getdoc(hook).split("::\n", 1)[1])
+        assert _lcdsl_imports(example) <= AUTHOR_API, hook.__name__
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Plugins") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = _python_blocks(section)
+    assert blocks
+    for block in blocks:
+        assert _lcdsl_imports(block) <= TEST_API - {"lcdsl"}, block
+
+
+def test_the_author_api_is_everything_the_plugin_uses():
+    import lcdsl_pow2.operator
+
+    import lcdsl.operators
+
+    for name in ("Operator", "Storage", "Theta", "hookimpl", "int_at_least", "Percent"):
+        assert name in lcdsl.operators.__all__ and hasattr(lcdsl.operators, name)
+    assert lcdsl_pow2.operator.Pow2.__attrs_attrs__.bits.validator.__qualname__.startswith("int_at_least")

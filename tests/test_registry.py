@@ -18,7 +18,7 @@ from lcdsl.cli import main
 from lcdsl.errors import PluginError
 from lcdsl.operators.base import Operator, Storage
 from lcdsl.operators.builtin import FAMILIES
-from lcdsl.plugins.hookspecs import hookimpl
+from lcdsl.plugins.hookspecs import hookimpl, hookspec
 from lcdsl.plugins.registry import (
     ALLOW_ENV,
     BLOCK_ENV,
@@ -340,3 +340,254 @@ def test_plugins_command_on_the_installed_plugins(capsys):
     assert main(["plugins", "--json"]) == (1 if default_registry().problems else 0)
     names = [p["name"] for p in json.loads(capsys.readouterr().out)["plugins"]]
     assert "builtin" in names
+
+
+# ---------------------------------------------------------------- pluggy's validation, one plugin at a time
+
+
+def _module(module_name: str, **hooks) -> types.ModuleType:
+    module = types.ModuleType(module_name)
+    for attr, function in hooks.items():
+        setattr(module, attr, function)
+    return module
+
+
+def test_a_misspelled_hook_is_a_broken_plugin_with_did_you_mean(entry_points):
+    typo = _module("typo", lcdsl_register_operator=hookimpl(lambda: [Beta]))
+    entry_points(BUILTIN_EP, _ep("typo", typo, dist="lcdsl-typo", version="0.2"), _ep("c", _plugin("c", Gamma)))
+    pm = get_plugin_manager()
+    assert pm.get_plugin("typo") is None  # unregistered, so check_pending passes for the rest
+    pm.check_pending()
+    registry = Registry.load()
+    assert set(registry.operators) == {"alpha", "gamma"}
+    (problem,) = registry.problems
+    assert (problem.name, problem.distribution, problem.version) == ("typo", "lcdsl-typo", "0.2")
+    assert problem.message == (
+        "plugin 'typo' (lcdsl-typo 0.2): implements unknown hook 'lcdsl_register_operator'; "
+        "did you mean 'lcdsl_register_operators'?"
+    )
+
+
+def test_an_unknown_hook_far_from_any_lists_the_hooks(entry_points):
+    entry_points(BUILTIN_EP, _ep("odd", _module("odd", lcdsl_make_coffee=hookimpl(lambda: None))))
+    (problem,) = Registry.load().problems
+    assert "implements unknown hook 'lcdsl_make_coffee' (lcdsl hooks: lcdsl_register_operators)" in problem.message
+
+
+def test_an_optional_unknown_hook_is_allowed(entry_points):
+    """pluggy's optionalhook: an implementation for a hook a later lcdsl may have."""
+    module = _plugin("later", Beta)
+    module.lcdsl_future_hook = hookimpl(optionalhook=True)(lambda: None)
+    entry_points(BUILTIN_EP, _ep("later", module))
+    registry = Registry.load()
+    assert registry.problems == () and "beta" in registry.operators
+
+
+def test_a_hook_with_an_unknown_argument_is_a_broken_plugin(entry_points):
+    @hookimpl
+    def lcdsl_register_operators(registry):
+        return [Beta]
+
+    entry_points(
+        BUILTIN_EP,
+        _ep("args", _module("args", lcdsl_register_operators=lcdsl_register_operators), dist="lcdsl-args"),
+        _ep("c", _plugin("c", Gamma)),
+    )
+    assert get_plugin_manager().get_plugin("args") is None
+    registry = Registry.load()
+    assert set(registry.operators) == {"alpha", "gamma"}
+    (problem,) = registry.problems
+    assert problem.message.startswith("plugin 'args' (lcdsl-args 1.0): ")
+    assert "hook lcdsl_register_operators takes an argument the hook specification does not have" in problem.message
+    assert "'registry' (its arguments: none)" in problem.message
+
+
+def test_a_hook_with_a_keyword_only_parameter_is_a_broken_plugin(entry_points):
+    """pluggy passes arguments only to ordinary parameters: one after ``*`` would never be filled."""
+
+    @hookimpl
+    def lcdsl_register_operators(*, device="cpu"):
+        return [Beta]
+
+    entry_points(BUILTIN_EP, _ep("kw", _module("kw", lcdsl_register_operators=lcdsl_register_operators)))
+    (problem,) = Registry.load().problems
+    assert "keyword-only parameters ('device'), which pluggy never fills" in problem.message
+
+
+def test_a_hook_without_the_marker_is_named(entry_points):
+    entry_points(BUILTIN_EP, _ep("bare", _module("bare", lcdsl_register_operators=lambda: [Beta])))
+    (problem,) = Registry.load().problems
+    assert "implements no lcdsl hook: lcdsl_register_operators lacks @hookimpl" in problem.message
+    assert "from lcdsl.operators import hookimpl" in problem.message
+
+
+def test_a_hand_registered_plugin_is_validated_too():
+    pm = PluginManager()
+    pm.add_plugin(_module("typo", lcdsl_register_operators_=hookimpl(lambda: [Beta])), "typo", "lcdsl-typo", "1")
+    pm.add_plugin(_plugin("x", Gamma), "x", "lcdsl-x", "7")
+    registry = Registry.load(plugin_manager=pm)
+    assert set(registry.operators) == {"gamma"}
+    (problem,) = registry.problems
+    assert "unknown hook 'lcdsl_register_operators_'; did you mean 'lcdsl_register_operators'?" in problem.message
+
+
+class _FutureSpecs:
+    """lcdsl_register_operators as a later lcdsl might declare it, with an argument."""
+
+    @hookspec
+    def lcdsl_register_operators(self, lcdsl_version):
+        """Provide operator classes, knowing lcdsl's version."""
+
+
+def test_a_hook_gaining_an_argument_keeps_implementations_that_take_none():
+    """pluggy's argument filtering, through the one call the registry makes per plugin."""
+    seen = []
+
+    @hookimpl
+    def lcdsl_register_operators(lcdsl_version):
+        seen.append(lcdsl_version)
+        return [Gamma]
+
+    pm = PluginManager(specs=_FutureSpecs)
+    pm.add_plugin(_plugin("old", Beta), "old")  # written when the hook took no argument
+    pm.add_plugin(_module("new", lcdsl_register_operators=lcdsl_register_operators), "new")
+    assert pm.problems == []
+    assert pm.implementers("lcdsl_register_operators") == ["old", "new"]
+    assert pm.call_one("lcdsl_register_operators", "old", lcdsl_version="9.0") == [[Beta]]
+    assert pm.call_one("lcdsl_register_operators", "new", lcdsl_version="9.0") == [[Gamma]]
+    assert seen == ["9.0"]
+
+
+def test_one_plugin_is_called_alone():
+    calls = []
+
+    def plugin(name, cls):
+        @hookimpl
+        def lcdsl_register_operators():
+            calls.append(name)
+            return [cls]
+
+        return _module(name, lcdsl_register_operators=lcdsl_register_operators)
+
+    pm = PluginManager()
+    pm.add_plugin(plugin("b", Beta), "b")
+    pm.add_plugin(plugin("c", Gamma), "c")
+    assert pm.call_one("lcdsl_register_operators", "c") == [[Gamma]]
+    assert calls == ["c"]
+    assert [p.name for p in Registry.load(plugin_manager=pm).plugins] == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    "op_name", ["quänt", "q-uant", "2bits", "ｑuant"], ids=["umlaut", "dash", "digit-first", "fullwidth"]
+)
+def test_an_operator_name_no_spec_can_call_is_a_broken_plugin(entry_points, op_name):
+    entry_points(BUILTIN_EP, _ep("intl", _plugin("intl", _operator(op_name)), dist="lcdsl-intl", version="3"))
+    registry = Registry.load()
+    assert set(registry.operators) == {"alpha"}
+    (problem,) = registry.problems
+    assert problem.message.startswith("plugin 'intl' (lcdsl-intl 3): lcdsl_register_operators failed")
+    assert f"is named {op_name!r}, which no spec can call" in problem.message
+    assert "ASCII letters, digits and '_'" in problem.message
+
+
+# ---------------------------------------------------------------- blocking through pluggy
+
+
+def test_blocking_goes_through_pluggy_set_blocked(entry_points, monkeypatch):
+    entry_points(BUILTIN_EP, _ep("b", _plugin("b", Beta), dist="lcdsl-b", version="2"), _ep("c", _plugin("c", Gamma)))
+    pm = get_plugin_manager(block=["b"])
+    assert pm.is_blocked("b") and not pm.is_blocked("c")
+    assert pm.blocked() == ["b"]
+    pm.register(_plugin("b-again", Beta), name="b")  # pluggy refuses a blocked name
+    assert pm.get_plugin("b") is None
+    registry = Registry.load(plugin_manager=pm)
+    assert set(registry.operators) == {"alpha", "gamma"}
+    (blocked,) = registry.blocked
+    assert (blocked.name, blocked.distribution, blocked.version, blocked.installed) == ("b", "lcdsl-b", "2", True)
+    assert blocked.reason == "by the block argument"
+    monkeypatch.setenv(BLOCK_ENV, "c")
+    assert [(b.name, b.reason) for b in Registry.load().blocked] == [("c", f"by {BLOCK_ENV}")]
+
+
+def test_the_allow_list_blocks_the_others_through_pluggy(entry_points, monkeypatch):
+    entry_points(BUILTIN_EP, _ep("b", _plugin("b", Beta)), _ep("c", ImportError("never imported")))
+    monkeypatch.setenv(ALLOW_ENV, "b")
+    registry = Registry.load()
+    assert registry.problems == ()
+    assert [(b.name, b.reason) for b in registry.blocked] == [("c", f"not in {ALLOW_ENV}")]
+
+
+def test_a_blocked_name_that_no_plugin_has_is_listed_as_not_installed(entry_points):
+    entry_points(BUILTIN_EP, _ep("pow2", _plugin("pow2", Beta)))
+    (blocked,) = Registry.load(block=["pwo2"]).blocked
+    assert (blocked.name, blocked.installed) == ("pwo2", False)
+
+
+def test_add_plugin_of_a_blocked_name_registers_nothing():
+    pm = PluginManager()
+    pm.block("x", "by hand")
+    pm.add_plugin(_plugin("x", Gamma), "x")
+    registry = Registry.load(plugin_manager=pm)
+    assert registry.operators == {} and registry.problems == ()
+    assert [(b.name, b.reason) for b in registry.blocked] == [("x", "by hand")]
+
+
+def test_blocking_the_builtins_without_their_entry_point(entry_points):
+    entry_points(_ep("b", _plugin("b", Beta)))  # a source tree
+    registry = Registry.load(block=["builtin"])
+    assert set(registry.operators) == {"beta"}
+    (blocked,) = registry.blocked
+    assert (blocked.name, blocked.distribution, blocked.installed) == ("builtin", "lcdsl", True)
+
+
+@pytest.fixture
+def fake_broken_and_blocked(entry_points, monkeypatch):
+    entry_points(
+        BUILTIN_EP,
+        _ep("b", _plugin("b", Beta), dist="lcdsl-b", version="2.0"),
+        _ep("typo", _module("typo", lcdsl_register_operator=hookimpl(lambda: [Gamma])), dist="lcdsl-typo"),
+        _ep("off", ImportError("never imported"), dist="lcdsl-off", version="0.3"),
+    )
+    registry = Registry.load(block=["off", "bb"])
+    monkeypatch.setattr("lcdsl.cli.plugins.default_registry", lambda: registry)
+
+
+def test_plugins_command_shows_misspelled_and_blocked(fake_broken_and_blocked, capsys):
+    assert main(["plugins"]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # the console may wrap long lines
+    assert (
+        "broken plugin typo (lcdsl-typo 1.0): implements unknown hook "
+        "'lcdsl_register_operator'; did you mean 'lcdsl_register_operators'?"
+    ) in out
+    assert "blocked plugin off (lcdsl-off 0.3) by the block argument" in out
+    assert "blocked plugin bb by the block argument: no installed plugin has this name; did you mean 'b'?" in out
+
+
+def test_plugins_command_json_lists_blocked(fake_broken_and_blocked, capsys):
+    assert main(["plugins", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["blocked"] == [
+        {"name": "bb", "distribution": "unknown", "version": "unknown", "reason": "by the block argument",
+         "installed": False},
+        {"name": "off", "distribution": "lcdsl-off", "version": "0.3", "reason": "by the block argument",
+         "installed": True},
+    ]  # fmt: skip
+    assert [p["name"] for p in data["problems"]] == ["typo"]
+
+
+def test_an_unhashable_plugin_object_is_a_problem_not_a_crash_of_the_others():
+    @attrs.define  # mutable and eq: not hashable
+    class Mutable:
+        @hookimpl
+        def lcdsl_register_operators(self):
+            return [Beta]
+
+    pm = PluginManager()
+    pm.add_plugin(Mutable(), "mutable", "lcdsl-m", "1")
+    pm.add_plugin(_plugin("x", Gamma), "x")
+    registry = Registry.load(plugin_manager=pm)
+    assert set(registry.operators) == {"gamma"}
+    (problem,) = registry.problems
+    assert "is not hashable" in problem.message
+    with pytest.raises(KeyError, match="no plugin 'mutable' is registered"):
+        pm.call_one("lcdsl_register_operators", "mutable")

@@ -1,4 +1,4 @@
-"""``lcdsl plugins [--json]``: the installed plugins, their operators, and broken plugins."""
+"""``lcdsl plugins [--json]``: the installed plugins, their operators, broken and blocked plugins."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from lcdsl.errors import did_you_mean
 from lcdsl.plugins.registry import Registry, default_registry
 from lcdsl.report.console import console
 
@@ -21,15 +22,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "plugins",
         help="list installed plugins and the operators each provides",
         description="List the plugins of the entry-point group 'lcdsl' (name, distribution, "
-        "version), the operators each provides with the problem it solves, and plugins that "
-        "failed to load, with the cause. Exit code 1 when a plugin is broken.",
+        "version), the operators each provides with the problem it solves, plugins that "
+        "failed to load, with the cause, and plugins blocked by LCDSL_BLOCK_PLUGINS or "
+        "LCDSL_ALLOW_PLUGINS (never imported). Exit code 1 when a plugin is broken.",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
 
 def registry_json(registry: Registry) -> dict[str, Any]:
-    """The registry as plain data: plugins with their operators, and problems."""
+    """The registry as plain data: plugins with their operators, problems, and blocked plugins."""
     return {
         "plugins": [
             {
@@ -44,7 +46,30 @@ def registry_json(registry: Registry) -> dict[str, Any]:
             {"name": q.name, "distribution": q.distribution, "version": q.version, "message": q.message}
             for q in registry.problems
         ],
+        "blocked": [
+            {
+                "name": b.name,
+                "distribution": b.distribution,
+                "version": b.version,
+                "reason": b.reason,
+                "installed": b.installed,
+            }
+            for b in registry.blocked
+        ],
     }
+
+
+def _blocked_line(blocked: dict[str, Any], installed: list[str]) -> str:
+    """One blocked plugin, as rich markup."""
+    name = escape(blocked["name"])
+    if blocked["installed"]:
+        where = f" ({escape(blocked['distribution'])} {escape(blocked['version'])})"
+        return f"[yellow]blocked plugin[/] [bold]{name}[/]{where} {escape(blocked['reason'])}"
+    hint = did_you_mean(blocked["name"], installed)
+    return (
+        f"[yellow]blocked plugin[/] [bold]{name}[/] {escape(blocked['reason'])}: "
+        f"no installed plugin has this name{escape(hint)}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,11 +93,16 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(*head, op["name"], op["summary"])
     out.print(table)
     for problem in data["problems"]:
+        label = f"({problem['distribution']} {problem['version']})"
+        # the message names the plugin too (for logs and --json); the line says it once
+        message = problem["message"].removeprefix(f"plugin '{problem['name']}' {label}: ")
         out.print(
-            f"[bold red]broken plugin[/] [bold]{escape(problem['name'])}[/] "
-            f"({escape(problem['distribution'])} {escape(problem['version'])}): "
-            f"[red]{escape(problem['message'])}[/]",
+            f"[bold red]broken plugin[/] [bold]{escape(problem['name'])}[/] {escape(label)}: [red]{escape(message)}[/]",
             markup=True,
             highlight=False,
         )
+    installed = [p["name"] for p in data["plugins"]] + [q["name"] for q in data["problems"]]
+    installed += [b["name"] for b in data["blocked"] if b["installed"]]
+    for blocked in data["blocked"]:
+        out.print(_blocked_line(blocked, installed), markup=True, highlight=False)
     return 1 if registry.problems else 0

@@ -9,15 +9,20 @@ Everything a plugin needs to write an operator and register it::
 - views (:mod:`.view`): :class:`View` (a task's tensors as the operator sees them, gathered
   and scattered back), :data:`ViewKind`, :func:`view_shape`;
 - bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`;
-- amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends;
+- amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends, and
+  :class:`Percent`, the spec value ``5%``;
 - packers for :meth:`Operator.encode` (:mod:`.bitpack`);
 - the hook marker :data:`hookimpl` (:mod:`.marker`).
+
+A plugin (its tests aside, which use :mod:`lcdsl.testing`) needs no other lcdsl import; the hooks
+themselves are documented in :mod:`lcdsl.plugins.hookspecs`, the plugin guide.
 
 The built-in families (:mod:`.quant`, :mod:`.binary`, :mod:`.prune`, :mod:`.lowrank`, and
 :mod:`.additive` for ``A + B``) are imported only when the registry loads the ``builtin`` plugin
 (:mod:`.builtin`), exactly as a third-party plugin is.
 """
 
+from lcdsl.language.spec import Percent
 from lcdsl.operators.base import (
     FLOAT_BITS,
     Encoded,
@@ -52,7 +57,7 @@ __all__ = [
     # bit costs
     "FLOAT_BITS", "bits_per_index", "index_bits",
     # amounts and validators
-    "Amount", "to_amount", "optional_amount", "check_amount", "validate_amount", "is_fraction", "resolve_amount",
+    "Amount", "Percent", "to_amount", "optional_amount", "check_amount", "validate_amount", "is_fraction", "resolve_amount",
     "int_at_least", "positive_number", "to_float",
     # packers
     "pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "decode_tensor",

@@ -2,15 +2,15 @@
 
 lcdsl's ``pyproject.toml`` declares the entry point ``builtin = "lcdsl.operators.builtin"`` in the
 group ``lcdsl``, so :mod:`lcdsl.plugins.registry` finds this module exactly as it finds a
-third-party plugin and calls :func:`lcdsl_register_operators` below.
+third-party plugin and calls :func:`lcdsl_register_operators` below. Like a third-party plugin, it
+imports only :mod:`lcdsl.operators` (the families it collects live beside it).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from lcdsl.operators.base import Operator
-from lcdsl.operators.marker import hookimpl
+from lcdsl.operators import Operator, hookimpl
 
 __all__ = ["FAMILIES", "lcdsl_register_operators"]
 

@@ -7,6 +7,7 @@ use (never at import). A plugin author needs only :mod:`lcdsl.operators`.
 from lcdsl.plugins.hookspecs import PROJECT, hookimpl, hookspec
 from lcdsl.plugins.origin import operator_origin, plugin_versions, versions
 from lcdsl.plugins.registry import (
+    BlockedPlugin,
     PluginInfo,
     PluginManager,
     PluginProblem,
@@ -17,6 +18,6 @@ from lcdsl.plugins.registry import (
 )  # fmt: skip
 
 __all__ = [
-    "PROJECT", "hookimpl", "hookspec", "Registry", "PluginInfo", "PluginProblem", "PluginManager",
+    "PROJECT", "hookimpl", "hookspec", "Registry", "PluginInfo", "PluginProblem", "BlockedPlugin", "PluginManager",
     "UnknownOperatorError", "default_registry", "get_plugin_manager", "operator_origin", "plugin_versions", "versions",
 ]  # fmt: skip

@@ -2,12 +2,18 @@
 
 A plugin is a Python distribution that declares an entry point in the group ``lcdsl`` and
 implements one or more of the hooks below. lcdsl's own operators are registered exactly the same
-way (the entry point ``builtin = "lcdsl.operators"``), so a plugin can do anything they do.
+way (the entry point ``builtin = "lcdsl.operators.builtin"``), so a plugin can do anything they do.
+
+Everything a plugin needs from lcdsl is one import, :mod:`lcdsl.operators`: the operator contract
+(``Operator``, ``Storage``, ``Theta``), amounts and argument validators (``int_at_least``,
+``positive_number``, ``check_amount``, …), bit costs, packers, and the ``hookimpl`` marker. Its
+tests add :mod:`lcdsl.testing`.
 
 **1. Write an operator** (see :mod:`lcdsl.operators.base` for the whole contract): a frozen attrs
-class deriving from :class:`~lcdsl.operators.base.Operator`, with a ``name`` (the spec keyword),
-fields that are exactly its spec keywords (validators raise ``ValueError``/``TypeError``; the
-spec shows the message at the call), and a docstring that opens with the argmin it solves::
+class deriving from :class:`~lcdsl.operators.Operator`, with a ``name`` (the spec keyword: ASCII
+letters, digits and ``_``, not starting with a digit), fields that are exactly its spec keywords
+(validators raise ``ValueError``/``TypeError``; the spec shows the message at the call), and a
+docstring that opens with the argmin it solves::
 
     # my_plugin/__init__.py
     import math
@@ -16,8 +22,7 @@ spec shows the message at the call), and a docstring that opens with the argmin 
     import attrs
     import torch
 
-    from lcdsl.plugins.hookspecs import hookimpl
-    from lcdsl.operators.base import Operator, Storage
+    from lcdsl.operators import Operator, Storage, hookimpl
 
 
     @attrs.frozen
@@ -47,9 +52,20 @@ plugin's name in ``lcdsl plugins``, in error messages and in ``LCDSL_BLOCK_PLUGI
     sign = "my_plugin"
 
 After ``pip install -e .`` the operator is usable in a spec (``fc1 : sign()``) and listed by
-``lcdsl plugins``. Two plugins that provide the same operator name are an error naming both; a
-plugin that fails to import or returns something that is not an operator class is reported by
-name, distribution and version, and the other plugins keep working.
+``lcdsl plugins``. Two plugins that provide the same operator name are an error naming both.
+Each plugin is checked on its own, with pluggy's validation; a plugin that
+
+- fails to import,
+- implements a hook lcdsl does not have (``lcdsl_register_operator``: the message says *did you
+  mean 'lcdsl_register_operators'?*), or has a hook function without ``@hookimpl``,
+- takes an argument the hook does not have, or one after ``*`` (pluggy passes arguments by name,
+  to ordinary parameters only),
+- raises in its hook, or returns something that is not a list of operator classes, or an operator
+  whose ``name`` no spec can call (``quänt``),
+
+is a broken plugin: ``lcdsl plugins`` reports it by name, distribution and version, with the
+cause, and the other plugins keep working. ``LCDSL_BLOCK_PLUGINS=sign`` blocks a plugin (through
+pluggy's ``set_blocked``; it is never imported) and ``lcdsl plugins`` lists it as blocked.
 
 **3. Test it** with the same property checks the built-ins pass (:mod:`lcdsl.testing`)::
 
@@ -59,7 +75,8 @@ name, distribution and version, and the other plugins keep working.
 
     test_sign = operator_properties(Sign())
 
-Hooks are called with keyword arguments only, so new arguments can be added to a hook later
+Hooks are called through pluggy with keyword arguments only, one plugin at a time, and pluggy
+gives each implementation only the arguments it names: new arguments can be added to a hook later
 without breaking plugins that do not take them.
 """
 
@@ -85,23 +102,24 @@ def lcdsl_register_operators() -> list[type[Operator]]:
     """Provide C-step operator classes that specs can call by their ``name``.
 
     Called:
-        Once per registry, when :func:`lcdsl.registry.default_registry` (or
-        :meth:`lcdsl.registry.Registry.load`) first collects the installed plugins, before any
-        spec is bound. It is called for each plugin separately, so one plugin that raises is
-        reported without hiding the others.
+        Once per registry, when :func:`lcdsl.plugins.registry.default_registry` (or
+        :meth:`lcdsl.plugins.registry.Registry.load`) first collects the installed plugins,
+        before any spec is bound. It is called through pluggy for each plugin separately, so one
+        plugin that raises is reported without hiding the others.
 
     Args:
-        None yet. Later versions may pass keyword arguments; an implementation takes only the
-        ones it needs.
+        None yet. Later versions may pass keyword arguments; pluggy gives an implementation only
+        the ones it names (as ordinary parameters, not after ``*``), so one written today keeps
+        working.
 
     Returns:
-        A list of :class:`~lcdsl.operators.base.Operator` subclasses, each with a ``name``
-        that no other plugin provides.
+        A list of :class:`~lcdsl.operators.Operator` subclasses, each with a ``name`` that is a
+        spec identifier (ASCII letters, digits, ``_``) and that no other plugin provides.
 
     Example:
         A plugin module named by the entry point ``sign = "my_plugin"``::
 
-            from lcdsl.plugins.hookspecs import hookimpl
+            from lcdsl.operators import hookimpl
             from my_plugin.sign import Sign
 
             @hookimpl

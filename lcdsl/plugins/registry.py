@@ -1,16 +1,25 @@
 """Finding operators: the plugin manager and the registry of operator names.
 
-Plugins are the entry points of the group ``lcdsl`` (see :mod:`lcdsl.hookspecs`); lcdsl's own
-operators come through its own entry point ``builtin = "lcdsl.operators"``. Nothing is loaded at
-import time: :func:`default_registry` loads once, on first use.
+Plugins are the entry points of the group ``lcdsl`` (see :mod:`lcdsl.plugins.hookspecs`); lcdsl's
+own operators come through its own entry point ``builtin = "lcdsl.operators.builtin"``. Nothing is
+loaded at import time: :func:`default_registry` loads once, on first use.
 
-Two environment variables choose plugins by entry-point name (comma-separated):
+Two environment variables choose plugins by entry-point name (comma-separated); both block
+through pluggy (:meth:`pluggy.PluginManager.set_blocked`), and a blocked plugin is never imported:
 
 - ``LCDSL_BLOCK_PLUGINS=a,b``: never load ``a`` and ``b`` (``builtin`` too, if named);
 - ``LCDSL_ALLOW_PLUGINS=a,b``: load only ``a``, ``b`` and ``builtin``.
 
-A plugin that cannot be loaded is recorded in :attr:`Registry.problems` (with its distribution,
-version and the cause) and the others keep working; ``lcdsl plugins`` shows the problems.
+Each plugin is checked on its own as it is registered: an entry point that cannot be imported, a
+hook pluggy does not know (``lcdsl_register_operator``, a letter short), a hook implementation with
+an argument the specification lacks, or a hook that raises or returns something other than
+operator classes with spec-callable names makes that plugin a broken one. It is recorded in
+:attr:`Registry.problems` (with its distribution, version and the cause) and the others keep
+working; ``lcdsl plugins`` shows the problems and what was blocked.
+
+Hooks are called through pluggy, once per plugin (:meth:`PluginManager.call_one`), so pluggy's
+argument filtering applies: a hook can be given new arguments later and an implementation that
+names fewer of them keeps working.
 
 Example::
 
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import inspect
 import os
 import types
 from collections.abc import Iterable, Mapping
@@ -34,6 +44,7 @@ import pluggy
 
 from lcdsl._version import __version__
 from lcdsl.errors import PluginError, did_you_mean
+from lcdsl.language.grammar import IDENTIFIER
 from lcdsl.operators.base import Operator
 from lcdsl.plugins import hookspecs
 
@@ -44,6 +55,7 @@ __all__ = [
     "ALLOW_ENV",
     "PluginInfo",
     "PluginProblem",
+    "BlockedPlugin",
     "PluginManager",
     "UnknownOperatorError",
     "Registry",
@@ -61,6 +73,8 @@ BLOCK_ENV = "LCDSL_BLOCK_PLUGINS"
 """Comma-separated entry-point names never to load."""
 ALLOW_ENV = "LCDSL_ALLOW_PLUGINS"
 """Comma-separated entry-point names to load exclusively (``builtin`` is always allowed)."""
+REGISTER_OPERATORS = "lcdsl_register_operators"
+"""The hook that provides operator classes."""
 
 _UNKNOWN = "unknown"
 
@@ -105,6 +119,22 @@ class PluginProblem:
         return f"{self.error}: {type(cause).__name__}: {cause}"
 
 
+@attrs.frozen
+class BlockedPlugin:
+    """A plugin name that was blocked: never imported, so what it would provide is unknown."""
+
+    name: str
+    """The entry-point name."""
+    distribution: str
+    """The distribution that declares it (``"unknown"`` when none does)."""
+    version: str
+    """That distribution's version."""
+    reason: str
+    """Why, e.g. ``"by LCDSL_BLOCK_PLUGINS"`` or ``"not in LCDSL_ALLOW_PLUGINS"``."""
+    installed: bool = True
+    """Whether an installed entry point has this name (a misspelled block list blocks nothing)."""
+
+
 class UnknownOperatorError(KeyError):
     """No installed plugin provides an operator of this name."""
 
@@ -114,16 +144,23 @@ class UnknownOperatorError(KeyError):
 
 
 class PluginManager(pluggy.PluginManager):
-    """A :class:`pluggy.PluginManager` that remembers where each plugin came from and which
-    entry points failed to load."""
+    """A :class:`pluggy.PluginManager` that remembers where each plugin came from, which plugins
+    are broken, and why a name was blocked.
 
-    def __init__(self) -> None:
+    Args:
+        specs: the module or class holding the hook specifications (:mod:`lcdsl.plugins.hookspecs`;
+            a test can pass another to try a future hook).
+    """
+
+    def __init__(self, specs: object = hookspecs) -> None:
         super().__init__(hookspecs.PROJECT)
-        self.add_hookspecs(hookspecs)
+        self.add_hookspecs(specs)
         self.sources: dict[str, tuple[str, str]] = {}
         """Plugin name → (distribution, version)."""
         self.problems: list[PluginProblem] = []
-        """Entry points that could not be loaded or registered."""
+        """Plugins that could not be loaded, registered or called."""
+        self.block_reasons: dict[str, str] = {}
+        """Blocked plugin name → why it was blocked."""
 
     def source(self, name: str) -> tuple[str, str]:
         """(distribution, version) of a registered plugin, ``("unknown", "unknown")`` if not known."""
@@ -134,7 +171,8 @@ class PluginManager(pluggy.PluginManager):
     ) -> None:
         """Register ``plugin`` (a module or object with hook implementations) by hand.
 
-        A plugin that cannot be registered is recorded in :attr:`problems`, as from an entry point."""
+        It is checked as a plugin from an entry point is: one that fails is recorded in
+        :attr:`problems` and left unregistered. A blocked name is not registered."""
         self.sources[name] = (distribution, version)
         _register(self, plugin, name)
 
@@ -145,17 +183,61 @@ class PluginManager(pluggy.PluginManager):
         error.__cause__ = cause
         self.problems.append(PluginProblem(name, distribution, version, error))
 
+    def block(self, name: str, reason: str = "blocked") -> None:
+        """Block plugin ``name`` through pluggy (:meth:`set_blocked`): it is unregistered if it was
+        registered, and never registered (nor, by :func:`get_plugin_manager`, imported) after."""
+        self.set_blocked(name)
+        self.block_reasons.setdefault(name, reason)
 
-def _names(value: Iterable[str] | None, env: str) -> frozenset[str] | None:
-    """Entry-point names from an argument, else from an environment variable, else None."""
+    def blocked(self) -> list[str]:
+        """The names pluggy blocks, in the order they were blocked."""
+        return [name for name, plugin in self.list_name_plugin() if plugin is None]
+
+    def spec_names(self) -> list[str]:
+        """The names of the hooks that have a specification, sorted."""
+        return sorted(name for name, caller in vars(self.hook).items() if caller.has_spec())
+
+    def implementers(self, hook_name: str) -> list[str]:
+        """The names of the registered plugins that implement ``hook_name``, in registration order."""
+        impls = getattr(self.hook, hook_name).get_hookimpls()
+        return [
+            name
+            for name, plugin in self.list_name_plugin()
+            if plugin is not None and any(impl.plugin is plugin for impl in impls)
+        ]
+
+    def call_one(self, hook_name: str, plugin_name: str, **kwargs: Any) -> list[Any]:
+        """Call hook ``hook_name`` of one plugin only, through pluggy.
+
+        pluggy passes each implementation only the arguments it names (so a hook that gains an
+        argument does not break implementations written before), and checks the call against
+        the specification. One plugin's hook runs alone, so one that raises hides no other.
+
+        Returns:
+            pluggy's results: what the plugin's implementations returned, ``None`` left out.
+
+        Raises:
+            KeyError: no plugin of that name is registered.
+            Exception: whatever the implementation raises.
+        """
+        plugin = self.get_plugin(plugin_name)
+        if plugin is None:
+            raise KeyError(f"no plugin '{plugin_name}' is registered")
+        others = [p for p in self.get_plugins() if p is not plugin]
+        return self.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+
+
+def _names(value: Iterable[str] | None, env: str, argument: str) -> tuple[frozenset[str] | None, str]:
+    """Entry-point names from an argument, else from an environment variable, else None; and
+    where they came from, for messages."""
     if value is None:
         text = os.environ.get(env, "").strip()
         if not text:
-            return None
-        value = text.split(",")
+            return None, env
+        value, argument = text.split(","), env
     if isinstance(value, str):
         value = value.split(",")
-    return frozenset(v.strip() for v in value if v.strip())
+    return frozenset(v.strip() for v in value if v.strip()), argument
 
 
 def _distribution(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
@@ -183,32 +265,39 @@ def get_plugin_manager(
             blocked); ``None`` reads ``LCDSL_ALLOW_PLUGINS``, and no value there loads all.
 
     Returns:
-        The manager; entry points that failed to import or register are in its ``problems``.
+        The manager; the names it blocked are pluggy-blocked (:meth:`PluginManager.blocked`),
+        entry points that failed to import or register are in its ``problems``.
     """
-    blocked = _names(block, BLOCK_ENV) or frozenset()
-    allowed = _names(allow, ALLOW_ENV)
+    blocked, blocked_by = _names(block, BLOCK_ENV, "the block argument")
+    allowed, allowed_by = _names(allow, ALLOW_ENV, "the allow argument")
     if allowed is not None:
         allowed = allowed | {BUILTIN}
     pm = PluginManager()
+    for name in sorted(blocked or ()):
+        pm.block(name, f"by {blocked_by}")
     # the built-ins first, then the others in a fixed order, whatever order the installer left
     found = sorted(
         importlib.metadata.entry_points(group=GROUP),
         key=lambda ep: (ep.name != BUILTIN, ep.name, _distribution(ep)),
     )
     builtin_seen = any(ep.name == BUILTIN and ep.value == BUILTIN_MODULE for ep in found)
-    if not builtin_seen and BUILTIN not in blocked:
+    if not builtin_seen:
         # running from a source tree without installed metadata: the built-ins still work
         pm.sources[BUILTIN] = ("lcdsl", _own_version())
-        try:
-            plugin = importlib.import_module(BUILTIN_MODULE)
-        except Exception as exc:
-            pm.add_problem(BUILTIN, f"cannot import {BUILTIN_MODULE}", exc)
-        else:
-            _register(pm, plugin, BUILTIN)
+        if not pm.is_blocked(BUILTIN):
+            try:
+                plugin = importlib.import_module(BUILTIN_MODULE)
+            except Exception as exc:
+                pm.add_problem(BUILTIN, f"cannot import {BUILTIN_MODULE}", exc)
+            else:
+                _register(pm, plugin, BUILTIN)
     for entry_point in found:
         name = entry_point.name
-        if name in blocked or (allowed is not None and name not in allowed):
-            continue
+        if allowed is not None and name not in allowed and not pm.is_blocked(name):
+            pm.block(name, f"not in {allowed_by}")
+        if pm.is_blocked(name):
+            pm.sources.setdefault(name, _distribution(entry_point))
+            continue  # never imported
         if name in pm.sources:
             first = pm.source(name)
             distribution, version = _distribution(entry_point)
@@ -228,32 +317,129 @@ def get_plugin_manager(
     return pm
 
 
+# ---------------------------------------------------------------- checking one plugin
+
+
 def _register(pm: PluginManager, plugin: object, name: str) -> None:
+    """Register ``plugin`` and validate it alone with pluggy; a broken one is recorded in the
+    manager's problems and left unregistered, so the others keep working."""
     try:
-        pm.register(plugin, name=name)
-    except Exception as exc:  # pluggy's validation errors, or one object under two names
+        hash(plugin)
+    except TypeError:  # pluggy keeps plugins in sets to call one at a time
+        pm.add_problem(name, f"the plugin object {plugin!r} is not hashable: use a module or a hashable object")
+        return
+    try:
+        registered = pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:  # an implementation that does not fit its spec
+        if pm.get_plugin(name) is plugin:  # older pluggy versions leave it half registered
+            pm.unregister(plugin)
+        pm.add_problem(name, _mismatch(pm, plugin, exc))
+        return
+    except Exception as exc:  # one object under two names, a name registered twice
         pm.add_problem(name, "cannot be registered", exc)
         return
-    if not pm.get_hookcallers(plugin):
+    if registered is None:  # a blocked name
+        return
+    problem = _unknown_hooks(pm, plugin) or _keyword_only(pm, plugin) or _no_hooks(pm, plugin)
+    if problem:
         pm.unregister(plugin)
-        pm.add_problem(name, "implements no lcdsl hook (is @hookimpl from lcdsl.hookspecs missing?)")
+        pm.add_problem(name, problem)
+
+
+def _hint(name: str, known: list[str], what: str) -> str:
+    return did_you_mean(name, known) or f" ({what}: {', '.join(known) or 'none'})"
+
+
+def _mismatch(pm: PluginManager, plugin: object, exc: pluggy.PluginValidationError) -> str:
+    """What pluggy's validation found wrong in ``plugin``, said plainly."""
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        caller = getattr(pm.hook, (opts or {}).get("specname") or attr, None)
+        if opts is None or caller is None or not caller.has_spec():
+            continue
+        spec_args = [*caller.spec.argnames, *caller.spec.kwargnames]
+        params = inspect.signature(getattr(plugin, attr)).parameters.values()
+        unknown = [
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+            and p.name not in spec_args
+        ]
+        if unknown:
+            words = ", ".join(f"'{u}'{_hint(u, spec_args, 'its arguments')}" for u in unknown)
+            what = "arguments" if len(unknown) > 1 else "an argument"
+            return f"hook {caller.name} takes {what} the hook specification does not have: {words}"
+    return "does not fit lcdsl's hook specifications: " + " ".join(str(exc).split())
+
+
+def _unknown_hooks(pm: PluginManager, plugin: object) -> str | None:
+    """pluggy's :meth:`~pluggy.PluginManager.check_pending`, for the plugin just registered: a
+    hook implementation with no specification (a misspelled hook name) and not optional."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        pass
+    else:
+        return None
+    unknown = [
+        caller.name
+        for caller in pm.get_hookcallers(plugin) or ()
+        if not caller.has_spec()
+        and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+    ]
+    known = pm.spec_names()
+    return "; ".join(f"implements unknown hook '{u}'{_hint(u, known, 'lcdsl hooks')}" for u in unknown) or None
+
+
+def _keyword_only(pm: PluginManager, plugin: object) -> str | None:
+    """A parameter after ``*``: pluggy passes hook arguments only to ordinary parameters."""
+    for caller in pm.get_hookcallers(plugin) or ():
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            params = inspect.signature(impl.function).parameters.values()
+            keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+            if keyword_only:
+                names = ", ".join(f"'{k}'" for k in keyword_only)
+                return (
+                    f"hook {caller.name} has keyword-only parameters ({names}), which pluggy never "
+                    "fills: declare them before any '*'"
+                )
+    return None
+
+
+def _no_hooks(pm: PluginManager, plugin: object) -> str | None:
+    if pm.get_hookcallers(plugin):
+        return None
+    unmarked = [
+        a for a in dir(plugin) if a.startswith(f"{GROUP}_") and callable(inspect.getattr_static(plugin, a, None))
+    ]
+    if unmarked:
+        return (
+            f"implements no lcdsl hook: {', '.join(unmarked)} lacks @hookimpl "
+            "(from lcdsl.operators import hookimpl)"
+        )
+    return "implements no lcdsl hook (is @hookimpl from lcdsl.operators missing?)"
 
 
 def _operators_of(result: Any) -> tuple[type[Operator], ...]:
     """A hook result checked to be operator classes; raises PluginError naming the culprit."""
     if isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
-        raise PluginError(f"lcdsl_register_operators returned {result!r}, not a list of operator classes")
+        raise PluginError(f"{REGISTER_OPERATORS} returned {result!r}, not a list of operator classes")
     classes = []
     for item in result:
         if not (isinstance(item, type) and issubclass(item, Operator)):
-            raise PluginError(
-                f"lcdsl_register_operators returned {item!r}, which is not an Operator subclass"
-            )
+            raise PluginError(f"{REGISTER_OPERATORS} returned {item!r}, which is not an Operator subclass")
         op_name = getattr(item, "name", None)
-        if not isinstance(op_name, str) or not op_name.isidentifier():
+        if not isinstance(op_name, str) or not op_name:
             raise PluginError(
                 f"operator class {item.__qualname__} has no valid 'name' (got {op_name!r}); "
                 "set name: ClassVar[str] = 'keyword'"
+            )
+        if not IDENTIFIER.match(op_name):
+            raise PluginError(
+                f"operator class {item.__qualname__} is named {op_name!r}, which no spec can call: "
+                "an operator name is ASCII letters, digits and '_', not starting with a digit"
             )
         classes.append(item)
     return tuple(classes)
@@ -264,13 +450,14 @@ def _collect(pm: PluginManager) -> tuple[dict[str, type[Operator]], list[PluginI
     operators: dict[str, type[Operator]] = {}
     providers: dict[str, PluginInfo] = {}
     infos: list[PluginInfo] = []
-    for impl in pm.hook.lcdsl_register_operators.get_hookimpls():  # in registration order
-        name = impl.plugin_name
+    for name in pm.implementers(REGISTER_OPERATORS):  # in registration order
         distribution, version = pm.source(name)
         try:
-            classes = _operators_of(impl.function())
+            # pluggy leaves out None results: a hook that returned None gave no result at all
+            results = pm.call_one(REGISTER_OPERATORS, name) or [None]
+            classes = tuple(cls for result in results for cls in _operators_of(result))
         except Exception as exc:
-            pm.add_problem(name, "lcdsl_register_operators failed", exc)
+            pm.add_problem(name, f"{REGISTER_OPERATORS} failed", exc)
             continue
         info = PluginInfo(name, distribution, version, tuple(dict.fromkeys(c.name for c in classes)))
         for cls in classes:
@@ -285,6 +472,14 @@ def _collect(pm: PluginManager) -> tuple[dict[str, type[Operator]], list[PluginI
             providers[cls.name] = info
         infos.append(info)
     return operators, infos, list(pm.problems)
+
+
+def _blocked(pm: PluginManager) -> list[BlockedPlugin]:
+    """What the manager blocked, with the distribution when one declares the name."""
+    return [
+        BlockedPlugin(name, *pm.source(name), pm.block_reasons.get(name, "blocked"), name in pm.sources)
+        for name in pm.blocked()
+    ]
 
 
 @attrs.frozen
@@ -302,6 +497,8 @@ class Registry:
     """The plugins that loaded, in load order."""
     problems: tuple[PluginProblem, ...] = attrs.field(default=(), converter=tuple)
     """The plugins that could not be used, with the reason."""
+    blocked: tuple[BlockedPlugin, ...] = attrs.field(default=(), converter=tuple)
+    """The plugin names that were blocked (never imported), with the reason."""
 
     @classmethod
     def load(
@@ -326,7 +523,7 @@ class Registry:
         """
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager(block=block, allow=allow)
         operators, infos, problems = _collect(pm)
-        return cls(operators=operators, plugins=infos, problems=problems)
+        return cls(operators=operators, plugins=infos, problems=problems, blocked=_blocked(pm))
 
     def operator(self, name: str) -> type[Operator]:
         """The operator class called ``name`` in specs.

@@ -8,8 +8,7 @@ hook below and the spec keyword ``pow2`` becomes available::
 
 from __future__ import annotations
 
-from lcdsl.operators.base import Operator
-from lcdsl.plugins.hookspecs import hookimpl
+from lcdsl.operators import Operator, hookimpl
 from lcdsl_pow2.operator import Pow2
 
 __all__ = ["Pow2", "lcdsl_register_operators"]

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import Operator, Storage, Theta
+from lcdsl.operators import Operator, Storage, Theta, int_at_least
 
 __all__ = ["Pow2", "MAX_BITS", "MIN_EXPONENT", "MAX_EXPONENT"]
 
@@ -18,11 +18,6 @@ MIN_EXPONENT = -126
 """Smallest exponent allowed: 2^−126 is float32's smallest normal number."""
 MAX_EXPONENT = 127
 """Largest exponent allowed: 2^127 is float32's largest power of two."""
-
-
-def _check_bits(inst: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_BITS:
-        raise ValueError(f"bits must be an integer from 2 to {MAX_BITS}, got {value!r}")
 
 
 def _check_emax(inst: Pow2, attribute: Any, value: Any) -> None:
@@ -55,7 +50,7 @@ class Pow2(Operator):
 
     name: ClassVar[str] = "pow2"
 
-    bits: int = attrs.field(validator=_check_bits)
+    bits: int = attrs.field(validator=int_at_least(2, MAX_BITS))
     """Bits per weight: one sign bit and ``bits − 1`` bits of exponent code (2 to 8)."""
     emax: int = attrs.field(default=0, validator=_check_emax)
     """The largest exponent: the largest magnitude is ``2^emax``."""
