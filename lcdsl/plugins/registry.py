@@ -44,7 +44,7 @@ import pluggy
 
 from lcdsl._version import __version__
 from lcdsl.errors import PluginError, did_you_mean
-from lcdsl.language.grammar import IDENTIFIER
+from lcdsl.language.grammar import identifier_pattern
 from lcdsl.operators.base import Operator
 from lcdsl.plugins import hookspecs
 
@@ -436,7 +436,7 @@ def _operators_of(result: Any) -> tuple[type[Operator], ...]:
                 f"operator class {item.__qualname__} has no valid 'name' (got {op_name!r}); "
                 "set name: ClassVar[str] = 'keyword'"
             )
-        if not IDENTIFIER.match(op_name):
+        if not identifier_pattern().fullmatch(op_name):
             raise PluginError(
                 f"operator class {item.__qualname__} is named {op_name!r}, which no spec can call: "
                 "an operator name is ASCII letters, digits and '_', not starting with a digit"
