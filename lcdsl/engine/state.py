@@ -17,7 +17,7 @@ from lcdsl.engine.events import StepRecord
 from lcdsl.errors import EngineError
 from lcdsl.formats import STATE_FORMAT
 from lcdsl.operators.base import Operator, describe
-from lcdsl.plan.model import Plan
+from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.settings import settings_data
 from lcdsl.plugins.origin import operator_plugin, plugin_versions
 
@@ -45,6 +45,27 @@ def plan_fingerprint(plan: Plan) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
+_IDENTITY = ("task", "operator", "plugin")
+"""The keys of a saved task entry that must match for a state to be loaded."""
+
+
+def _task_entry(task: Task) -> dict[str, str]:
+    """A task as a saved state records it: its name, operator (spec text) and plugin, which must
+    match, and how the operator prints itself (``repr``), which is shown in messages only."""
+    op = task.operator
+    return {"task": task.name, "operator": describe(op), "plugin": operator_plugin(op), "shown": repr(op)}
+
+
+def _identity(entry: Any) -> tuple[Any, ...]:
+    return tuple(entry.get(key) for key in _IDENTITY) if isinstance(entry, dict) else (entry,)
+
+
+def _entry_text(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return str(entry)
+    return f"{entry.get('task')}: {entry.get('operator')} from {entry.get('plugin')} [{entry.get('shown')}]"
+
+
 def _settings_difference(saved: Any, ours: dict[str, Any]) -> str:
     """The settings that differ, as ``name: checkpoint …, now …``."""
     if not isinstance(saved, dict):
@@ -56,9 +77,9 @@ def _settings_difference(saved: Any, ours: dict[str, Any]) -> str:
 class EngineState:
     """:meth:`state_dict` and :meth:`load_state_dict` of :class:`~lcdsl.engine.Engine`."""
 
-    def _task_descriptions(self) -> list[str]:
-        """``"task: operator from plugin"`` per task: what a saved state must match to be loaded."""
-        return [f"{s.task.name}: {operator_text(s.task.operator)}" for s in self._tasks]
+    def _task_entries(self) -> list[dict[str, str]]:
+        """Each task's name, operator and plugin: what a saved state must match to be loaded."""
+        return [_task_entry(s.task) for s in self._tasks]
 
     def state_dict(self) -> dict[str, Any]:
         """The whole LC state as tensors and plain data (``torch.save`` /
@@ -67,7 +88,7 @@ class EngineState:
         return {
             "format": STATE_FORMAT,
             "fingerprint": self.fingerprint,
-            "tasks": self._task_descriptions(),
+            "tasks": self._task_entries(),
             "settings": settings_data(self.settings),
             "plugin_versions": plugin_versions(),
             "mus": list(self.mus),
@@ -89,11 +110,12 @@ class EngineState:
             raise EngineError(f"not an lcdsl engine state of format {STATE_FORMAT} (found {found!r}){why}")
         if state.get("fingerprint") == self.fingerprint:
             return
-        ours = self._task_descriptions()
+        ours = self._task_entries()
         theirs = list(state.get("tasks", []))
-        if theirs != ours:
-            missing = [t for t in theirs if t not in ours]
-            extra = [t for t in ours if t not in theirs]
+        our_ids, their_ids = [_identity(t) for t in ours], [_identity(t) for t in theirs]
+        if their_ids != our_ids:
+            missing = [_entry_text(t) for t in theirs if _identity(t) not in our_ids]
+            extra = [_entry_text(t) for t in ours if _identity(t) not in their_ids]
             detail = "; ".join(
                 part
                 for part in (
