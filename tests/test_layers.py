@@ -1,6 +1,6 @@
 """The package's layers: imports go only downward, so no module needs a lazy import to avoid a cycle.
 
-Order (DESIGN §6): errors < language < operators < plugins < plan < engine < store < report <
+Order (DESIGN §6): errors, formats < language < operators < plugins < plan < engine < store < report <
 training < cli/integrations. A module may import its own layer and the layers below; imports
 under ``if TYPE_CHECKING:`` are annotations and never run, so they are not counted. The only edges
 upward are the documented conveniences in :data:`ALLOWED`.
@@ -16,7 +16,7 @@ import lcdsl
 PACKAGE = Path(lcdsl.__file__).parent
 
 LAYERS: dict[str, int] = {
-    "lcdsl._version": 0, "lcdsl.errors": 0, "lcdsl.faults": 0, "lcdsl._compat": 0,
+    "lcdsl._version": 0, "lcdsl.errors": 0, "lcdsl.faults": 0, "lcdsl.formats": 0, "lcdsl._compat": 0,
     "lcdsl.language": 1,
     "lcdsl.operators": 2, "lcdsl.testing": 2,
     "lcdsl.plugins": 3,

@@ -3,8 +3,10 @@
 The output folder (``--out``, default ``runs/<spec name>``) gets:
 
 - ``reference.pt``: the reference trained here when no ``--reference`` is given (kept and reused);
-- ``checkpoint.pt``: after every LC step (model, engine state, data order, history), for ``--resume``;
-- ``compressed.pt``: ``θ`` per task and the dense parameters (:func:`lcdsl.checkpoint.load_compressed`);
+- ``checkpoint.pt``: after every LC step (model, engine state, data order, history), for ``--resume``
+  (:mod:`lcdsl.store.checkpoint`);
+- ``compressed.pt``: ``θ`` per task, the dense parameters and the buffers
+  (:func:`lcdsl.store.model.load_compressed`);
 - ``report.json`` and ``curves.png``: every step's numbers, the plan, the sizes, the errors.
 """
 
@@ -21,6 +23,7 @@ from lcdsl.cli.train import add_model_data_arguments, build_model, load_referenc
 from lcdsl.engine.core import Engine
 from lcdsl.engine.events import StepRecord
 from lcdsl.errors import Diagnostic, EngineError, PluginError, SpecError
+from lcdsl.formats import CHECKPOINT_FORMAT
 from lcdsl.language.parser import load
 from lcdsl.language.spec import Spec
 from lcdsl.operators.base import FLOAT_BITS
@@ -29,20 +32,18 @@ from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import console
 from lcdsl.report.plan import plan_table
 from lcdsl.report.run import StepPrinter, build_report, plot_curves, size_table, write_report
-from lcdsl.store.atomic import check_writable, load_checkpoint, remove_stale_temporaries, save_atomic
+from lcdsl.store.atomic import check_writable, remove_stale_temporaries, save_atomic
+from lcdsl.store.checkpoint import read_run_checkpoint, restore_run_checkpoint, run_checkpoint
 from lcdsl.store.model import compressed_state
 from lcdsl.training.data import Dataset, load_data
 from lcdsl.training.epochs import error_rate
-from lcdsl.training.lstep import LStep, make_l_step
+from lcdsl.training.lstep import make_l_step
 from lcdsl.training.reference import default_recipe
 
 __all__ = [
     "add_parser", "run", "CHECKPOINT_FORMAT", "SETTINGS_OPTIONS", "add_settings_arguments", "settings_argv",
     "settings_with_overrides", "prepare_reference",
 ]
-
-CHECKPOINT_FORMAT = 1
-"""Version of the checkpoint.pt layout."""
 
 _OUTPUTS = ("reference.pt", "checkpoint.pt", "compressed.pt", "report.json", "curves.png")
 """The files a run writes into its folder."""
@@ -174,43 +175,6 @@ def prepare_reference(
     return {k: meta.get(k) for k in ("path", "model", "data", "test_error", "train_error", "recipe")}
 
 
-def _restore(checkpoint: dict[str, Any], path: Path, args: argparse.Namespace, data: Dataset,
-             model: torch.nn.Module, engine: Engine, l_step: LStep) -> dict[str, Any]:  # fmt: skip
-    """Put a checkpoint's state back into the model, the engine and the L step."""
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise EngineError(f"{path}: not an lcdsl checkpoint of format {CHECKPOINT_FORMAT}")
-    for key, ours in (("model_name", args.model), ("data_name", data.name)):
-        if checkpoint.get(key) != ours:
-            raise EngineError(
-                f"cannot resume {path}: it was made for {key.split('_')[0]} '{checkpoint.get(key)}', not '{ours}'"
-            )
-    try:
-        engine.load_state_dict(checkpoint["engine"])
-    except EngineError as exc:
-        raise EngineError(f"{exc} — start over without --resume, or choose another --out") from exc
-    try:
-        model.load_state_dict(checkpoint["model"])
-        l_step.load_state_dict(checkpoint["trainer"])
-    except (RuntimeError, KeyError) as exc:
-        raise EngineError(f"cannot resume {path}: {exc}") from exc
-    return dict(checkpoint["reference"])
-
-
-def _checkpoint(args: argparse.Namespace, data: Dataset, spec: Spec, model: torch.nn.Module,
-                engine: Engine, l_step: LStep, reference: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model_name": args.model,
-        "data_name": data.name,
-        "spec_text": spec.source,
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "engine": engine.state_dict(),
-        "trainer": l_step.state_dict(),
-        "reference": reference,
-        "history": [r.to_dict() for r in engine.history],
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     """Run one compression; returns the exit code."""
     out = console()
@@ -226,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = None
     if args.resume:
         if checkpoint_path.exists():
-            checkpoint = load_checkpoint(checkpoint_path)
+            checkpoint = read_run_checkpoint(checkpoint_path)
         else:
             out.print(f"nothing to resume in {folder} (no checkpoint.pt): starting a new run")
     elif checkpoint_path.exists():
@@ -235,7 +199,10 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model, plan, settings=settings)
     l_step = make_l_step(model, data, settings)
     if checkpoint is not None:
-        reference = _restore(checkpoint, checkpoint_path, args, data, model, engine, l_step)
+        reference = restore_run_checkpoint(
+            checkpoint, checkpoint_path, model_name=args.model, data_name=data.name, model=model, engine=engine,
+            trainer=l_step, hint="start over without --resume, or choose another --out",
+        )  # fmt: skip
         out.print(f"resuming {checkpoint_path} after LC step {engine.step} of {len(engine.mus)}")
     else:
         reference = prepare_reference(args, model, data, folder, settings)
@@ -261,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
 
     def on_step(engine: Engine, record: StepRecord, **_: Any) -> None:
         printer.print(record)
-        save_atomic(_checkpoint(args, data, spec, model, engine, l_step, reference), checkpoint_path)
+        state = run_checkpoint(model, engine, l_step, model_name=args.model, data_name=data.name,
+                               spec_text=spec.source, reference=reference)  # fmt: skip
+        save_atomic(state, checkpoint_path)
         saved["step"] = engine.step
 
     engine.events.on("direct_compression", on_step)

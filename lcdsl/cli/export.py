@@ -21,12 +21,10 @@ from rich.table import Table
 
 from lcdsl.cli.train import build_model
 from lcdsl.deploy import deploy
-from lcdsl.errors import EngineError, ModelError
-from lcdsl.language.parser import parse
+from lcdsl.errors import EngineError
 from lcdsl.report.console import console, human_bits
-from lcdsl.store.atomic import load_checkpoint
 from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
-from lcdsl.store.model import load_compressed
+from lcdsl.store.model import bind_saved_spec, load_compressed, read_compressed
 from lcdsl.training.data import load_data
 
 __all__ = ["add_parser", "run", "size_table", "median_latency"]
@@ -59,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def size_table(sizes: ExportSizes, manifest: dict[str, Any]) -> Table:
-    """Per task the reported bits and the encoded bytes, then the dense leftovers and totals."""
+    """Per task the reported bits and the encoded bytes, then the dense leftovers, the buffers and totals."""
     table = Table(title="export", title_justify="left")
     for column in ("task", "operator", "reported", "encoded", "encoder"):
         table.add_column(column, justify="left" if column in ("task", "operator", "encoder") else "right")
@@ -73,6 +71,10 @@ def size_table(sizes: ExportSizes, manifest: dict[str, Any]) -> Table:
         encoded = sum(field["length"] for field in manifest["dense"].values())
         reported = manifest["plan"]["dense_params"] * 32
         table.add_row("dense: " + ", ".join(manifest["dense"]), "(32-bit)", human_bits(reported),
+                      human_bits(8 * encoded), "raw", end_section=not manifest.get("buffers"))  # fmt: skip
+    if manifest.get("buffers"):
+        encoded = sum(field["length"] for field in manifest["buffers"].values())
+        table.add_row(f"buffers: {len(manifest['buffers'])}", "(as they are)", human_bits(8 * sizes.buffer_bytes),
                       human_bits(8 * encoded), "raw", end_section=True)  # fmt: skip
     table.add_row("total", "", human_bits(round(8 * sizes.predicted_bytes)), human_bits(8 * sizes.payload_bytes),
                   f"{100 * sizes.overhead:+.2f}%", style="bold")  # fmt: skip
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     show = console()
     folder = Path(args.dir)
     compressed_path = folder / "compressed.pt"
-    state = load_checkpoint(compressed_path, error=ModelError)
+    state = read_compressed(compressed_path)
     report: dict[str, Any] = {}
     if (folder / "report.json").is_file():
         report = json.loads((folder / "report.json").read_text())
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(model_name, data, seed=0)
     thetas = load_compressed(model, compressed_path)
     spec_text = str(state["spec"])
-    plan = parse(spec_text, filename=f"{compressed_path} (saved spec)").bind(model)
+    plan = bind_saved_spec(spec_text, model, where=str(compressed_path))
 
     out = Path(args.out) if args.out else folder / "model.lcz"
     extra = {"data": data.name, "deploy": bool(args.deploy)}

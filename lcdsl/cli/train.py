@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from lcdsl.errors import ModelError
+from lcdsl.formats import REFERENCE_FORMAT
 from lcdsl.report.console import console
-from lcdsl.store.atomic import check_writable, load_checkpoint, save_atomic
+from lcdsl.store.atomic import check_writable, save_atomic
+from lcdsl.store.checkpoint import load_reference, reference_record
 from lcdsl.training.data import Dataset, check_fits, load_data, model_kwargs
 from lcdsl.training.epochs import error_rate
 from lcdsl.training.reference import Recipe, default_recipe, train_reference
@@ -31,9 +33,6 @@ __all__ = [
     "load_reference",
     "train",
 ]
-
-REFERENCE_FORMAT = 1
-"""Version of the reference file layout."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -117,37 +116,13 @@ def load_model_data(args: argparse.Namespace, seed: int) -> tuple[Dataset, nn.Mo
 def reference_state(
     model: nn.Module, *, model_name: str, data: Dataset, recipe: Recipe | None, history: list
 ) -> dict[str, Any]:
-    """What a reference file holds: weights, names, recipe, errors (all ``weights_only``-loadable)."""
-    return {
-        "format": REFERENCE_FORMAT,
-        "model": model_name,
-        "data": data.name,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "recipe": attrs.asdict(recipe) if recipe is not None else {},
-        "history": history,
-        "test_error": error_rate(model, data.x_test, data.y_test),
-        "train_error": error_rate(model, data.x_train, data.y_train),
-    }
-
-
-def load_reference(path: str | Path, model: nn.Module, *, model_name: str, data_name: str) -> dict[str, Any]:
-    """Load reference weights into ``model``; returns the file's metadata (without the weights).
-
-    Raises:
-        ModelError: the file is missing or malformed, or was saved for another model or dataset
-            (or its weights do not fit).
-    """
-    state = load_checkpoint(path, error=ModelError)
-    if state.get("format") != REFERENCE_FORMAT or "state_dict" not in state:
-        raise ModelError(f"{path}: not an lcdsl reference (make one with 'lcdsl train')")
-    for key, ours in (("model", model_name), ("data", data_name)):
-        if state.get(key) != ours:
-            raise ModelError(f"{path} was trained for {key} '{state.get(key)}', not '{ours}'")
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: the weights do not fit model '{model_name}': {exc}") from exc
-    return {k: v for k, v in state.items() if k != "state_dict"}
+    """What a reference file holds (:func:`lcdsl.store.checkpoint.reference_record`): weights,
+    names, recipe, and the errors on ``data``, measured here."""
+    return reference_record(
+        model, model_name=model_name, data_name=data.name, recipe=attrs.asdict(recipe) if recipe is not None else {},
+        history=history, test_error=error_rate(model, data.x_test, data.y_test),
+        train_error=error_rate(model, data.x_train, data.y_train),
+    )  # fmt: skip
 
 
 def train(model: nn.Module, model_name: str, data: Dataset, recipe: Recipe, out: Path) -> dict[str, Any]:

@@ -26,14 +26,12 @@ from torch import nn
 
 from lcdsl.engine.core import Engine
 from lcdsl.errors import EngineError
+from lcdsl.formats import DRIVER_FORMAT
 
 __all__ = ["LCDriver", "DriverCallback", "Unit"]
 
 Unit = Literal["epoch", "step"]
 """What an L step's length counts: training epochs, or optimizer steps."""
-
-DRIVER_FORMAT = 2
-"""Version of :meth:`LCDriver.state_dict`'s layout."""
 
 
 class LCDriver:

@@ -7,44 +7,79 @@ writes them back, and knows nothing of files (:mod:`lcdsl.store` writes them).
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from lcdsl.engine.events import StepRecord
 from lcdsl.errors import EngineError
-from lcdsl.plan.model import Plan
-from lcdsl.plugins.origin import plugin_versions
+from lcdsl.formats import STATE_FORMAT
+from lcdsl.operators.base import Operator, describe
+from lcdsl.plan.model import Plan, Task
+from lcdsl.plan.settings import settings_data
+from lcdsl.plugins.origin import operator_plugin, plugin_versions
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["STATE_FORMAT", "plan_fingerprint", "operator_text", "EngineState"]
 
-__all__ = ["STATE_FORMAT", "plan_fingerprint", "EngineState"]
 
-STATE_FORMAT = 1
-"""Version of the :meth:`Engine.state_dict` layout."""
+def operator_text(op: Operator) -> str:
+    """An operator as a saved state names it: its spec text and its plugin, ``quant(k=2) from builtin``."""
+    return f"{describe(op)} from {operator_plugin(op)}"
 
 
 def plan_fingerprint(plan: Plan) -> str:
     """The sha256 of a plan's canonical text: task names, views, shapes, operators, settings.
 
-    Two plans with the same fingerprint compress the same tensors the same way, so a saved
-    engine state of one can resume the other."""
+    Operators are their spec text and plugin (:func:`operator_text`), settings their plain data
+    (:func:`~lcdsl.plan.settings.settings_data`), so the fingerprint does not depend on how a
+    class prints itself. Two plans with the same fingerprint compress the same tensors the same
+    way, so a saved engine state of one can resume the other."""
     lines = [
-        f"task {task.name} joint={task.joint} shapes={task.shapes} operator={task.operator!r}"
+        f"task {task.name} joint={task.joint} shapes={task.shapes} view={task.operator.view} "
+        f"operator={operator_text(task.operator)}"
         for task in plan.tasks
     ]
-    lines.append(f"settings {plan.settings!r}")
+    lines.append("settings " + json.dumps(settings_data(plan.settings), sort_keys=True))
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+_IDENTITY = ("task", "operator", "plugin")
+"""The keys of a saved task entry that must match for a state to be loaded."""
+
+
+def _task_entry(task: Task) -> dict[str, str]:
+    """A task as a saved state records it: its name, operator (spec text) and plugin, which must
+    match, and how the operator prints itself (``repr``), which is shown in messages only."""
+    op = task.operator
+    return {"task": task.name, "operator": describe(op), "plugin": operator_plugin(op), "shown": repr(op)}
+
+
+def _identity(entry: Any) -> tuple[Any, ...]:
+    return tuple(entry.get(key) for key in _IDENTITY) if isinstance(entry, dict) else (entry,)
+
+
+def _entry_text(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return str(entry)
+    return f"{entry.get('task')}: {entry.get('operator')} from {entry.get('plugin')} [{entry.get('shown')}]"
+
+
+def _settings_difference(saved: Any, ours: dict[str, Any]) -> str:
+    """The settings that differ, as ``name: checkpoint …, now …``."""
+    if not isinstance(saved, dict):
+        return f"checkpoint: {saved!r}"
+    names = [name for name in {**saved, **ours} if saved.get(name) != ours.get(name)]
+    return "; ".join(f"{name}: checkpoint {saved.get(name)!r}, now {ours.get(name)!r}" for name in names)
 
 
 class EngineState:
     """:meth:`state_dict` and :meth:`load_state_dict` of :class:`~lcdsl.engine.Engine`."""
 
-    def _task_descriptions(self) -> list[str]:
-        """``"task: operator"`` per task: what a saved state must match to be loaded."""
-        return [f"{s.task.name}: {s.task.operator!r}" for s in self._tasks]
+    def _task_entries(self) -> list[dict[str, str]]:
+        """Each task's name, operator and plugin: what a saved state must match to be loaded."""
+        return [_task_entry(s.task) for s in self._tasks]
 
     def state_dict(self) -> dict[str, Any]:
         """The whole LC state as tensors and plain data (``torch.save`` /
@@ -53,8 +88,8 @@ class EngineState:
         return {
             "format": STATE_FORMAT,
             "fingerprint": self.fingerprint,
-            "tasks": self._task_descriptions(),
-            "settings": repr(self.settings),
+            "tasks": self._task_entries(),
+            "settings": settings_data(self.settings),
             "plugin_versions": plugin_versions(),
             "mus": list(self.mus),
             "penalty": self.settings.penalty,
@@ -71,14 +106,16 @@ class EngineState:
     def _check_compatible(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise EngineError(f"not an lcdsl engine state of format {STATE_FORMAT} (found {found!r})")
+            why = " (format 1 named operators by repr and cannot be checked against this plan)" if found == 1 else ""
+            raise EngineError(f"not an lcdsl engine state of format {STATE_FORMAT} (found {found!r}){why}")
         if state.get("fingerprint") == self.fingerprint:
             return
-        ours = self._task_descriptions()
+        ours = self._task_entries()
         theirs = list(state.get("tasks", []))
-        if theirs != ours:
-            missing = [t for t in theirs if t not in ours]
-            extra = [t for t in ours if t not in theirs]
+        our_ids, their_ids = [_identity(t) for t in ours], [_identity(t) for t in theirs]
+        if their_ids != our_ids:
+            missing = [_entry_text(t) for t in theirs if _identity(t) not in our_ids]
+            extra = [_entry_text(t) for t in ours if _identity(t) not in their_ids]
             detail = "; ".join(
                 part
                 for part in (
@@ -88,10 +125,11 @@ class EngineState:
                 if part
             ) or "the tasks are in another order"
             raise EngineError(f"cannot resume: the checkpoint was made for other tasks ({detail})")
-        if state.get("settings") != repr(self.settings):
+        ours_settings = settings_data(self.settings)
+        if state.get("settings") != ours_settings:
             raise EngineError(
                 "cannot resume: the checkpoint was made with other settings "
-                f"(checkpoint: {state.get('settings')}; now: {self.settings!r})"
+                f"({_settings_difference(state.get('settings'), ours_settings)})"
             )
         raise EngineError("cannot resume: the checkpoint was made for another plan (fingerprint differs)")
 

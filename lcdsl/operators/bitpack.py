@@ -15,7 +15,9 @@ the bits of one ``b``-bit code are written lowest first. A stream of ``n`` codes
 
 So the codebook assignments of ``quant(k=4)`` take 2 bits a weight, the kept positions of
 ``prune(l0=κ)`` the cheaper of a bitmask and ``κ·⌈log₂ n⌉`` bits, and ``binarize`` one bit a weight,
-without the exporter knowing any operator. :func:`decode_tensor` inverts it bit for bit.
+without the exporter knowing any operator. :func:`decode_tensor` inverts it bit for bit, and also
+reads what :func:`encode_raw` writes: a tensor as its bytes whatever its content (for what a file
+stores as it is, such as a model's buffers).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch
 
 from lcdsl.operators.base import bits_per_index
 
-__all__ = ["pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "decode_tensor", "width"]
+__all__ = [
+    "pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "encode_raw", "decode_tensor", "width"
+]  # fmt: skip
 
 _DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
@@ -124,6 +128,17 @@ def encode_tensor(tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
         return {**meta, "codec": "mask", "span": high + 1}, pack_bits(mask)
     codes = (values - low).numpy().astype(np.uint64)
     return {**meta, "codec": "packed", "base": low, "bits": bits}, pack_uint(codes, bits)
+
+
+def encode_raw(tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
+    """``tensor`` in the ``raw`` codec whatever its content: its elements' bytes, little-endian.
+
+    Returns:
+        The field's description (``codec``, ``dtype``, ``shape``) and its bytes
+        (``numel · element size`` of them).
+    """
+    t = tensor.detach().cpu().contiguous()
+    return {"dtype": _dtype_name(t.dtype), "shape": list(t.shape), "codec": "raw"}, _raw(t)
 
 
 def decode_tensor(meta: dict[str, Any], data: bytes) -> torch.Tensor:

@@ -21,7 +21,7 @@ from lcdsl.errors import Diagnostics, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Percent, Setting, Spec, Value
 from lcdsl.operators.units import int_at_least, positive_number
 
-__all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec"]
+__all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec", "settings_data"]
 
 
 @attrs.frozen
@@ -138,6 +138,21 @@ class Settings:
 
 
 _SETTING_NAMES = tuple(a.name for a in attrs.fields(Settings))
+
+
+def settings_data(settings: Settings) -> dict[str, Any]:
+    """``settings`` as plain data (numbers, strings, lists), the canonical form files record.
+
+    Every setting by name, and the μ schedule as its kind, its fields and every value::
+
+        {"mu": {"kind": "geometric", "start": 9e-05, "factor": 1.21, "steps": 20, "cap": None,
+                "values": [9e-05, …]}, "penalty": "augmented-lagrangian", …}
+
+    Two settings are the same run's exactly when their data are equal."""
+    data = attrs.asdict(settings)
+    mu = settings.mu
+    data["mu"] = {"kind": type(mu).__name__.lower(), **attrs.asdict(mu), "values": list(mu.values())}
+    return data
 
 
 def _schedule(value: Value) -> Schedule:

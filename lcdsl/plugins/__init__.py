@@ -5,7 +5,7 @@ use (never at import). A plugin author needs only :mod:`lcdsl.operators`.
 """
 
 from lcdsl.plugins.hookspecs import PROJECT, hookimpl, hookspec
-from lcdsl.plugins.origin import operator_origin, plugin_versions, versions
+from lcdsl.plugins.origin import operator_origin, operator_plugin, plugin_versions, versions
 from lcdsl.plugins.registry import (
     BlockedPlugin,
     PluginInfo,
@@ -19,5 +19,6 @@ from lcdsl.plugins.registry import (
 
 __all__ = [
     "PROJECT", "hookimpl", "hookspec", "Registry", "PluginInfo", "PluginProblem", "BlockedPlugin", "PluginManager",
-    "UnknownOperatorError", "default_registry", "get_plugin_manager", "operator_origin", "plugin_versions", "versions",
+    "UnknownOperatorError", "default_registry", "get_plugin_manager", "operator_origin", "operator_plugin",
+    "plugin_versions", "versions",
 ]  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -11,7 +11,13 @@ from lcdsl._version import __version__
 from lcdsl.operators.base import Operator
 from lcdsl.plugins.registry import default_registry
 
-__all__ = ["plugin_versions", "operator_origin", "versions"]
+if TYPE_CHECKING:
+    from lcdsl.plugins.registry import Registry
+
+__all__ = ["plugin_versions", "operator_origin", "operator_plugin", "versions", "UNKNOWN_PLUGIN"]
+
+UNKNOWN_PLUGIN = "unknown"
+"""What :func:`operator_plugin` says of an operator no installed plugin provides (one built in code)."""
 
 
 def plugin_versions() -> dict[str, str]:
@@ -36,6 +42,34 @@ def operator_origin(op: Operator) -> str:
             label = f"plugin {registry.provider(name).label()}"
         parts.append(f"'{name}' from {label}" if len(terms) > 1 else label)
     return ", ".join(parts)
+
+
+def operator_plugin(op: Operator, registry: Registry | None = None) -> str:
+    """The entry-point name of the plugin that provides ``op``: ``builtin`` for lcdsl's own.
+
+    Saved files record it beside the operator's spec text (:func:`~lcdsl.operators.base.describe`),
+    so that together they say which operator made ``θ``. An additive combination names its terms'
+    plugins once each, in term order, joined by ``", "``; an operator whose class the registry
+    does not hold under its name is :data:`UNKNOWN_PLUGIN`.
+
+    Args:
+        op: the operator.
+        registry: where ``op`` came from (default: the installed plugins).
+    """
+    if registry is None:
+        try:
+            registry = default_registry()
+        except Exception:  # a broken plugin set must not stop a file from being written
+            return UNKNOWN_PLUGIN
+    names: list[str] = []
+    for term in getattr(op, "terms", None) or (op,):
+        name = getattr(term, "name", type(term).__name__)
+        plugin = UNKNOWN_PLUGIN
+        if registry.operators.get(name) is type(term):
+            plugin = next((p.name for p in registry.plugins if name in p.operators), UNKNOWN_PLUGIN)
+        if plugin not in names:
+            names.append(plugin)
+    return ", ".join(names)
 
 
 def versions() -> dict[str, Any]:

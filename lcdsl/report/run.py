@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import attrs
 from rich.console import Console
 from rich.table import Table
 
 from lcdsl.engine.events import StepRecord
+from lcdsl.formats import REPORT_FORMAT
 from lcdsl.operators.base import FLOAT_BITS, Storage
 from lcdsl.plan.model import Plan
-from lcdsl.plan.settings import Settings
+from lcdsl.plan.settings import Settings, settings_data
 from lcdsl.plan.summary import plan_summary
 from lcdsl.plugins.origin import versions
 from lcdsl.report.console import human_bits
@@ -36,9 +36,6 @@ __all__ = [
     "pyplot",
     "save_figure",
 ]
-
-REPORT_FORMAT = 1
-"""Version of the report.json layout."""
 
 # (header, width, justify) of the per-step rows.
 _STEP_COLUMNS = (
@@ -138,11 +135,9 @@ def size_table(summary: dict[str, Any], title: str = "compressed model") -> Tabl
 
 
 def settings_json(settings: Settings) -> dict[str, Any]:
-    """Settings as plain data, the μ schedule with its kind and every value."""
-    data = attrs.asdict(settings)
-    mu = settings.mu
-    data["mu"] = {"kind": type(mu).__name__.lower(), **attrs.asdict(mu), "values": list(mu.values())}
-    return data
+    """Settings as plain data, the μ schedule with its kind and every value
+    (:func:`~lcdsl.plan.settings.settings_data`)."""
+    return settings_data(settings)
 
 
 def build_report(

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from lcdsl.errors import Diagnostic, EngineError, SpecError
+from lcdsl.formats import SWEEP_FORMAT
 from lcdsl.language.fmt import format_selector, format_value
 from lcdsl.language.parser import parse
 from lcdsl.language.spec import Argument, Call, Rule, Setting, Spec, Value
@@ -45,9 +46,6 @@ __all__ = [
     "plot_tradeoff",
     "write_result",
 ]
-
-SWEEP_FORMAT = 1
-"""Version of the sweep.json layout."""
 
 _HEAD = re.compile(r"^\s*(?P<selector>.+?)\s*:\s*(?P<op>[A-Za-z_]\w*)\.(?P<arg>[A-Za-z_]\w*)\s*$")
 

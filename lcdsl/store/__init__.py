@@ -1,14 +1,43 @@
-"""Files: atomic writes, the saved compressed model (``compressed.pt``) and the ``.lcz`` export.
+"""Files: atomic writes, the saved compressed model (``compressed.pt``), the ``.lcz`` export, and
+the run checkpoint and reference file.
 
-Everything loads with ``torch.load(weights_only=True)`` or from plain bytes: no pickled code.
+- :mod:`.atomic`: every file written whole or not at all;
+- :mod:`.model`: the saved model (θ per task, dense parameters, buffers) behind ``compressed.pt``
+  and ``.lcz``;
+- :mod:`.lcz`: the compact ``.lcz`` file;
+- :mod:`.checkpoint`: ``checkpoint.pt`` (resuming a run) and ``reference.pt``.
+
+Every layout's version is in :mod:`lcdsl.formats`. Everything loads with
+``torch.load(weights_only=True)`` or from plain bytes: no pickled code.
 """
 
 from lcdsl.store.atomic import check_writable, load_checkpoint, remove_stale_temporaries, save_atomic, write_atomic
-from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
-from lcdsl.store.model import COMPRESSED_FORMAT, compressed_state, load_compressed, write_theta
+from lcdsl.store.checkpoint import (
+    CHECKPOINT_FORMAT,
+    REFERENCE_FORMAT,
+    load_reference,
+    model_weights,
+    read_run_checkpoint,
+    reference_record,
+    restore_run_checkpoint,
+    run_checkpoint,
+)  # fmt: skip
+from lcdsl.store.lcz import LCZ_FORMAT, MAGIC, ExportSizes, export_model, load_lcz, read_manifest
+from lcdsl.store.model import (
+    COMPRESSED_FORMAT,
+    compressed_state,
+    load_compressed,
+    model_record,
+    read_compressed,
+    restore_model,
+    write_theta,
+)  # fmt: skip
 
 __all__ = [
     "write_atomic", "save_atomic", "load_checkpoint", "check_writable", "remove_stale_temporaries",
-    "COMPRESSED_FORMAT", "compressed_state", "load_compressed", "write_theta",
-    "ExportSizes", "export_model", "load_lcz", "read_manifest",
+    "COMPRESSED_FORMAT", "compressed_state", "load_compressed", "read_compressed", "model_record", "restore_model",
+    "write_theta",
+    "LCZ_FORMAT", "MAGIC", "ExportSizes", "export_model", "load_lcz", "read_manifest",
+    "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "model_weights", "run_checkpoint", "read_run_checkpoint",
+    "restore_run_checkpoint", "reference_record", "load_reference",
 ]  # fmt: skip

@@ -2,19 +2,26 @@
 
 A ``.lcz`` file is one binary, readable without unpickling anything::
 
-    b"LCZ1"                      4 bytes, the magic and layout version
+    b"LCZ1"                      4 bytes, the magic (:data:`~lcdsl.formats.MAGIC`)
     manifest length              4 bytes, unsigned little-endian
-    manifest                     zlib-deflated UTF-8 JSON: spec text, resolved plan, sizes, versions, and for
-                                 every field of every θ and dense tensor: codec, dtype, shape,
-                                 offset and length into the payload
+    manifest                     zlib-deflated UTF-8 JSON: format (:data:`~lcdsl.formats.LCZ_FORMAT`),
+                                 spec text, resolved plan, sizes, versions, each task's operator
+                                 (spec text and plugin), and for every field of every θ, dense
+                                 parameter and buffer: codec, dtype, shape, offset and length
+                                 into the payload
     payload                      the fields' bytes, back to back
+
+The model it holds is the saved model of :mod:`lcdsl.store.model` (θ per task, the dense
+parameters, the buffers), written from :func:`~lcdsl.store.model.model_record` and read back
+through :func:`~lcdsl.store.model.restore_model`, as ``compressed.pt`` is.
 
 Each task's ``θ`` is encoded by its operator when the operator implements
 :meth:`~lcdsl.operators.base.Operator.encode`, else tensor by tensor by content
 (:func:`lcdsl.bitpack.encode_tensor`: assignments bit-packed, kept positions as a bitmask or
-packed indices, reals as raw little-endian bytes). Parameters no rule compresses are stored raw.
-So the payload is the bits the plan reports (:meth:`Operator.storage`) plus the dense leftovers,
-rounded up to whole bytes per field. The manifest is deflated (for LeNet300 its JSON takes
+packed indices, reals as raw little-endian bytes). Parameters no rule compresses are stored raw,
+and so are the model's buffers (BatchNorm's running statistics, …; :func:`lcdsl.bitpack.encode_raw`).
+So the payload is the bits the plan reports (:meth:`Operator.storage`) plus the dense leftovers
+and the buffers, rounded up to whole bytes per field. The manifest is deflated (for LeNet300 its JSON takes
 2.7 kB plain, 0.9 kB deflated). The payload is stored as it is by default, so its size is the
 reported one; ``deflate=True`` deflates each field where that helps (measured on LeNet300:
 −0.2% for 1-bit codebooks, −7 to −10% for raw floats, −19% for ternary codes), at the price of
@@ -41,26 +48,23 @@ import torch
 from torch import nn
 
 from lcdsl.errors import LcdslError, ModelError
-from lcdsl.language.parser import parse
+from lcdsl.formats import LCZ_FORMAT, MAGIC
 from lcdsl.operators.base import FLOAT_BITS, Operator, Theta
-from lcdsl.operators.bitpack import decode_tensor, encode_tensor
+from lcdsl.operators.bitpack import decode_tensor, encode_raw, encode_tensor
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
 from lcdsl.plan.summary import plan_summary
 from lcdsl.plugins.origin import versions
 from lcdsl.store.atomic import write_atomic
-from lcdsl.store.model import write_theta
+from lcdsl.store.model import bind_saved_spec, check_operator, model_record, restore_model
 
 if TYPE_CHECKING:
     from lcdsl.plugins.registry import Registry
 
 __all__ = ["MAGIC", "LCZ_FORMAT", "ExportSizes", "export_model", "read_manifest", "load_lcz"]
 
-MAGIC = b"LCZ1"
-"""The first four bytes of every ``.lcz`` file."""
-
-LCZ_FORMAT = 1
-"""Version of the manifest's layout."""
+_READABLE = (1, LCZ_FORMAT)
+"""The manifest formats :func:`read_manifest` accepts (format 1: operators by ``repr``, no buffers)."""
 
 _HEADER = struct.Struct("<4sI")  # magic, manifest length
 
@@ -70,14 +74,18 @@ class ExportSizes:
     """How big a model is, stored four ways (bytes)."""
 
     dense_bytes: int
-    """Every parameter at 32 bits: what a plain ``state_dict`` of floats holds."""
+    """Every parameter at 32 bits, plus the buffers as they are: what a plain ``state_dict`` of
+    floats holds."""
     predicted_bytes: float
     """What the plan reports: ``θ``'s bits (:meth:`Operator.storage`) plus the dense leftovers at
-    32 bits, over 8."""
+    32 bits, over 8, plus the buffers' bytes."""
     payload_bytes: int
-    """The encoded ``θ`` and dense leftovers as written."""
+    """The encoded ``θ``, dense leftovers and buffers as written."""
     file_bytes: int
     """The whole file: header, manifest and payload."""
+    buffer_bytes: int = 0
+    """The model's buffers (BatchNorm's running statistics, …), stored raw: part of each size
+    above (of the payload after deflating, if ``deflate``)."""
 
     @property
     def overhead(self) -> float:
@@ -108,8 +116,9 @@ class _Payload:
         return self.add(*encode_tensor(tensor))
 
 
-def _encode_task(task: Task, theta: Theta, payload: _Payload) -> dict[str, Any]:
-    op = task.operator
+def _encode_task(task: Task, saved: dict[str, Any], payload: _Payload) -> dict[str, Any]:
+    """A task's manifest entry, its θ (``saved["theta"]``) encoded into ``payload``."""
+    op, theta = task.operator, saved["theta"]
     fields = op.encode(theta, task.view_shape)
     encoder = "generic" if fields is None else "operator"
     if fields is None:
@@ -125,9 +134,10 @@ def _encode_task(task: Task, theta: Theta, payload: _Payload) -> dict[str, Any]:
                              "expected bytes or a tensor")  # fmt: skip
     return {
         "name": task.name,
-        "parameters": list(task.parameters),
-        "shapes": [list(s) for s in task.shapes],
-        "operator": repr(op),
+        "parameters": saved["parameters"],
+        "shapes": saved["shapes"],
+        "operator": saved["operator"],
+        "plugin": saved["plugin"],
         "encoder": encoder,
         "fields": entries,
     }
@@ -143,11 +153,12 @@ def export_model(
     model_name: str = "",
     extra: dict[str, Any] | None = None,
     deflate: bool = False,
+    registry: Registry | None = None,
 ) -> ExportSizes:
-    """Write ``θ`` of every task of ``plan`` and ``model``'s dense parameters to a ``.lcz`` file.
+    """Write ``θ`` of every task of ``plan``, ``model``'s dense parameters and its buffers to a ``.lcz`` file.
 
     Args:
-        model: the model (only its parameters that no task compresses are read).
+        model: the model (only its parameters that no task compresses, and its buffers, are read).
         plan: the plan ``thetas`` were computed for.
         thetas: ``θ`` by task name (:meth:`Engine.finalize`, :func:`load_compressed`).
         path: the file to write (atomically).
@@ -156,6 +167,7 @@ def export_model(
         extra: more JSON-ready entries for the manifest (e.g. ``{"deploy": true}``).
         deflate: deflate each field where that makes it smaller (the payload then no longer
             matches the plan's bits).
+        registry: where the plan's operators came from (default: the installed plugins).
 
     Returns:
         The sizes; they are in the manifest too.
@@ -163,20 +175,26 @@ def export_model(
     Raises:
         ModelError: ``thetas`` lacks a task, or an operator's ``encode`` gives a bad field.
     """
-    by_name = parameters_by_name(model)
+    record = model_record(model, plan, thetas, spec_text=spec_text, registry=registry)
     payload = _Payload(deflate)
     tasks, storages = [], []
     for task in plan.tasks:
-        if task.name not in thetas:
-            raise ModelError(f"no θ for task {task.name}")
-        theta = {k: v.detach().cpu() for k, v in thetas[task.name].items()}
-        tasks.append(_encode_task(task, theta, payload))
-        storages.append(task.operator.storage(task.view_shape, theta))
-    dense = {name: payload.tensor(by_name[name].detach().cpu()) for name in plan.dense}
+        saved = record["tasks"][task.name]
+        tasks.append(_encode_task(task, saved, payload))
+        storages.append(task.operator.storage(task.view_shape, saved["theta"]))
+    dense = {name: payload.tensor(value) for name, value in record["dense"].items()}
+    raw_buffers = {name: encode_raw(value) for name, value in record["buffers"].items()}
+    buffers = {name: payload.add(meta, data) for name, (meta, data) in raw_buffers.items()}
+    buffer_bytes = sum(len(data) for _, data in raw_buffers.values())
     summary = plan_summary(plan, storages)
-    total_params = sum(p.numel() for p in by_name.values())
-    predicted = summary["bits_after"] / 8 if summary["bits_after"] is not None else float("nan")
-    sizes = {"dense_bytes": total_params * FLOAT_BITS // 8, "predicted_bytes": predicted, "payload_bytes": payload.size}
+    total_params = sum(p.numel() for p in parameters_by_name(model).values())
+    predicted = summary["bits_after"] / 8 + buffer_bytes if summary["bits_after"] is not None else float("nan")
+    sizes = {
+        "dense_bytes": total_params * FLOAT_BITS // 8 + buffer_bytes,
+        "predicted_bytes": predicted,
+        "payload_bytes": payload.size,
+        "buffer_bytes": buffer_bytes,
+    }
     manifest = {
         "format": LCZ_FORMAT,
         "model": model_name,
@@ -184,6 +202,7 @@ def export_model(
         "plan": summary,
         "tasks": tasks,
         "dense": dense,
+        "buffers": buffers,
         "sizes": sizes,
         "versions": versions(),
         **(extra or {}),
@@ -216,13 +235,14 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
         manifest = json.loads(zlib.decompress(blob[_HEADER.size : _HEADER.size + length]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, zlib.error) as exc:
         raise ModelError(f"{path}: damaged manifest: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != LCZ_FORMAT:
-        raise ModelError(f"{path}: not an .lcz manifest of format {LCZ_FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") not in _READABLE:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelError(f"{path}: not an .lcz manifest of format {LCZ_FORMAT} or 1 (found {found!r})")
     return manifest, memoryview(blob)[_HEADER.size + length :]
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a ``.lcz`` file (spec, plan, sizes, versions, field table).
+    """The manifest of a ``.lcz`` file (spec, plan, sizes, versions, field table), format 2 or 1.
 
     Raises:
         ModelError: the file is missing, not an ``.lcz`` file, or damaged.
@@ -253,6 +273,8 @@ def _field(entry: dict[str, Any], payload: memoryview, where: str) -> torch.Tens
 
 def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], payload: memoryview,
                   where: str) -> Theta:  # fmt: skip
+    if not isinstance(saved.get("fields"), dict):
+        raise ModelError(f"{where}: damaged manifest: no fields")
     fields = {key: _field(entry, payload, f"{where} field '{key}'") for key, entry in saved["fields"].items()}
     if saved.get("encoder") != "operator":
         return fields  # type: ignore[return-value]
@@ -265,14 +287,14 @@ def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], p
 
 
 def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None) -> dict[str, Theta]:
-    """Set ``model``'s weights from a ``.lcz`` file: ``Δ(θ)`` per task, dense ones as saved.
+    """Set ``model``'s weights and buffers from a ``.lcz`` file: ``Δ(θ)`` per task, the rest as saved.
 
     The saved spec is bound to ``model`` to rebuild each task's operator, so the model must have
     the parameters (and shapes) it was compressed with. Nothing is unpickled.
 
     Args:
         path: the ``.lcz`` file.
-        model: the architecture; its weights are overwritten.
+        model: the architecture; its weights and buffers are overwritten.
         registry: where the spec's operators come from (default: the installed plugins).
 
     Returns:
@@ -282,30 +304,21 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
         ModelError: the file is missing, damaged, or does not fit ``model``.
     """
     manifest, payload = _read(path)
+    where, legacy = str(path), manifest["format"] == 1
+    plan = bind_saved_spec(manifest.get("spec"), model, where=where, registry=registry)
     try:
-        plan = parse(str(manifest["spec"]), filename=f"{path} (saved spec)").bind(model, registry=registry)
         saved_tasks = {t["name"]: t for t in manifest["tasks"]}
         dense = dict(manifest["dense"])
-    except (KeyError, TypeError) as exc:
+        buffers = None if legacy else dict(manifest.get("buffers", {}))
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: damaged manifest: missing {exc}") from exc
-    by_name = parameters_by_name(model)
     thetas: dict[str, Theta] = {}
-    with torch.no_grad():
-        for task in plan.tasks:
-            saved = saved_tasks.get(task.name)
-            if saved is None or saved.get("operator") != repr(task.operator):
-                raise ModelError(f"{path}: task {task.name} is missing or was saved with another operator")
-            params = [by_name[name] for name in task.parameters]
-            theta = _decode_theta(task.operator, saved, task.view_shape, payload, f"{path}: task {task.name}")
-            thetas[task.name] = write_theta(task, params, theta, where=str(path))
-        if set(dense) != set(plan.dense):
-            raise ModelError(
-                f"{path}: the dense parameters saved ({', '.join(sorted(dense)) or 'none'}) are not those the "
-                f"spec leaves dense on this model ({', '.join(plan.dense) or 'none'})"
-            )
-        for name, entry in dense.items():
-            value = _field(entry, payload, f"{path}: dense parameter '{name}'")
-            if name not in by_name or not isinstance(value, torch.Tensor) or by_name[name].shape != value.shape:
-                raise ModelError(f"{path}: dense parameter '{name}' is missing from the model or has another shape")
-            by_name[name].copy_(value)
-    return thetas
+    for task in plan.tasks:
+        saved = saved_tasks.get(task.name)
+        check_operator(task, saved, where=where, registry=registry, legacy=legacy)
+        thetas[task.name] = _decode_theta(task.operator, saved, task.view_shape, payload, f"{path}: task {task.name}")
+    dense_values = {name: _field(entry, payload, f"{path}: dense parameter '{name}'") for name, entry in dense.items()}
+    buffer_values = None
+    if buffers is not None:
+        buffer_values = {name: _field(entry, payload, f"{path}: buffer '{name}'") for name, entry in buffers.items()}
+    return restore_model(model, plan, thetas, dense_values, buffer_values, where=where)

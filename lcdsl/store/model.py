@@ -1,6 +1,25 @@
-"""The compressed model as ``compressed.pt``: θ per task, the dense parameters, and the spec.
+"""The saved model: what every file that holds a compressed model keeps, written and read in one place.
 
-:func:`load_compressed` rebuilds a model's weights from it::
+A compressed model is, as plain data (:func:`model_record`)::
+
+    "spec":    the spec's text; loading binds it to the model again to rebuild the operators
+    "tasks":   {task name: {"parameters": [names], "shapes": [[…]], "operator": "prune(l0=50)",
+                            "plugin": "builtin", "theta": {field: tensor}}}
+    "dense":   {parameter name: tensor}   the parameters no task compresses
+    "buffers": {buffer name: tensor}      what state_dict keeps besides parameters (BatchNorm's
+                                          running_mean, running_var, num_batches_tracked, …)
+
+Names are the plan's (a DDP ``module.`` prefix stripped). An operator is named by its spec text
+(:func:`~lcdsl.operators.base.describe`) and the plugin that provides it, never by ``repr``, so a
+plugin may rename its attributes and still load what it saved. ``compressed.pt`` is this record
+with ``"format"`` (:data:`~lcdsl.formats.COMPRESSED_FORMAT`) and ``"model"`` (the model's name on
+the command line); ``.lcz`` (:mod:`lcdsl.store.lcz`) encodes the same record compactly. Both read
+it back through :func:`restore_model`, which checks everything before it writes a weight.
+
+Format 1 files (no buffers; operators by ``repr``) still load: their operators are checked by
+``repr`` as they were saved, and the model's buffers are left as they are.
+
+:func:`load_compressed` rebuilds a model's weights from ``compressed.pt``::
 
     model = LeNet300(in_features=64)
     load_compressed(model, "runs/demo/compressed.pt")   # weights are now Δ(θ)
@@ -9,48 +28,101 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lcdsl.errors import ModelError
+from lcdsl.formats import COMPRESSED_FORMAT
 from lcdsl.language.parser import parse
-from lcdsl.operators.base import Theta
+from lcdsl.operators.base import Operator, Theta, describe
 from lcdsl.plan.model import Plan, Task
-from lcdsl.plan.names import parameters_by_name
+from lcdsl.plan.names import buffers_by_name, parameters_by_name
+from lcdsl.plugins.origin import operator_plugin
 from lcdsl.store.atomic import load_checkpoint
 
-__all__ = ["COMPRESSED_FORMAT", "compressed_state", "load_compressed", "write_theta"]
+if TYPE_CHECKING:
+    from lcdsl.plugins.registry import Registry
 
-COMPRESSED_FORMAT = 1
-"""Version of the ``compressed.pt`` layout."""
+__all__ = [
+    "COMPRESSED_FORMAT", "operator_identity", "model_record", "bind_saved_spec", "check_operator", "restore_model",
+    "compressed_state", "read_compressed", "load_compressed", "write_theta",
+]  # fmt: skip
+
+_READABLE = (1, COMPRESSED_FORMAT)
+"""The ``compressed.pt`` formats :func:`read_compressed` accepts."""
 
 
+def operator_identity(op: Operator, registry: Registry | None = None) -> dict[str, str]:
+    """How a saved file names an operator: ``{"operator": spec text, "plugin": entry-point name}``."""
+    return {"operator": describe(op), "plugin": operator_plugin(op, registry)}
 
-def compressed_state(
-    model: nn.Module, plan: Plan, thetas: dict[str, Theta], *, spec_text: str, model_name: str
+
+def model_record(
+    model: nn.Module, plan: Plan, thetas: dict[str, Theta], *, spec_text: str, registry: Registry | None = None
 ) -> dict[str, Any]:
-    """What ``compressed.pt`` holds: ``θ`` per task, the dense parameters, and the spec.
+    """The compressed model as plain data and CPU tensors (see the module docstring).
 
     Args:
-        model: the model (its dense parameters are saved as they are).
+        model: the model; its dense parameters and buffers are saved as they are.
         plan: the plan the run compressed with.
         thetas: ``θ`` by task name (:meth:`Engine.finalize`'s result).
-        spec_text: the spec's source, so :func:`load_compressed` can rebuild the operators.
-        model_name: how the model was named on the command line, for the record.
+        spec_text: the spec's source, so a loader can rebuild the operators.
+        registry: where the plan's operators came from (default: the installed plugins).
+
+    Raises:
+        ModelError: ``thetas`` lacks a task of ``plan``.
     """
     by_name = parameters_by_name(model)
     tasks = {}
     for task in plan.tasks:
+        if task.name not in thetas:
+            raise ModelError(f"no θ for task {task.name}")
         tasks[task.name] = {
             "parameters": list(task.parameters),
             "shapes": [list(s) for s in task.shapes],
-            "operator": repr(task.operator),
+            **operator_identity(task.operator, registry),
             "theta": {k: v.detach().cpu().clone() for k, v in thetas[task.name].items()},
         }
     dense = {name: by_name[name].detach().cpu().clone() for name in plan.dense}
-    return {"format": COMPRESSED_FORMAT, "model": model_name, "spec": spec_text, "tasks": tasks, "dense": dense}
+    buffers = {name: b.detach().cpu().clone() for name, b in buffers_by_name(model).items()}
+    return {"spec": spec_text, "tasks": tasks, "dense": dense, "buffers": buffers}
+
+
+def bind_saved_spec(spec_text: Any, model: nn.Module, *, where: str, registry: Registry | None = None) -> Plan:
+    """The plan of a saved spec on ``model`` (spec errors name the file)."""
+    if not isinstance(spec_text, str):
+        raise ModelError(f"{where}: no saved spec")
+    return parse(spec_text, filename=f"{where} (saved spec)").bind(model, registry=registry)
+
+
+def check_operator(
+    task: Task, saved: Any, *, where: str, registry: Registry | None = None, legacy: bool = False
+) -> None:
+    """Make sure a task's saved entry was made by the operator the saved spec binds to now.
+
+    Args:
+        task: the task, bound again from the saved spec.
+        saved: the file's entry for it (``None`` when the file has none).
+        legacy: a format 1 entry, whose operator is its ``repr``.
+
+    Raises:
+        ModelError: the entry is missing or names another operator (or plugin).
+    """
+    if not isinstance(saved, dict):
+        raise ModelError(f"{where}: task {task.name} is missing or was saved with another operator")
+    if legacy:
+        if saved.get("operator") != repr(task.operator):
+            raise ModelError(f"{where}: task {task.name} was saved with another operator ({saved.get('operator')})")
+        return
+    ours = operator_identity(task.operator, registry)
+    theirs = {key: saved.get(key) for key in ours}
+    if theirs != ours:
+        raise ModelError(
+            f"{where}: task {task.name} was saved with another operator ({theirs['operator']} from plugin "
+            f"'{theirs['plugin']}'; the saved spec binds {ours['operator']} from plugin '{ours['plugin']}' now)"
+        )
 
 
 @torch.no_grad()
@@ -69,11 +141,109 @@ def write_theta(task: Task, params: list[torch.Tensor], theta: Theta, *, where: 
     return theta
 
 
-def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Theta]:
-    """Set ``model``'s weights from ``compressed.pt``: ``Δ(θ)`` per task, dense ones as saved.
+def _check_tensors(kind: str, saved: dict[str, Any], ours: dict[str, torch.Tensor], expected: Any, where: str) -> None:
+    """Saved tensors by name against the model's: the same names, each of the same shape."""
+    if set(saved) != set(expected):
+        raise ModelError(
+            f"{where}: the {kind}s saved ({', '.join(sorted(saved)) or 'none'}) are not those of this model "
+            f"({', '.join(expected) or 'none'})"
+        )
+    for name, value in saved.items():
+        if name not in ours or not isinstance(value, torch.Tensor) or ours[name].shape != value.shape:
+            raise ModelError(f"{where}: {kind} '{name}' is missing from the model or has another shape")
+
+
+def restore_model(
+    model: nn.Module,
+    plan: Plan,
+    thetas: dict[str, Theta],
+    dense: dict[str, Any],
+    buffers: dict[str, Any] | None,
+    *,
+    where: str,
+) -> dict[str, Theta]:
+    """Write a saved model into ``model``: ``Δ(θ)`` per task, the dense parameters, the buffers.
+
+    The names and shapes of the dense parameters and buffers are checked before anything is
+    written. ``buffers=None`` (a format 1 file) leaves the model's buffers as they are.
+
+    Args:
+        plan: the saved spec bound to ``model`` (:func:`bind_saved_spec`); every task's operator
+            already checked (:func:`check_operator`).
+        thetas: ``θ`` by task name, for every task of ``plan``.
+        dense: the saved dense parameters by name.
+        buffers: the saved buffers by name, or None.
+        where: the file, for messages.
+
+    Returns:
+        ``θ`` by task name, on the model's device.
+
+    Raises:
+        ModelError: something saved does not fit ``model``.
+    """
+    params, own_buffers = parameters_by_name(model), buffers_by_name(model)
+    _check_tensors("dense parameter", dense, params, plan.dense, where)
+    if buffers is not None:
+        _check_tensors("buffer", buffers, own_buffers, list(own_buffers), where)
+    out: dict[str, Theta] = {}
+    with torch.no_grad():
+        for task in plan.tasks:
+            out[task.name] = write_theta(task, [params[n] for n in task.parameters], thetas[task.name], where=where)
+        for name, value in dense.items():
+            params[name].copy_(value)
+        for name, value in (buffers or {}).items():
+            own_buffers[name].copy_(value)
+    return out
+
+
+def compressed_state(
+    model: nn.Module,
+    plan: Plan,
+    thetas: dict[str, Theta],
+    *,
+    spec_text: str,
+    model_name: str,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """What ``compressed.pt`` holds: the format, the model's name and :func:`model_record`.
+
+    Args:
+        model: the model (its dense parameters and buffers are saved as they are).
+        plan: the plan the run compressed with.
+        thetas: ``θ`` by task name (:meth:`Engine.finalize`'s result).
+        spec_text: the spec's source, so :func:`load_compressed` can rebuild the operators.
+        model_name: how the model was named on the command line, for the record.
+        registry: where the plan's operators came from (default: the installed plugins).
+    """
+    record = model_record(model, plan, thetas, spec_text=spec_text, registry=registry)
+    return {"format": COMPRESSED_FORMAT, "model": model_name, **record}
+
+
+def read_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The contents of ``compressed.pt`` (format 2, or 1), checked to be one.
+
+    Raises:
+        ModelError: the file is missing, damaged, or not a compressed model.
+    """
+    state = load_checkpoint(path, error=ModelError)
+    if state.get("format") not in _READABLE or not isinstance(state.get("tasks"), dict):
+        found = state.get("format")
+        raise ModelError(f"{path}: not an lcdsl compressed model of format {COMPRESSED_FORMAT} or 1 (found {found!r})")
+    return state
+
+
+def load_compressed(
+    model: nn.Module, path: str | os.PathLike[str], *, registry: Registry | None = None
+) -> dict[str, Theta]:
+    """Set ``model``'s weights and buffers from ``compressed.pt``: ``Δ(θ)`` per task, the rest as saved.
 
     The spec saved in the file is bound to ``model`` again to rebuild each task's operator, so
     the model must have the parameters (and shapes) it was compressed with.
+
+    Args:
+        model: the architecture; its weights and buffers are overwritten.
+        path: the file.
+        registry: where the spec's operators come from (default: the installed plugins).
 
     Returns:
         ``θ`` by task name.
@@ -81,21 +251,15 @@ def load_compressed(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     Raises:
         ModelError: the file is missing or malformed, or does not fit ``model``.
     """
-    state = load_checkpoint(path, error=ModelError)
-    if state.get("format") != COMPRESSED_FORMAT or not isinstance(state.get("tasks"), dict):
-        raise ModelError(f"{path}: not an lcdsl compressed model of format {COMPRESSED_FORMAT}")
-    plan = parse(state["spec"], filename=f"{path} (saved spec)").bind(model)
-    by_name = parameters_by_name(model)
-    thetas: dict[str, Theta] = {}
-    with torch.no_grad():
-        for task in plan.tasks:
-            saved = state["tasks"].get(task.name)
-            if saved is None or saved.get("operator") != repr(task.operator):
-                raise ModelError(f"{path}: task {task.name} is missing or was saved with another operator")
-            params = [by_name[name] for name in task.parameters]
-            thetas[task.name] = write_theta(task, params, saved["theta"], where=str(path))
-        for name, value in state.get("dense", {}).items():
-            if name not in by_name or tuple(by_name[name].shape) != tuple(value.shape):
-                raise ModelError(f"{path}: dense parameter '{name}' is missing from the model or has another shape")
-            by_name[name].copy_(value)
-    return thetas
+    state = read_compressed(path)
+    where, legacy = str(path), state["format"] == 1
+    plan = bind_saved_spec(state.get("spec"), model, where=where, registry=registry)
+    thetas = {}
+    for task in plan.tasks:
+        saved = state["tasks"].get(task.name)
+        check_operator(task, saved, where=where, registry=registry, legacy=legacy)
+        if not isinstance(saved.get("theta"), dict):
+            raise ModelError(f"{where}: task {task.name} has no θ")
+        thetas[task.name] = saved["theta"]
+    buffers = None if legacy else state.get("buffers", {})
+    return restore_model(model, plan, thetas, dict(state.get("dense", {})), buffers, where=where)

@@ -1,0 +1,78 @@
+"""The version of every file layout lcdsl writes, in one place. A leaf: it imports nothing.
+
+Each file records its layout's version under the key ``"format"`` (the ``.lcz`` file also in its
+first four bytes), and its reader refuses a version it does not know with an error that names
+the version it expected. A change to a layout bumps its number here; a reader that still
+understands an older version says so in its docstring.
+
+========================  =====================================================================
+constant                  the file, what it holds, who writes and reads it
+========================  =====================================================================
+:data:`STATE_FORMAT`      the engine state (``Engine.state_dict()``): μ schedule, step, θ and λ
+                          per task, the plan's fingerprint, the tasks (operator spec text and
+                          plugin) and settings (plain data) it fits, history.
+                          :mod:`lcdsl.engine.state` writes and reads it; it travels inside
+                          ``checkpoint.pt`` and the trainer-callback state.
+:data:`DRIVER_FORMAT`     the trainer-callback state (``LCDriver.state_dict()``): the engine
+                          state and the position inside the current L step.
+                          :mod:`lcdsl.engine.driver`; Lightning keeps it in its checkpoint, the
+                          Hugging Face callback as ``checkpoint-N/lcdsl_state.pt``.
+:data:`CHECKPOINT_FORMAT` ``checkpoint.pt`` of ``lcdsl compress``: model and data names, the
+                          spec's text, the model's ``state_dict``, the engine state, the L step's
+                          data order, the reference's metadata, history.
+                          :mod:`lcdsl.store.checkpoint` writes it after every LC step and reads
+                          it back for ``--resume``.
+:data:`REFERENCE_FORMAT`  ``reference.pt`` (``lcdsl train``, or cached by ``lcdsl compress``):
+                          model and data names, the model's ``state_dict``, recipe, per-epoch
+                          history, test and train error. :mod:`lcdsl.store.checkpoint`.
+:data:`COMPRESSED_FORMAT` ``compressed.pt``: the spec's text, per task its parameters, shapes,
+                          operator (spec text and plugin) and θ, the dense parameters and the
+                          buffers. :mod:`lcdsl.store.model` (``lcdsl compress`` writes it,
+                          ``lcdsl export`` and :func:`~lcdsl.store.load_compressed` read it).
+:data:`LCZ_FORMAT`        the manifest of a ``.lcz`` file (``lcdsl export``): the same model as
+                          ``compressed.pt``, θ bit-packed, with the plan, sizes and versions.
+                          :mod:`lcdsl.store.lcz`; :data:`MAGIC` opens the file.
+:data:`REPORT_FORMAT`     ``report.json``: every LC step's numbers, the plan, settings, sizes,
+                          errors, versions. :mod:`lcdsl.report.run` writes it; ``lcdsl export``
+                          reads its data name, ``lcdsl sweep`` its sizes and errors.
+:data:`SWEEP_FORMAT`      ``sweep.json``: one row per run of a sweep (values, size, errors).
+                          :mod:`lcdsl.report.sweep`.
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "STATE_FORMAT", "DRIVER_FORMAT", "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "COMPRESSED_FORMAT",
+    "LCZ_FORMAT", "MAGIC", "REPORT_FORMAT", "SWEEP_FORMAT",
+]  # fmt: skip
+
+STATE_FORMAT = 2
+"""The engine state. 2: operators by spec text and plugin, settings as plain data (1 used
+``repr``; it is refused: resume needs the same operators, and ``repr`` cannot say so)."""
+
+DRIVER_FORMAT = 2
+"""The trainer-callback state (:class:`~lcdsl.engine.driver.LCDriver`)."""
+
+CHECKPOINT_FORMAT = 1
+"""``checkpoint.pt``, the run checkpoint of ``lcdsl compress``."""
+
+REFERENCE_FORMAT = 1
+"""``reference.pt``, a reference model's weights and record."""
+
+COMPRESSED_FORMAT = 2
+"""``compressed.pt``. 2: operators by spec text and plugin, and the model's buffers (1: operators
+by ``repr``, no buffers; still read)."""
+
+LCZ_FORMAT = 2
+"""The ``.lcz`` manifest. 2: operators by spec text and plugin, and the model's buffers (1:
+operators by ``repr``, no buffers; still read)."""
+
+MAGIC = b"LCZ1"
+"""The first four bytes of every ``.lcz`` file (the binary frame, unchanged since format 1)."""
+
+REPORT_FORMAT = 1
+"""``report.json``."""
+
+SWEEP_FORMAT = 1
+"""``sweep.json``."""

@@ -1,0 +1,194 @@
+"""The run checkpoint (``checkpoint.pt``) and the reference file (``reference.pt``): their layouts.
+
+Both are dicts of tensors and plain data, written with :func:`~lcdsl.store.atomic.save_atomic`
+and read with ``torch.load(weights_only=True)``. The model's weights in them are its whole
+``state_dict`` (parameters and buffers, on the CPU: :func:`model_weights`), so a run resumes, and a
+reference loads, exactly.
+
+``checkpoint.pt`` (:data:`~lcdsl.formats.CHECKPOINT_FORMAT`), after every LC step of ``lcdsl compress``::
+
+    "format", "model_name", "data_name", "spec_text"
+    "model"       the model's state_dict
+    "engine"      Engine.state_dict() (μ, step, θ and λ per task, the plan it fits)
+    "trainer"     the L step's state (where the data order is)
+    "reference"   what is known of the reference (path, names, errors, recipe)
+    "history"     every step's record as a dict
+
+``reference.pt`` (:data:`~lcdsl.formats.REFERENCE_FORMAT`), from ``lcdsl train``::
+
+    "format", "model", "data"
+    "state_dict"  the model's state_dict
+    "recipe"      how it was trained (a dict), "history" one record per epoch
+    "test_error", "train_error"
+
+The store knows nothing of training: callers pass the L step as anything with ``state_dict`` and
+``load_state_dict``, and the reference's errors as numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from lcdsl.engine.core import Engine
+from lcdsl.errors import EngineError, ModelError
+from lcdsl.formats import CHECKPOINT_FORMAT, REFERENCE_FORMAT
+from lcdsl.store.atomic import load_checkpoint
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "Stateful", "model_weights", "run_checkpoint", "read_run_checkpoint",
+    "restore_run_checkpoint", "reference_record", "load_reference",
+]  # fmt: skip
+
+
+class Stateful(Protocol):
+    """What the run checkpoint saves of the L step: its state as plain data and tensors."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` (parameters and buffers) as CPU copies."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def run_checkpoint(
+    model: nn.Module,
+    engine: Engine,
+    trainer: Stateful,
+    *,
+    model_name: str,
+    data_name: str,
+    spec_text: str,
+    reference: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds (see the module docstring).
+
+    Args:
+        model: the model being compressed.
+        engine: its engine.
+        trainer: the L step (its data order is saved).
+        model_name: the model as the command line names it.
+        data_name: the data set's name.
+        spec_text: the spec's source.
+        reference: what is known of the reference model (plain data).
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model_name,
+        "data_name": data_name,
+        "spec_text": spec_text,
+        "model": model_weights(model),
+        "engine": engine.state_dict(),
+        "trainer": trainer.state_dict(),
+        "reference": reference,
+        "history": [r.to_dict() for r in engine.history],
+    }
+
+
+def read_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``checkpoint.pt``, checked to be a run checkpoint of :data:`CHECKPOINT_FORMAT`.
+
+    Raises:
+        EngineError: the file is missing, damaged, or not a run checkpoint of this format.
+    """
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise EngineError(f"{path}: not an lcdsl checkpoint of format {CHECKPOINT_FORMAT}")
+    return checkpoint
+
+
+def restore_run_checkpoint(
+    checkpoint: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    model_name: str,
+    data_name: str,
+    model: nn.Module,
+    engine: Engine,
+    trainer: Stateful,
+    hint: str = "",
+) -> dict[str, Any]:
+    """Put a run checkpoint's state back into the model, the engine and the L step.
+
+    Args:
+        checkpoint: what :func:`read_run_checkpoint` read from ``path``.
+        path: the file, for messages.
+        model_name, data_name: what this run compresses; the checkpoint must be for the same.
+        model, engine, trainer: where the state goes.
+        hint: added to an error when the engine state does not fit this plan (what to do instead).
+
+    Returns:
+        The reference's metadata, as saved.
+
+    Raises:
+        EngineError: the checkpoint is for another model, data set or plan, or is malformed.
+    """
+    for key, ours in (("model_name", model_name), ("data_name", data_name)):
+        if checkpoint.get(key) != ours:
+            raise EngineError(
+                f"cannot resume {path}: it was made for {key.split('_')[0]} '{checkpoint.get(key)}', not '{ours}'"
+            )
+    try:
+        engine.load_state_dict(checkpoint["engine"])
+    except EngineError as exc:
+        raise EngineError(f"{exc} — {hint}" if hint else str(exc)) from exc
+    except KeyError as exc:
+        raise EngineError(f"cannot resume {path}: it has no {exc}") from exc
+    try:
+        model.load_state_dict(checkpoint["model"])
+        trainer.load_state_dict(checkpoint["trainer"])
+    except (RuntimeError, KeyError) as exc:
+        raise EngineError(f"cannot resume {path}: {exc}") from exc
+    return dict(checkpoint["reference"])
+
+
+def reference_record(
+    model: nn.Module,
+    *,
+    model_name: str,
+    data_name: str,
+    recipe: dict[str, Any],
+    history: list[Any],
+    test_error: float,
+    train_error: float,
+) -> dict[str, Any]:
+    """What ``reference.pt`` holds: the weights, the names, the recipe, the errors (see the module
+    docstring)."""
+    return {
+        "format": REFERENCE_FORMAT,
+        "model": model_name,
+        "data": data_name,
+        "state_dict": model_weights(model),
+        "recipe": recipe,
+        "history": history,
+        "test_error": test_error,
+        "train_error": train_error,
+    }
+
+
+def load_reference(
+    path: str | os.PathLike[str], model: nn.Module, *, model_name: str, data_name: str
+) -> dict[str, Any]:
+    """Load reference weights into ``model``; returns the file's metadata (without the weights).
+
+    Raises:
+        ModelError: the file is missing or malformed, or was saved for another model or dataset
+            (or its weights do not fit).
+    """
+    state = load_checkpoint(path, error=ModelError)
+    if state.get("format") != REFERENCE_FORMAT or "state_dict" not in state:
+        raise ModelError(f"{path}: not an lcdsl reference (make one with 'lcdsl train')")
+    for key, ours in (("model", model_name), ("data", data_name)):
+        if state.get(key) != ours:
+            raise ModelError(f"{path} was trained for {key} '{state.get(key)}', not '{ours}'")
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: the weights do not fit model '{model_name}': {exc}") from exc
+    return {k: v for k, v in state.items() if k != "state_dict"}
