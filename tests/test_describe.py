@@ -137,3 +137,20 @@ class OneOperatorRegistry:
 def test_describe_quotes_strings_only_where_a_bare_word_would_not_read_back(op, text):
     assert describe(op) == text
     assert build_operator(parse_expression(text), registry=OneOperatorRegistry()) == op
+
+
+@attrs.frozen
+class Recording(Operator):
+    """argmin_θ ‖w − θ‖²: θ = w, keeping a record of its calls that is no part of what it computes."""
+
+    name: ClassVar[str] = "recording"
+    k: int = 1
+    calls: list = attrs.field(factory=list, eq=False, repr=False)
+    cache: dict = attrs.field(factory=dict, init=False)
+
+
+def test_fields_that_are_not_spec_keywords_are_left_out():
+    op = Recording(k=3)
+    op.calls.append(0.5)
+    assert describe(op) == "recording(k=3)"
+    assert describe(Recording()) == "recording()"

@@ -173,15 +173,24 @@ class Operator:
 
 def _calls(op: Operator) -> tuple[Call, ...]:
     """The spec calls that build ``op``: one per term of an additive combination (an operator
-    with ``terms``), each with the fields that differ from their defaults, in field order."""
+    with ``terms``), each with the fields that differ from their defaults, in field order.
+
+    Fields that are not spec keywords are left out: those the constructor does not take
+    (``init=False``) and those equality ignores (``eq=False``, e.g. a record an operator keeps
+    for its own tests), since they are no part of what the operator computes."""
     terms = getattr(op, "terms", None)
     if terms is not None:
         return tuple(call for term in terms for call in _calls(term))
     args = []
     if attrs.has(type(op)):
         for field in attrs.fields(type(op)):
+            if not field.init or not field.eq:
+                continue
             value = getattr(op, field.name)
-            if field.default is not attrs.NOTHING and value == field.default:
+            default = field.default
+            if isinstance(default, attrs.Factory) and not default.takes_self:
+                default = default.factory()
+            if default is not attrs.NOTHING and value == default:
                 continue
             args.append(Argument(field.name, value))
     return (Call(op.name, tuple(args)),)
