@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python bench/cstep.py $(if $(FULL),--full,)
 	$(BIN)/python bench/overhead.py $(if $(FULL),,--quick)
 	$(BIN)/python bench/quality.py $(if $(FULL),,--quick)
+	$(BIN)/python bench/resnet.py $(if $(FULL),,--quick --repeats 1 --batches 4)
 	$(if $(FULL),$(BIN)/python bench/quality.py --model lenet5,)
 
 clean:

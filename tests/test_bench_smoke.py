@@ -83,3 +83,14 @@ def test_overhead_pieces_on_digits() -> None:
     # penalty gradient caches no target
     assert counted["delta"] == counted["lambda"] == counted["weights"] > 0
     assert counted["penalty_target"] == 0
+
+
+def test_resnet_quick_runs_and_writes_its_numbers(tmp_path: Path) -> None:
+    resnet = _load("resnet")
+    out = tmp_path / "resnet.json"
+    assert resnet.main(["--quick", "--steps", "1", "--batches", "1", "--batch-size", "4", "--repeats", "1",
+                        "--out", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    run = result["repeats"][0]
+    assert result["model"] == "resnet_small" and run["tasks"] == 10  # nine convolutions and the classifier
+    assert 0 < run["c_seconds"] < run["seconds"] and run["ratio"] > 0
