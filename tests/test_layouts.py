@@ -378,3 +378,11 @@ def test_the_penalty_gradient_on_a_conv1d_equals_autograds(operator, penalty):
     engine.add_penalty_grad()
     for p, want in zip(params, expected):
         assert torch.allclose(p.grad, want, atol=1e-6)
+
+
+def test_project_takes_a_layout():
+    w = torch.randn(8, 24)  # (in, out)
+    by_inputs_first = lcdsl.project("prune(l0=3, by=rows)", w, layout=INPUTS_FIRST)
+    outputs_first = lcdsl.project("prune(l0=3, by=rows)", w.T.contiguous())
+    assert torch.equal(by_inputs_first.delta, outputs_first.delta.T)
+    assert len(zero_units(by_inputs_first.delta, outputs=1)) == 21

@@ -1,4 +1,4 @@
-"""Finding operators: the plugin manager and the registry of operator names.
+"""Finding operators: the plugin manager and the registry of operator names (and of layer layouts).
 
 Plugins are the entry points of the group ``lcdsl`` (see :mod:`lcdsl.plugins.hookspecs`); lcdsl's
 own operators come through its own entry point ``builtin = "lcdsl.operators.builtin"``. Nothing is
@@ -16,6 +16,10 @@ an argument the specification lacks, or a hook that raises or returns something 
 operator classes with spec-callable names makes that plugin a broken one. It is recorded in
 :attr:`Registry.problems` (with its distribution, version and the cause) and the others keep
 working; ``lcdsl plugins`` shows the problems and what was blocked.
+
+The layouts plugins declare (``lcdsl_register_layouts``: which axis of a module type's weight is
+its outputs) are collected the same way, after the operators, into :attr:`Registry.layouts`; a
+plugin that returns something else than a mapping of module classes to layouts is a broken one.
 
 Hooks are called through pluggy, once per plugin (:meth:`PluginManager.call_one`), so pluggy's
 argument filtering applies: a hook can be given new arguments later and an implementation that
