@@ -202,7 +202,10 @@ def custom_model() -> nn.Module:
     return nn.ModuleDict({"fc": nn.Linear(4, 6), "odd": Custom()})
 
 
-@pytest.mark.parametrize("operator", ["prune(l0=2, by=rows)", "lowrank(rank=2)", "quant(k=2) + prune(l0=1, by=channels)"])
+STRUCTURED = ["prune(l0=2, by=rows)", "lowrank(rank=2)", "quant(k=2) + prune(l0=1, by=channels)"]
+
+
+@pytest.mark.parametrize("operator", STRUCTURED)
 def test_a_structured_operator_on_an_unknown_module_is_a_spec_error(operator):
     with pytest.raises(SpecError) as info:
         bind(parse(f"fc : quant(k=2)\nodd : {operator}\n"), custom_model())
@@ -268,7 +271,8 @@ def entry_points(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", fake)
 
     def install(name, plugin, distribution="lcdsl-dense", version="1.0"):
-        installed.append(_EntryPoint(name, f"plugin_{name}", types.SimpleNamespace(name=distribution, version=version), plugin))
+        dist = types.SimpleNamespace(name=distribution, version=version)
+        installed.append(_EntryPoint(name, f"plugin_{name}", dist, plugin))
 
     return install
 
