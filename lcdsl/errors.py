@@ -101,6 +101,7 @@ CODES = MappingProxyType({
     "claimed-twice": "a tensor claimed by two rules, or twice within one rule",
     "mixed-group": "a joint group whose tensors differ in dtype or device",
     "does-not-fit": "an operator that cannot take its task's tensors (their count, shape or size)",
+    "no-layout": "a structured operator on a module type whose output and input axes no plugin declares",
     # outside a spec file
     "unwritable": "a spec built in code that has no spelling in the language (lcdsl fmt)",
     "bad-option": "a command-line value that overrides a setting and is refused",

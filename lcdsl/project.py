@@ -9,6 +9,7 @@ import torch
 from lcdsl.errors import Diagnostic, SpecError
 from lcdsl.language.parser import parse_expression
 from lcdsl.operators.base import Operator, Theta, View
+from lcdsl.operators.layout import Layout
 from lcdsl.plan.binder import build_operator
 from lcdsl.plugins.registry import Registry
 
@@ -27,7 +28,12 @@ class Projection(NamedTuple):
 
 
 def project(
-    expression: str, tensor: torch.Tensor, mu: float = 0.0, *, registry: Registry | None = None
+    expression: str,
+    tensor: torch.Tensor,
+    mu: float = 0.0,
+    *,
+    registry: Registry | None = None,
+    layout: Layout | None = None,
 ) -> Projection:
     """Compress ``tensor`` with the operator(s) of ``expression``: ``θ = argmin ‖w − Δ(θ)‖²``.
 
@@ -43,6 +49,9 @@ def project(
         tensor: the weights; not modified.
         mu: the penalty parameter (only penalty forms such as ``prune(l0_penalty=…)`` use it).
         registry: where operators are looked up; the installed plugins by default.
+        layout: which axes of ``tensor`` are a layer's outputs and inputs, for structured
+            operators (``Layout(outputs=1, inputs=0)`` for an HF ``Conv1D`` weight); by default
+            outputs first, as ``nn.Linear`` and ``nn.Conv2d`` store them.
 
     Raises:
         SpecError: the expression does not parse, names an unknown operator, or does not fit the
@@ -55,7 +64,7 @@ def project(
     except SpecError as exc:
         raise exc.with_source(source, filename) from None
     try:
-        view = View.of(op, (tensor.shape,))
+        view = View.of(op, (tensor.shape,), layout)
         op = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
         message = f"cannot apply to a tensor of shape {tuple(tensor.shape)}: {exc}"

@@ -125,9 +125,13 @@ def test_encoded_theta_fits_the_reported_bits(text):
 
 
 class _Holder(torch.nn.Module):
+    """``w``: a Linear holding the weight (structured operators need a layer whose layout is known)."""
+
     def __init__(self, w: torch.Tensor) -> None:
         super().__init__()
-        self.w = torch.nn.Parameter(w.clone())
+        self.w = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            self.w.weight.copy_(w)
 
 
 # ------------------------------------------------------------------------ .lcz round trips

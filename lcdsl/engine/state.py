@@ -30,7 +30,7 @@ def operator_text(op: Operator) -> str:
 
 
 def plan_fingerprint(plan: Plan) -> str:
-    """The sha256 of a plan's canonical text: task names, views, shapes, operators, settings.
+    """The sha256 of a plan's canonical text: task names, views, layouts, shapes, operators, settings.
 
     Operators are their spec text and plugin (:func:`operator_text`), settings their plain data
     (:func:`~lcdsl.plan.settings.settings_data`), so the fingerprint does not depend on how a
@@ -39,6 +39,8 @@ def plan_fingerprint(plan: Plan) -> str:
     lines = [
         f"task {task.name} joint={task.joint} shapes={task.shapes} view={task.operator.view} "
         f"operator={operator_text(task.operator)}"
+        # a layout other than outputs-first changes what rows are (a plan without one prints as before)
+        + (f" layout=({task.layout.outputs}, {task.layout.inputs})" if task.layout is not None else "")
         for task in plan.tasks
     ]
     lines.append("settings " + json.dumps(settings_data(plan.settings), sort_keys=True))

@@ -8,6 +8,8 @@ Everything a plugin needs to write an operator and register it::
   :data:`Encoded`, :func:`describe`;
 - views (:mod:`.view`): :class:`View` (a task's tensors as the operator sees them, gathered
   and scattered back), :data:`ViewKind`, :func:`view_shape`;
+- layouts (:mod:`.layout`): :class:`Layout` (which axis of a layer's weight is its outputs and
+  which its inputs), :data:`STORAGE_ORDER`, for the hook ``lcdsl_register_layouts``;
 - bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`;
 - amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends, and
   :class:`Percent`, the spec value ``5%``;
@@ -37,6 +39,7 @@ from lcdsl.operators.base import (
     view_shape,
 )  # fmt: skip
 from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_bits, pack_uint, unpack_bits, unpack_uint
+from lcdsl.operators.layout import STORAGE_ORDER, Layout, LayoutRule
 from lcdsl.operators.marker import PROJECT, hookimpl
 from lcdsl.operators.units import (
     Amount,
@@ -54,6 +57,8 @@ from lcdsl.operators.units import (
 __all__ = [
     # the contract
     "Operator", "Storage", "Theta", "Encoded", "View", "ViewKind", "view_shape", "describe",
+    # layouts
+    "Layout", "LayoutRule", "STORAGE_ORDER",
     # bit costs
     "FLOAT_BITS", "bits_per_index", "index_bits",
     # amounts and validators

@@ -143,6 +143,11 @@ class Additive(Operator):
         views = _term_views(self.terms, tuple(shape))
         return attrs.evolve(self, terms=tuple(t.resolve(v.shape) for t, v in zip(self.terms, views)))
 
+    def axes(self, shape: tuple[int, ...]) -> str | None:
+        """The terms' notes (:meth:`Operator.axes`), joined by ``; ``; None if no term has one."""
+        notes = [t.axes(v.shape) for t, v in zip(self.terms, _term_views(self.terms, tuple(shape)))]
+        return "; ".join(n for n in notes if n) or None
+
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """The flat θ of :func:`additive_project`."""
         theta, _ = additive_project(self.terms, w, mu=mu, warm=warm, rounds=self.rounds)

@@ -28,9 +28,13 @@ docstring opens with the problem it solves. It offers:
 
 - ``"vector"``: all tensors of the task flattened and concatenated, shape ``(n,)``;
 - ``"matrix"``: one tensor as ``(out, in·kh·kw)``;
-- ``"tensor"``: one tensor in its own shape (e.g. structured pruning of conv channels).
+- ``"tensor"``: one tensor with its axes in the order ``(out, in, kh, kw)`` (e.g. structured
+  pruning of conv channels).
 
-A joint group of several tensors is only possible for ``"vector"`` operators.
+A joint group of several tensors is only possible for ``"vector"`` operators. Rows are the
+layer's outputs on every layer, whatever order it stores its weight in (HF ``Conv1D`` stores
+``(in, out)``): the view puts the axes in this order from the layer's
+:class:`~lcdsl.operators.layout.Layout`, so an operator never needs to know the module.
 
 All work happens on ``w``'s device and dtype with torch ops.
 """
@@ -122,6 +126,17 @@ class Operator:
         ``ValueError`` when the amount does not fit the task (e.g. ``rank`` above the matrix's
         smaller side). The default returns ``self``."""
         return self
+
+    def axes(self, shape: tuple[int, ...]) -> str | None:
+        """What this operator does along a layer's output and input axes, for a task of view
+        ``shape``, as ``lcdsl check`` shows it (``keeps 64 of 256 output units``).
+
+        The default names the rows and columns of a ``"matrix"`` view (``rows = 16 outputs,
+        columns = 75 inputs``; a conv's columns are its inputs times its kernel positions) and
+        says nothing (None) for other views."""
+        if self.view == "matrix" and len(shape) == 2:
+            return f"rows = {shape[0]} outputs, columns = {shape[1]} inputs"
+        return None
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """The C step: ``θ`` minimising ``‖w − Δ(θ)‖²`` (plus ``2/μ·α·C(θ)`` for penalties).

@@ -96,10 +96,12 @@ class Prune(Operator):
       everything is kept.
 
     ``by`` makes ``l0`` structured: keep the κ groups of largest L2 norm, κ a count or a fraction
-    of the groups. ``rows`` and ``filters`` are the same groups, ``w[i]`` (rows of the
-    ``(out, in·kh·kw)`` matrix); ``channels`` are the input channels ``w[:, c]`` (columns of a
-    Linear weight). Structured forms see the tensor in its own shape (view ``"tensor"``), the
-    others a flat vector: :attr:`view` is a property of the instance.
+    of the groups. ``rows`` and ``filters`` are the same groups, the layer's output units
+    ``w[i]`` (rows of the ``(out, in·kh·kw)`` matrix); ``channels`` are its input channels
+    ``w[:, c]`` (columns of a Linear weight). Structured forms see the tensor with its axes in
+    the order ``(out, in, kernel…)`` (view ``"tensor"``, which puts them there from the layer's
+    layout: HF ``Conv1D`` stores ``(in, out)``), the others a flat vector: :attr:`view` is a
+    property of the instance.
 
     ``θ`` is ``{"indices": int64 (nnz,), "values": (nnz,)}`` for weights, and for groups
     ``{"indices": int64 (κ,), "values": w.index_select(dim, indices)}``. Storage: non-zeros at
@@ -120,7 +122,8 @@ class Prune(Operator):
     l1_penalty: float | None = attrs.field(default=None, converter=to_float, validator=attrs.validators.optional(positive_number))
     """α of the penalty α·‖θ‖₁."""
     by: str = attrs.field(default="weights", validator=_check_by)
-    """What is kept or dropped: single ``weights``, or whole ``rows``/``filters``/``channels``."""
+    """What is kept or dropped: single ``weights``, or whole ``rows``/``filters`` (output units) or
+    ``channels`` (input channels)."""
 
     def __attrs_post_init__(self) -> None:
         given = [f for f in _FORMS if getattr(self, f) is not None]
@@ -138,9 +141,19 @@ class Prune(Operator):
     # ---------------------------------------------------------------- sizes
 
     def _group_dim(self, shape: tuple[int, ...]) -> int:
+        """The axis of the groups in the ``"tensor"`` view ``(out, in, kernel…)``: 0 for output
+        units (rows, filters), 1 for input channels."""
         if len(shape) < 2:
             raise ValueError(f"by={self.by} needs a weight of 2 or more dimensions, got shape {tuple(shape)}")
         return 1 if self.by == "channels" else 0
+
+    def axes(self, shape: tuple[int, ...]) -> str | None:
+        """``keeps 64 of 256 output units`` (rows, filters) or ``… input channels``; None for weights."""
+        if self.by == "weights" or self.l0 is None:
+            return None
+        shape = tuple(shape)
+        what = "input channels" if self.by == "channels" else "output units"
+        return f"keeps {self._count(shape)} of {shape[self._group_dim(shape)]} {what}"
 
     def _count(self, shape: tuple[int, ...]) -> int:
         """κ resolved against the number of weights (or groups) of ``shape``."""

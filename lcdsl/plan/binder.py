@@ -12,6 +12,7 @@ from lcdsl.errors import Diagnostics, Span, SpecError, did_you_mean, exception_m
 from lcdsl.language.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
 from lcdsl.operators.additive import Additive
 from lcdsl.operators.base import Operator, View
+from lcdsl.operators.layout import Layout
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import task_name
 from lcdsl.plan.selectors import ModelIndex
@@ -247,7 +248,7 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
                     fresh.append(n)
             if not fresh or op is None:
                 continue
-            task = _make_task(fresh, joint, op, rule, span, index, diags)
+            task = _make_task(fresh, joint, op, rule, span, index, registry, diags)
             if task is not None:
                 tasks.append(task)
     diags.raise_if_any(source=spec.source, filename=spec.filename)
@@ -268,6 +269,7 @@ def _make_task(
     rule: Rule,
     span: Span | None,
     index: ModelIndex,
+    registry: Registry,
     diags: Diagnostics,
 ) -> Task | None:
     params = [index.parameters[n] for n in names]
@@ -283,6 +285,18 @@ def _make_task(
         hint = "drop the brackets to give each tensor its own task" if joint and len(names) > 1 else None
         diags.add("does-not-fit", f"{_op_name(op)} cannot take {', '.join(names)}: {exc}", span, hint)
         return None
+    layout = None
+    if view.kind != "vector" and len(shapes[0]) >= 2:  # rows and columns must be the layer's outputs and inputs
+        layout = _layout(names[0], op, index, registry, span, diags)
+        if layout is None:
+            return None
+        try:
+            view = View.of(op, shapes, layout)
+        except ValueError as exc:
+            diags.add("does-not-fit", f"{_op_name(op)} cannot take {names[0]}: {exc}", span)
+            return None
+        if view.order is None:
+            layout = None  # stored outputs first already: the task reads as one built without a layout
     try:
         resolved = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
@@ -290,7 +304,38 @@ def _make_task(
         message = f"{_op_name(op)} on {task_name(names, joint)} ({view.numel} weights): {exception_message(exc)}"
         diags.add("does-not-fit", message, where)
         return None
-    return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule)
+    return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule, layout=layout)
+
+
+_ELEMENTWISE_HINT = "element-wise operators (quant, prune without by, binarize, …) need no layout"
+
+
+def _layout(
+    name: str, op: Operator, index: ModelIndex, registry: Registry, span: Span | None, diags: Diagnostics
+) -> Layout | None:
+    """The layout of parameter ``name`` from its module's type; None with a ``no-layout`` error
+    when no plugin declares one."""
+    module, leaf = index.owner(name)
+    kind = type(module)
+    try:
+        layout = registry.layout(module, leaf)
+    except (ValueError, TypeError) as exc:
+        message = f"{_op_name(op)} needs the output axis of {name}, and its {kind.__name__} has none: {exc}"
+        diags.add("no-layout", message, span, hint=_ELEMENTWISE_HINT)
+        return None
+    if layout is None:
+        what = f"'{leaf}' of a {kind.__name__}" if leaf != "weight" else f"a {kind.__name__} weight"
+        diags.add(
+            "no-layout",
+            f"{_op_name(op)} needs to know which axis of {name} is the layer's outputs, "
+            f"and no plugin declares the layout of {what}",
+            span,
+            hint=(
+                f"declare it in a plugin: @hookimpl def lcdsl_register_layouts(): return "
+                f"{{{kind.__module__}.{kind.__qualname__}: Layout(outputs=0, inputs=1)}}; {_ELEMENTWISE_HINT}"
+            ),
+        )
+    return layout
 
 
 def _op_name(op: Operator) -> str:

@@ -11,6 +11,7 @@ import attrs
 
 from lcdsl.language.spec import Rule, Spec
 from lcdsl.operators.base import Operator, Storage
+from lcdsl.operators.layout import Layout
 from lcdsl.operators.view import View, split_view
 from lcdsl.plan.names import task_name
 from lcdsl.plan.settings import Settings
@@ -33,6 +34,10 @@ class Task:
     """Whether the task came from a ``[ … ]`` group (one codebook / budget for all)."""
     rule: Rule | None = attrs.field(default=None, eq=False, repr=False)
     """The rule the task came from, for messages."""
+    layout: Layout | None = None
+    """Which axes of the tensor are the layer's outputs and inputs, for a ``"matrix"`` or
+    ``"tensor"`` operator (the binder finds it from the parameter's module); None when the
+    storage order is already ``(out, in, kernel…)`` (PyTorch's), or for a vector operator."""
 
     @property
     def name(self) -> str:
@@ -49,7 +54,7 @@ class Task:
         """The task's tensors as its operator sees them (:class:`~lcdsl.operators.View`).
 
         Raises ``ValueError`` when the operator's view cannot take the task's shapes."""
-        return View.of(self.operator, self.shapes)
+        return View.of(self.operator, self.shapes, self.layout)
 
     @property
     def view_shape(self) -> tuple[int, ...]:
@@ -59,6 +64,11 @@ class Task:
     def predicted_storage(self) -> Storage | None:
         """The operator's size for this task before training, if it can tell."""
         return self.operator.storage(self.view_shape)
+
+    def axes(self) -> str | None:
+        """What the operator does along the layer's axes (``keeps 64 of 256 output units``), for
+        ``lcdsl check``; None for an element-wise operator."""
+        return self.operator.axes(self.view_shape)
 
 
 @attrs.frozen

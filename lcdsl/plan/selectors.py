@@ -65,6 +65,13 @@ class ModelIndex:
             and f"{name}.weight" in self.parameters
         }
         self.order = {name: i for i, name in enumerate(self.parameters)}
+        # the module that holds each parameter itself, and the parameter's name there: its layout's key
+        self.owners: dict[str, tuple[nn.Module, str]] = {}
+        for module_name, module in model.named_modules():
+            for leaf, param in module._parameters.items():
+                full = strip_ddp_prefix(f"{module_name}.{leaf}" if module_name else leaf)
+                if param is not None and self.parameters.get(full) is param:
+                    self.owners.setdefault(full, (module, leaf))
 
     def match_name(self, selector: NameSelector) -> list[str]:
         """Parameter names matched by a glob, in model order (may be empty)."""
@@ -82,6 +89,11 @@ class ModelIndex:
     def module_types(self) -> list[str]:
         """Class names of the modules that own a weight, each once."""
         return sorted({type(self.modules[m]).__name__ for m in self.weighted})
+
+    def owner(self, name: str) -> tuple[nn.Module, str]:
+        """The module that holds parameter ``name`` itself, and the parameter's name in it
+        (``(Conv1D, "weight")`` for ``transformer.h.0.mlp.c_fc.weight``)."""
+        return self.owners[name]
 
     def suggestions(self) -> list[str]:
         """Names worth suggesting for a glob that matched nothing: modules with weights, parameters."""

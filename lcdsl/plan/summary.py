@@ -16,7 +16,9 @@ def _ratio(dense_bits: int, bits: int | None) -> float | None:
 
 
 def plan_rows(plan: Plan, storages: list[Storage | None] | None = None) -> list[dict[str, Any]]:
-    """One dict a task: line, task, shapes, weights, operator, params and bits before and after.
+    """One dict a task: line, task, shapes, weights, operator, what it does along the layer's axes
+    (``axes``: ``keeps 64 of 256 output units``, or None for element-wise operators), params and
+    bits before and after.
 
     Args:
         plan: the bound plan.
@@ -34,6 +36,7 @@ def plan_rows(plan: Plan, storages: list[Storage | None] | None = None) -> list[
                 "shapes": [list(s) for s in task.shapes],
                 "weights": task.numel,
                 "operator": describe(task.operator),
+                "axes": task.axes(),
                 "params_before": task.numel,
                 "bits_before": before_bits,
                 "params_after": storage.params if storage else None,

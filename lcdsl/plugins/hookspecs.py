@@ -78,6 +78,13 @@ pluggy's ``set_blocked``; it is never imported) and ``lcdsl plugins`` lists it a
 Hooks are called through pluggy with keyword arguments only, one plugin at a time, and pluggy
 gives each implementation only the arguments it names: new arguments can be added to a hook later
 without breaking plugins that do not take them.
+
+**4. Declare the layout of your own layers** (optional): structured operators (``prune(by=rows)``,
+``lowrank``) need to know which axis of a weight is the layer's outputs. lcdsl knows PyTorch's
+layers and HF ``Conv1D``; a module class of your own that stores its weight in another order, or
+that structured operators should accept at all, is declared with
+:func:`lcdsl_register_layouts`. Without it, a structured operator on such a module is a spec
+error; element-wise operators work on any module.
 """
 
 from __future__ import annotations
@@ -89,9 +96,12 @@ import pluggy
 from lcdsl.operators.marker import PROJECT, hookimpl
 
 if TYPE_CHECKING:
-    from lcdsl.operators.base import Operator
+    from collections.abc import Mapping
 
-__all__ = ["PROJECT", "hookspec", "hookimpl", "lcdsl_register_operators"]
+    from lcdsl.operators.base import Operator
+    from lcdsl.operators.layout import LayoutRule
+
+__all__ = ["PROJECT", "hookspec", "hookimpl", "lcdsl_register_operators", "lcdsl_register_layouts"]
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 """Marks the functions of this module as lcdsl's hook specifications."""
@@ -125,4 +135,45 @@ def lcdsl_register_operators() -> list[type[Operator]]:
             @hookimpl
             def lcdsl_register_operators():
                 return [Sign]
+    """
+
+
+@hookspec
+def lcdsl_register_layouts() -> Mapping[type | str, LayoutRule]:
+    """Declare which axis of a module type's weight is the layer's outputs and which its inputs.
+
+    Structured operators (``prune(l0=…, by=rows|filters|channels)``, ``lowrank``) see every
+    weight as ``(outputs, inputs, kernel…)``: rows are output units and columns input channels
+    on every layer, whatever order the layer stores them in (:mod:`lcdsl.operators.layout`).
+    lcdsl's own plugin declares ``nn.Linear``, ``nn.Bilinear``, ``nn.Conv1d/2d/3d``,
+    ``nn.ConvTranspose1d/2d/3d``, ``nn.Embedding``, the RNNs, ``nn.MultiheadAttention`` and HF
+    ``Conv1D``. A structured operator on a module whose class (or a base class) no plugin
+    declares is a spec error (code ``no-layout``) at the rule.
+
+    Called:
+        Once per registry, right after :func:`lcdsl_register_operators`, through pluggy for each
+        plugin separately; a plugin that raises or returns something else than a mapping of
+        module classes to layouts is reported as broken, the others keep working. Two plugins
+        declaring different layouts for one class is an error naming both.
+
+    Args:
+        None yet. Later versions may pass keyword arguments; pluggy gives an implementation only
+        the ones it names.
+
+    Returns:
+        A mapping from a module class, or a class name (qualified, ``"mylib.layers.Dense"``, or
+        bare, ``"Dense"``: for a class the plugin does not want to import), to either a
+        :class:`~lcdsl.operators.Layout` (the layout of the module's ``weight``) or a function
+        ``(module, parameter_name) -> Layout | None`` (for other parameters, or a layout that
+        depends on the instance; it may raise ``ValueError`` saying why an instance has none).
+        A subclass gets its base's layout unless it is declared itself.
+
+    Example:
+        A layer that stores its weight ``(in, out)``, as ``x @ weight``::
+
+            from lcdsl.operators import Layout, hookimpl
+
+            @hookimpl
+            def lcdsl_register_layouts():
+                return {"my_plugin.layers.Dense": Layout(outputs=1, inputs=0)}
     """

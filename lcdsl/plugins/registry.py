@@ -1,4 +1,4 @@
-"""Finding operators: the plugin manager and the registry of operator names.
+"""Finding operators: the plugin manager and the registry of operator names (and of layer layouts).
 
 Plugins are the entry points of the group ``lcdsl`` (see :mod:`lcdsl.plugins.hookspecs`); lcdsl's
 own operators come through its own entry point ``builtin = "lcdsl.operators.builtin"``. Nothing is
@@ -16,6 +16,10 @@ an argument the specification lacks, or a hook that raises or returns something 
 operator classes with spec-callable names makes that plugin a broken one. It is recorded in
 :attr:`Registry.problems` (with its distribution, version and the cause) and the others keep
 working; ``lcdsl plugins`` shows the problems and what was blocked.
+
+The layouts plugins declare (``lcdsl_register_layouts``: which axis of a module type's weight is
+its outputs) are collected the same way, after the operators, into :attr:`Registry.layouts`; a
+plugin that returns something else than a mapping of module classes to layouts is a broken one.
 
 Hooks are called through pluggy, once per plugin (:meth:`PluginManager.call_one`), so pluggy's
 argument filtering applies: a hook can be given new arguments later and an implementation that
@@ -46,6 +50,7 @@ from lcdsl._version import __version__
 from lcdsl.errors import PluginError, did_you_mean
 from lcdsl.language.grammar import identifier_pattern
 from lcdsl.operators.base import Operator
+from lcdsl.operators.layout import Layout, LayoutRule, find_layout, layout_key
 from lcdsl.plugins import hookspecs
 
 __all__ = [
@@ -75,6 +80,8 @@ ALLOW_ENV = "LCDSL_ALLOW_PLUGINS"
 """Comma-separated entry-point names to load exclusively (``builtin`` is always allowed)."""
 REGISTER_OPERATORS = "lcdsl_register_operators"
 """The hook that provides operator classes."""
+REGISTER_LAYOUTS = "lcdsl_register_layouts"
+"""The hook that declares the layouts of module types."""
 
 _UNKNOWN = "unknown"
 
@@ -91,6 +98,8 @@ class PluginInfo:
     """That distribution's version."""
     operators: tuple[str, ...] = ()
     """The operator names it provides, in the order it returned them."""
+    layouts: tuple[str, ...] = ()
+    """The module types it declares layouts for (classes by qualified name), in its order."""
 
     def label(self) -> str:
         """``name (distribution version)``, for messages."""
@@ -346,8 +355,8 @@ def _register(pm: PluginManager, plugin: object, name: str) -> None:
         pm.add_problem(name, problem)
 
 
-def _hint(name: str, known: list[str], what: str) -> str:
-    return did_you_mean(name, known) or f" ({what}: {', '.join(known) or 'none'})"
+def _hint(name: str, known: list[str], what: str, n: int = 3) -> str:
+    return did_you_mean(name, known, n=n) or f" ({what}: {', '.join(known) or 'none'})"
 
 
 def _mismatch(pm: PluginManager, plugin: object, exc: pluggy.PluginValidationError) -> str:
@@ -388,7 +397,7 @@ def _unknown_hooks(pm: PluginManager, plugin: object) -> str | None:
         and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
     ]
     known = pm.spec_names()
-    return "; ".join(f"implements unknown hook '{u}'{_hint(u, known, 'lcdsl hooks')}" for u in unknown) or None
+    return "; ".join(f"implements unknown hook '{u}'{_hint(u, known, 'lcdsl hooks', n=1)}" for u in unknown) or None
 
 
 def _keyword_only(pm: PluginManager, plugin: object) -> str | None:
@@ -445,6 +454,56 @@ def _operators_of(result: Any) -> tuple[type[Operator], ...]:
     return tuple(classes)
 
 
+def _layouts_of(result: Any) -> dict[Any, LayoutRule]:
+    """A layouts hook result checked to map module classes (or names) to layouts; raises
+    PluginError naming the culprit."""
+    if not isinstance(result, Mapping):
+        raise PluginError(f"{REGISTER_LAYOUTS} returned {result!r}, not a mapping of module classes to layouts")
+    for key, rule in result.items():
+        if not (isinstance(key, type) or (isinstance(key, str) and key)):
+            raise PluginError(f"{REGISTER_LAYOUTS} maps {key!r}, which is neither a module class nor a class name")
+        if not (isinstance(rule, Layout) or callable(rule)):
+            raise PluginError(
+                f"{REGISTER_LAYOUTS} maps {layout_key(key)} to {rule!r}, which is neither a Layout nor a function "
+                "(module, parameter name) -> Layout"
+            )
+    return dict(result)
+
+
+def _collect_layouts(pm: PluginManager, infos: list[PluginInfo]) -> dict[Any, LayoutRule]:
+    """Call each plugin's layouts hook separately; its module types are added to its info."""
+    layouts: dict[Any, LayoutRule] = {}
+    declared_by: dict[Any, PluginInfo] = {}
+    if getattr(pm.hook, REGISTER_LAYOUTS, None) is None:  # a manager made with other specifications
+        return layouts
+    for name in pm.implementers(REGISTER_LAYOUTS):
+        distribution, version = pm.source(name)
+        try:
+            found: dict[Any, LayoutRule] = {}
+            for result in pm.call_one(REGISTER_LAYOUTS, name) or [None]:
+                found.update(_layouts_of(result))
+        except Exception as exc:
+            pm.add_problem(name, f"{REGISTER_LAYOUTS} failed", exc)
+            continue
+        index = next((i for i, info in enumerate(infos) if info.name == name), None)
+        info = infos[index] if index is not None else PluginInfo(name, distribution, version)
+        info = attrs.evolve(info, layouts=tuple(layout_key(key) for key in found))
+        for key, rule in found.items():
+            other = declared_by.get(key)
+            if other is not None and layouts[key] != rule:
+                raise PluginError(
+                    f"the layout of {layout_key(key)} is declared by {other.label()} and by {info.label()}, "
+                    f"differently; uninstall one, or block one with {BLOCK_ENV}={name}"
+                )
+            layouts[key] = rule
+            declared_by[key] = info
+        if index is not None:
+            infos[index] = info
+        else:
+            infos.append(info)
+    return layouts
+
+
 def _collect(pm: PluginManager) -> tuple[dict[str, type[Operator]], list[PluginInfo], list[PluginProblem]]:
     """Call each plugin's hook separately, so one that raises does not hide the others."""
     operators: dict[str, type[Operator]] = {}
@@ -499,6 +558,10 @@ class Registry:
     """The plugins that could not be used, with the reason."""
     blocked: tuple[BlockedPlugin, ...] = attrs.field(default=(), converter=tuple)
     """The plugin names that were blocked (never imported), with the reason."""
+    layouts: Mapping[Any, LayoutRule] = attrs.field(
+        factory=dict, converter=lambda m: types.MappingProxyType(dict(m))
+    )
+    """Layer layouts by module class (or class name), read-only: :func:`layout` looks them up."""
 
     @classmethod
     def load(
@@ -519,11 +582,22 @@ class Registry:
                 and ``allow`` are then ignored.
 
         Raises:
-            PluginError: two plugins (or one plugin twice) provide the same operator name.
+            PluginError: two plugins (or one plugin twice) provide the same operator name, or
+                declare different layouts for one module type.
         """
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager(block=block, allow=allow)
-        operators, infos, problems = _collect(pm)
-        return cls(operators=operators, plugins=infos, problems=problems, blocked=_blocked(pm))
+        operators, infos, _ = _collect(pm)
+        layouts = _collect_layouts(pm, infos)
+        return cls(operators=operators, plugins=infos, problems=pm.problems, blocked=_blocked(pm), layouts=layouts)
+
+    def layout(self, module: Any, parameter: str = "weight") -> Layout | None:
+        """The layout the plugins declare for ``module``'s parameter ``parameter`` (its name in
+        the module, without dots), or None (:func:`lcdsl.operators.layout.find_layout`).
+
+        Raises:
+            ValueError: the declaration says why this module has no layout.
+        """
+        return find_layout(self.layouts, module, parameter)
 
     def operator(self, name: str) -> type[Operator]:
         """The operator class called ``name`` in specs.
