@@ -19,7 +19,14 @@ from typing import Any
 import attrs
 import torch
 
-from lcdsl.cli.train import add_model_data_arguments, build_model, load_reference, resolve_device, train
+from lcdsl.cli.train import (
+    add_model_data_arguments,
+    build_model,
+    load_loss,
+    load_reference,
+    resolve_device,
+    train,
+)  # fmt: skip
 from lcdsl.engine.core import Engine
 from lcdsl.engine.events import StepRecord
 from lcdsl.errors import Diagnostic, EngineError, PluginError, SpecError
@@ -31,12 +38,14 @@ from lcdsl.plan.settings import Explicit, Geometric, Settings, settings_from_spe
 from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import console
 from lcdsl.report.plan import plan_table
+from lcdsl.report.progress import CStepProgress
 from lcdsl.report.run import StepPrinter, build_report, plot_curves, size_table, write_report
 from lcdsl.store.atomic import check_writable, remove_stale_temporaries, save_atomic
 from lcdsl.store.checkpoint import read_run_checkpoint, restore_run_checkpoint, run_checkpoint
 from lcdsl.store.model import compressed_state
-from lcdsl.training.data import Dataset, load_data
-from lcdsl.training.epochs import error_rate
+from lcdsl.training.batch import LossFn
+from lcdsl.training.data import Data, LoaderData, load_data
+from lcdsl.training.epochs import evaluate as evaluate_model
 from lcdsl.training.lstep import make_l_step
 from lcdsl.training.reference import default_recipe
 
@@ -49,7 +58,10 @@ _OUTPUTS = ("reference.pt", "checkpoint.pt", "compressed.pt", "report.json", "cu
 """The files a run writes into its folder."""
 
 # Command-line options that override a setting of the same name.
-_PLAIN_OVERRIDES = ("lr", "lr_decay", "epochs", "first_epochs", "batch_size", "seed", "optimizer", "penalty")
+_PLAIN_OVERRIDES = (
+    "lr", "lr_decay", "epochs", "first_epochs", "batch_size", "seed", "optimizer", "penalty", "weight_decay",
+    "lr_schedule",
+)  # fmt: skip
 
 
 SETTINGS_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -64,6 +76,8 @@ SETTINGS_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--seed", {"metavar": "N", "type": int, "help": "seed of the weights, the data split and order"}),
     ("--optimizer", {"choices": ("sgd", "adam"), "help": "the L step's optimizer"}),
     ("--penalty", {"choices": ("augmented-lagrangian", "quadratic"), "help": "penalty form"}),
+    ("--weight-decay", {"metavar": "X", "type": float, "help": "L2 weight decay of the parameters left dense"}),
+    ("--lr-schedule", {"choices": ("constant", "cosine", "step"), "help": "learning rate within each L step"}),
 )
 """The options that override the spec's settings: ``compress`` takes them, ``sweep`` passes them on."""
 
@@ -149,7 +163,8 @@ def settings_with_overrides(spec: Spec, args: argparse.Namespace) -> Settings:
 
 
 def prepare_reference(
-    args: argparse.Namespace, model: torch.nn.Module, data: Dataset, folder: Path, settings: Settings
+    args: argparse.Namespace, model: torch.nn.Module, data: Data, folder: Path, settings: Settings,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """Load the reference into ``model`` (or train and cache one); returns its metadata."""
     out = console()
@@ -162,9 +177,11 @@ def prepare_reference(
             meta = load_reference(cached, model, model_name=args.model, data_name=data.name)
             out.print(f"reference: {cached} (cached; delete it to train a new one)")
         else:
-            recipe = default_recipe(data.name, epochs=args.reference_epochs, seed=settings.seed)
+            recipe = default_recipe(
+                data.name, epochs=args.reference_epochs, seed=settings.seed, weight_decay=settings.weight_decay or None
+            )
             out.print(f"training the reference ({recipe.epochs} epochs) into {cached}")
-            meta = train(model, args.model, data, recipe, cached)
+            meta = train(model, args.model, data, recipe, cached, loss_fn)
         meta["path"] = str(cached)
     seed = meta.get("recipe", {}).get("seed")
     if data.name == "digits" and seed is not None and seed != settings.seed:
@@ -172,7 +189,20 @@ def prepare_reference(
             f"note: the reference was trained with seed {seed}, this run splits digits with seed "
             f"{settings.seed}: its test images may have been training images of the reference"
         )
-    return {k: meta.get(k) for k in ("path", "model", "data", "test_error", "train_error", "recipe")}
+    keys = ("path", "model", "data", "test_error", "train_error", "recipe")
+    return {k: meta.get(k) for k in keys} | ({"test_loss": meta["test_loss"]} if "test_loss" in meta else {})
+
+
+def _format(key: str, value: float | None) -> str:
+    if value is None:
+        return "?"
+    return f"{100 * value:.2f}%" if key.endswith("error") else f"{value:.4f}"
+
+
+def _test_number(reference: dict[str, Any]) -> str:
+    """``test error 3.40%`` or ``test loss 2.3456`` of the reference."""
+    key = "test_error" if reference.get("test_error") is not None else "test_loss"
+    return f"{key.replace('_', ' ')} {_format(key, reference.get(key))}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     folder = check_writable(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem)
     remove_stale_temporaries(folder, _OUTPUTS)  # left by a run killed while saving
     data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
-    model = build_model(args.model, data, seed=settings.seed, device=args.device)
+    loss_fn = load_loss(args.loss)
+    model = build_model(args.model, data, seed=settings.seed, device=args.device, loss_fn=loss_fn)
     plan = attrs.evolve(spec.bind(model), settings=settings)  # spec errors before any training
 
     checkpoint_path = folder / "checkpoint.pt"
@@ -197,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         out.print(f"starting over in {folder} (give --resume to continue the run saved there)")
 
     engine = Engine(model, plan, settings=settings)
-    l_step = make_l_step(model, data, settings)
+    l_step = make_l_step(model, data, settings, loss_fn)
     if checkpoint is not None:
         reference = restore_run_checkpoint(
             checkpoint, checkpoint_path, model_name=args.model, data_name=data.name, model=model, engine=engine,
@@ -205,24 +236,20 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         out.print(f"resuming {checkpoint_path} after LC step {engine.step} of {len(engine.mus)}")
     else:
-        reference = prepare_reference(args, model, data, folder, settings)
+        reference = prepare_reference(args, model, data, folder, settings, loss_fn)
 
     mus = engine.mus
     out.print(plan_table(plan, title=f"{args.spec} on {args.model} / {data.name}"))
-    out.print(
-        f"{len(mus)} LC steps, μ {mus[0]:.3g} → {mus[-1]:.3g}; reference test error "
-        f"{100 * reference['test_error']:.2f}%"
-    )
+    out.print(f"{len(mus)} LC steps, μ {mus[0]:.3g} → {mus[-1]:.3g}; reference {_test_number(reference)}")
+    if isinstance(data, LoaderData) and data.test is None:
+        out.print(f"note: '{data.name}' has no test part: the test numbers below are measured on the training data")
     bits_before = plan_summary(plan)["bits_before"]  # the dense size: no storage needed
     printer = StepPrinter(out, dense_bits=plan.dense_numel * FLOAT_BITS, bits_before=bits_before)
     for record in engine.history:  # the steps a resumed run already has
         printer.print(record)
 
     def evaluate(_engine: Engine) -> dict[str, float]:
-        return {
-            "train_error": error_rate(model, data.x_train, data.y_train),
-            "test_error": error_rate(model, data.x_test, data.y_test),
-        }
+        return evaluate_model(model, data, loss_fn)
 
     saved: dict[str, int | None] = {"step": engine.step if checkpoint is not None else None}
 
@@ -233,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         save_atomic(state, checkpoint_path)
         saved["step"] = engine.step
 
+    CStepProgress(out).attach(engine)  # first: its bar goes before a step's row is printed
     engine.events.on("direct_compression", on_step)
     engine.events.on("lc_step_end", on_step)
     try:
@@ -257,11 +285,12 @@ def run(args: argparse.Namespace) -> int:
     note = plot_curves(engine.history, folder / "curves.png", title=title)
 
     out.print(size_table(report["size"], title="compressed model"))
-    direct = engine.history[0].metrics.get("test_error") if engine.history else None
-    line = f"test error: reference {100 * reference['test_error']:.2f}%"
+    key = "test_error" if "test_error" in final else "test_loss"
+    direct = engine.history[0].metrics.get(key) if engine.history else None
+    line = f"{key.replace('_', ' ')}: reference {_format(key, reference.get(key))}"
     if direct is not None:
-        line += f", direct compression {100 * direct:.2f}%"
-    out.print(f"{line}, LC {100 * final['test_error']:.2f}%")
+        line += f", direct compression {_format(key, direct)}"
+    out.print(f"{line}, LC {_format(key, final.get(key))}")
     if note:
         out.print(note)
     out.print(f"results in {folder}/: report.json, compressed.pt, checkpoint.pt" + ("" if note else ", curves.png"))

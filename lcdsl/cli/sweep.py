@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
                 "--reference", reference_path, "--out", str(run_dir), *settings_argv(args)]  # fmt: skip
         if args.data_dir:
             argv += ["--data-dir", args.data_dir]
+        if args.loss:
+            argv += ["--loss", args.loss]
         code = main(argv)
         if code != 0:
             raise EngineError(f"the run of '{variant.label}' failed (exit code {code}); see its messages above")

@@ -16,10 +16,11 @@ from lcdsl.formats import REFERENCE_FORMAT
 from lcdsl.report.console import console
 from lcdsl.store.atomic import check_writable, save_atomic
 from lcdsl.store.checkpoint import load_reference, reference_record
-from lcdsl.training.data import Dataset, check_fits, load_data, model_kwargs
-from lcdsl.training.epochs import error_rate
+from lcdsl.training.batch import LossFn
+from lcdsl.training.data import Data, check_fits, load_data, model_kwargs
+from lcdsl.training.epochs import evaluate
 from lcdsl.training.reference import Recipe, default_recipe, train_reference
-from lcdsl.training.zoo import load_model
+from lcdsl.training.zoo import load_factory, load_model
 
 __all__ = [
     "add_parser",
@@ -32,6 +33,7 @@ __all__ = [
     "reference_state",
     "load_reference",
     "train",
+    "load_loss",
 ]
 
 
@@ -65,6 +67,11 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="digits, fashion-mnist, mnist, or module:function (runs that module's code); default digits",
     )  # fmt: skip
     parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files for fashion-mnist / mnist")
+    parser.add_argument(
+        "--loss", metavar="F",
+        help="module:function, a loss (outputs, batch) -> scalar tensor (default: the model's own loss, "
+        "else cross-entropy of its logits)",
+    )  # fmt: skip
     parser.add_argument("--device", metavar="DEVICE", default="cpu", help="torch device to train on (default cpu)")
 
 
@@ -88,19 +95,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_model(name: str, data: Dataset, *, seed: int, device: str = "cpu") -> nn.Module:
+def load_loss(reference: str | None) -> LossFn | None:
+    """The ``--loss module:function`` callable, or None.
+
+    Raises:
+        ModelError: the reference cannot be imported or is not callable.
+    """
+    return None if reference is None else load_factory(reference)  # type: ignore[return-value]
+
+
+def build_model(
+    name: str, data: Data, *, seed: int, device: str = "cpu", loss_fn: LossFn | None = None
+) -> nn.Module:
     """The model ``name`` sized for ``data``, initialised from ``seed``, on ``device``.
 
     Raises:
-        ModelError: unknown model, or one that does not fit the data's shapes.
+        ModelError: unknown model, or one that does not fit the data's shapes (or gives no loss).
     """
     torch.manual_seed(seed)
     model = load_model(name, **model_kwargs(name, data)).to(resolve_device(device))
-    check_fits(model, data, model_name=f"model '{name}'")
+    check_fits(model, data, model_name=f"model '{name}'", loss_fn=loss_fn)
     return model
 
 
-def load_model_data(args: argparse.Namespace, seed: int) -> tuple[Dataset, nn.Module]:
+def load_model_data(args: argparse.Namespace, seed: int) -> tuple[Data, nn.Module]:
     """The data and the model :func:`add_model_data_arguments` name, on ``--device``; ``seed``
     splits the data (where it is split) and initialises the model.
 
@@ -110,30 +128,49 @@ def load_model_data(args: argparse.Namespace, seed: int) -> tuple[Dataset, nn.Mo
     """
     device = resolve_device(args.device)
     data = load_data(args.data, data_dir=args.data_dir, seed=seed).to(device)
-    return data, build_model(args.model, data, seed=seed, device=str(device))
+    loss_fn = load_loss(getattr(args, "loss", None))
+    return data, build_model(args.model, data, seed=seed, device=str(device), loss_fn=loss_fn)
 
 
 def reference_state(
-    model: nn.Module, *, model_name: str, data: Dataset, recipe: Recipe | None, history: list
+    model: nn.Module, *, model_name: str, data: Data, recipe: Recipe | None, history: list,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """What a reference file holds (:func:`lcdsl.store.checkpoint.reference_record`): weights,
-    names, recipe, and the errors on ``data``, measured here."""
-    return reference_record(
+    names, recipe, and the errors on ``data`` (or the test loss of a model that is not a
+    classifier, :func:`~lcdsl.training.epochs.evaluate`), measured here."""
+    metrics = evaluate(model, data, loss_fn)
+    state = reference_record(
         model, model_name=model_name, data_name=data.name, recipe=attrs.asdict(recipe) if recipe is not None else {},
-        history=history, test_error=error_rate(model, data.x_test, data.y_test),
-        train_error=error_rate(model, data.x_train, data.y_train),
+        history=history, test_error=metrics.get("test_error"), train_error=metrics.get("train_error"),
     )  # fmt: skip
+    if "test_loss" in metrics:
+        state["test_loss"] = metrics["test_loss"]
+    return state
 
 
-def train(model: nn.Module, model_name: str, data: Dataset, recipe: Recipe, out: Path) -> dict[str, Any]:
+def describe_metrics(metrics: dict[str, Any]) -> str:
+    """``train error 1.20%, test error 3.40%`` or ``test loss 2.3456``: what is known of a model."""
+    parts = [
+        f"{key.replace('_', ' ')} {100 * metrics[key]:.2f}%" for key in ("train_error", "test_error")
+        if metrics.get(key) is not None
+    ]  # fmt: skip
+    if metrics.get("test_loss") is not None:
+        parts.append(f"test loss {metrics['test_loss']:.4f}")
+    return ", ".join(parts) or "no test numbers"
+
+
+def train(
+    model: nn.Module, model_name: str, data: Data, recipe: Recipe, out: Path, loss_fn: LossFn | None = None
+) -> dict[str, Any]:
     """Train a reference, save it atomically to ``out``; returns its metadata."""
     start = time.perf_counter()
-    history = train_reference(model, data, recipe)
-    state = reference_state(model, model_name=model_name, data=data, recipe=recipe, history=history)
+    history = train_reference(model, data, recipe, loss_fn)
+    state = reference_state(model, model_name=model_name, data=data, recipe=recipe, history=history, loss_fn=loss_fn)
     save_atomic(state, out)
     console().print(
         f"reference {model_name} on {data.name}: {recipe.epochs} epochs in {time.perf_counter() - start:.1f}s, "
-        f"train error {100 * state['train_error']:.2f}%, test error {100 * state['test_error']:.2f}% → {out}"
+        f"{describe_metrics(state)} → {out}"
     )
     return {k: v for k, v in state.items() if k != "state_dict"}
 
@@ -144,5 +181,5 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out.parent)  # Path("ref.pt").parent is Path(".")
     data, model = load_model_data(args, args.seed)
     recipe = default_recipe(data.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    train(model, args.model, data, recipe, out)
+    train(model, args.model, data, recipe, out, load_loss(args.loss))
     return 0

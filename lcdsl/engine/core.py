@@ -217,7 +217,10 @@ class Engine(EngineState, EngineLoop):
         """``θ ← Π(w − λ/μ)`` per task (target ``w`` while ``μ = 0``), warm-started from the
         previous ``θ``; then ``Δ(θ)`` is recomputed."""
         mu = self._mu
-        for state in self._tasks:
+        step = self.step + 1 if mu > 0 else self.step  # the LC step this C step ends (0: direct)
+        for index, state in enumerate(self._tasks, start=1):
+            self.events.emit("c_step_task", engine=self, step=step, index=index, total=len(self._tasks),
+                             task=state.task)  # fmt: skip
             w = state.view.gather(state.params)
             if mu > 0 and state.lam is not None and not self.quadratic:
                 target = w - state.lam / mu

@@ -19,6 +19,11 @@ step 0; it is also the ``step`` of the record the step produces):
 - ``"l_step_end"``: ``engine``, ``step``, ``mu``, ``loss`` (float or None), after the L step.
 - ``"c_step_end"``: ``engine``, ``step``, ``mu``, after the C step and the multiplier step.
 - ``"lc_step_end"``: ``engine``, ``record``, once the step's record is in ``engine.history``.
+
+Progress events (:data:`PROGRESS_EVENTS`), many a step, for progress bars:
+
+- ``"c_step_task"``: ``engine``, ``step`` (0 during direct compression), ``index`` (1-based),
+  ``total``, ``task`` (the :class:`~lcdsl.plan.Task`), before that task's projection.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import attrs
 
 from lcdsl.errors import EngineError, did_you_mean
 
-__all__ = ["EVENTS", "EventBus", "StepRecord"]
+__all__ = ["EVENTS", "PROGRESS_EVENTS", "EventBus", "StepRecord"]
 
 EVENTS: tuple[str, ...] = (
     "direct_compression",
@@ -41,13 +46,16 @@ EVENTS: tuple[str, ...] = (
 )
 """The names :class:`~lcdsl.engine.Engine` emits, in the order a run emits them."""
 
+PROGRESS_EVENTS: tuple[str, ...] = ("c_step_task",)
+"""Finer-grained names the engine also emits (per task of a C step), for progress displays."""
+
 Callback = Callable[..., Any]
 
 
 class EventBus:
     """Callbacks by event name. Names outside ``names`` are refused, so a typo fails loudly."""
 
-    def __init__(self, names: Iterable[str] = EVENTS) -> None:
+    def __init__(self, names: Iterable[str] = EVENTS + PROGRESS_EVENTS) -> None:
         self._callbacks: dict[str, list[Callback]] = {name: [] for name in names}
 
     def _list(self, name: str) -> list[Callback]:
@@ -107,7 +115,7 @@ class StepRecord:
     seconds_l_step: float = 0.0
     """Wall time of the L step (including the penalty's)."""
     seconds_c_step: float = 0.0
-    """Wall time of the C step and the multiplier step."""
+    """Wall time of the C step and the multiplier step (of direct compression at step 0)."""
     seconds_penalty: float = 0.0
     """Wall time spent in :meth:`Engine.penalty` during the L step."""
 

@@ -59,9 +59,13 @@ class EngineLoop:
         if self.thetas or not self._tasks:
             return None
         self._check_finite(-1, None)
+        start = time.perf_counter()
         self.direct_compression()
+        seconds = time.perf_counter() - start
         bits, params = self._total_storage()
-        record = StepRecord(0, 0.0, None, self.distortion(), self._evaluate(evaluate), bits, params)
+        record = StepRecord(
+            0, 0.0, None, self.distortion(), self._evaluate(evaluate), bits, params, seconds_c_step=seconds
+        )
         self.history.append(record)
         self.events.emit("direct_compression", engine=self, record=record)
         return record

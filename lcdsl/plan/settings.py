@@ -8,6 +8,8 @@ Example spec lines::
     mu        = geometric(start=9e-5, factor=1.21, steps=20)
     penalty   = "quadratic"
     lr        = 0.09
+    weight_decay = 1e-4
+    lr_schedule  = "cosine"
 """
 
 from __future__ import annotations
@@ -135,6 +137,19 @@ class Settings:
     """Mini-batch size."""
     seed: int = attrs.field(default=0, validator=_seed)
     """Seed of the data order and of everything random, in [0, 2³²)."""
+    weight_decay: float = attrs.field(default=0.0, validator=_positive_float("weight_decay", allow_zero=True))
+    """L2 weight decay of the L step's optimizer (and of a reference trained by ``compress``). In the
+    L step it applies to the parameters the plan leaves dense only: the compressed ones are pulled
+    to ``Δ(θ)`` by the penalty, and decay would pull them to 0, away from the compressed model."""
+    lr_schedule: Literal["constant", "cosine", "step"] = attrs.field(
+        default="constant", validator=attrs.validators.in_(("constant", "cosine", "step"))
+    )
+    """The learning rate within each L step: ``"constant"``; ``"cosine"`` (from the step's lr to 0
+    over its batches); ``"step"`` (× ``lr_step_factor`` every ``lr_step_epochs`` epochs)."""
+    lr_step_epochs: int = attrs.field(default=1, validator=int_at_least(1))
+    """Epochs between the drops of ``lr_schedule = "step"``."""
+    lr_step_factor: float = attrs.field(default=0.5, validator=_positive_float("lr_step_factor"))
+    """The factor of each drop of ``lr_schedule = "step"``."""
 
 
 _SETTING_NAMES = tuple(a.name for a in attrs.fields(Settings))

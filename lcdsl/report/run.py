@@ -70,22 +70,32 @@ class StepPrinter:
         self.bits_before = bits_before
         self._header_shown = False
 
+        self._loss_column = False  # "test loss" instead of "test err": a model that is no classifier
+
     def _table(self, header: bool) -> Table:
         table = Table(show_header=header, box=None, pad_edge=False, padding=(0, 1))
         for name, width, justify in _STEP_COLUMNS:
+            if name == "test err" and self._loss_column:
+                name, width = "test loss", 9
             table.add_column(name, width=width, justify=justify, no_wrap=True)  # type: ignore[arg-type]
         return table
 
     def row(self, record: StepRecord) -> list[str]:
-        """The texts of one record's row."""
+        """The texts of one record's row (the test column holds the mean test loss of a model
+        measured by loss, :func:`lcdsl.training.epochs.evaluate`)."""
         total = None if record.bits is None else record.bits + self.dense_bits
+        test_loss = record.metrics.get("test_loss")
+        if "test_error" in record.metrics or test_loss is None:
+            test = _percent(record.metrics.get("test_error"))
+        else:
+            test = f"{test_loss:.4f}"
         return [
             str(record.step),
             "direct" if record.step == 0 else f"{record.mu:.3g}",
             "" if record.loss is None else f"{record.loss:.4f}",
             f"{record.distortion:.4g}",
             _percent(record.metrics.get("train_error")),
-            _percent(record.metrics.get("test_error")),
+            test,
             "?" if total is None else human_bits(total),
             "?" if not total else f"×{self.bits_before / total:.1f}",
             f"{record.seconds_l_step + record.seconds_c_step:.1f}s",
@@ -93,6 +103,8 @@ class StepPrinter:
 
     def print(self, record: StepRecord) -> None:
         """Print ``record``'s row (with the header before the first row)."""
+        if not self._header_shown:
+            self._loss_column = "test_error" not in record.metrics and "test_loss" in record.metrics
         table = self._table(header=not self._header_shown)
         table.add_row(*self.row(record))
         self._header_shown = True
@@ -209,7 +221,8 @@ def save_figure(fig: Any, path: str | Path) -> None:
 
 
 def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") -> str | None:
-    """Plot test/train error and ``‖w − Δ(θ)‖²`` against the LC step into ``path`` (PNG).
+    """Plot test/train error (test loss for a model measured by loss) and ``‖w − Δ(θ)‖²`` against
+    the LC step into ``path`` (PNG).
 
     Returns:
         None when the plot was written; a one-line note when matplotlib is not installed.
@@ -219,11 +232,14 @@ def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") ->
         return "curves.png skipped: matplotlib is not installed (pip install matplotlib)"
     steps = [r.step for r in history]
     fig, (ax_err, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("test_error", "test"), ("train_error", "train")):
+    by_loss = any("test_loss" in r.metrics for r in history) and not any("test_error" in r.metrics for r in history)
+    if by_loss:  # a model measured by its loss (a language model)
+        ax_err.plot(steps, [r.metrics.get("test_loss", float("nan")) for r in history], marker="o", label="test")
+    for key, label in () if by_loss else (("test_error", "test"), ("train_error", "train")):
         values = [100 * r.metrics[key] if key in r.metrics else float("nan") for r in history]
         ax_err.plot(steps, values, marker="o", label=label)
     ax_err.set_xlabel("LC step (0 = direct compression)")
-    ax_err.set_ylabel("error of the compressed model (%)")
+    ax_err.set_ylabel("test loss of the compressed model" if by_loss else "error of the compressed model (%)")
     ax_err.legend()
     ax_err.grid(alpha=0.3)
     distortions = [max(r.distortion, 1e-30) for r in history]

@@ -8,8 +8,15 @@ Nothing is downloaded. Built-in datasets:
 - ``mnist``: the IDX files in ``data_dir``.
 
 Images are scaled to [0, 1] and centred by the training set's mean image. ``module:function``
-loads a user's dataset: the function returns a :class:`Dataset` or
-``(x_train, y_train, x_test, y_test)``; it may take ``data_dir`` and ``seed`` keywords.
+loads a user's dataset; it may take ``data_dir`` and ``seed`` keywords and returns one of
+
+- a :class:`Dataset`, or ``(x_train, y_train, x_test, y_test)`` tensors or numpy arrays (held in
+  memory; floating-point inputs become float32, integer inputs such as token ids keep their dtype;
+  labels are integers, one per example ``(N,)`` or one per token ``(N, T)``);
+- a ``torch.utils.data.Dataset`` or ``DataLoader``, or a ``(train, test)`` pair of them
+  (:class:`LoaderData`): items or batches may be tensors, ``(x, y)`` tuples or dicts such as
+  ``{"input_ids": …, "attention_mask": …, "labels": …}``. Without a test part, the test numbers
+  are measured on the training data (and the run says so).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from pathlib import Path
 import attrs
 import numpy as np
 import torch
+import torch.utils.data as tud
 from torch import nn
 
 from lcdsl.errors import DataError, ModelError, did_you_mean
+from lcdsl.training.batch import LossFn, batch_loss, forward, logits_of, to_device
 from lcdsl.training.zoo import load_factory
 
-__all__ = ["Dataset", "DATASETS", "load_data", "read_idx", "model_kwargs", "check_fits"]
+__all__ = ["Dataset", "LoaderData", "Data", "DATASETS", "load_data", "read_idx", "model_kwargs", "check_fits"]
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
 """Built-in dataset names."""
@@ -58,13 +67,13 @@ class Dataset:
     name: str
     """The name it was loaded by (``digits``, ``fashion-mnist``, ``pkg.mod:fn``)."""
     x_train: torch.Tensor = attrs.field(repr=False)
-    """Training inputs, float32, ``(N, *input_shape)``."""
+    """Training inputs, float32 (or integer token ids), ``(N, *input_shape)``."""
     y_train: torch.Tensor = attrs.field(repr=False)
-    """Training labels, int64 in ``[0, num_classes)``, ``(N,)``."""
+    """Training labels, int64 in ``[0, num_classes)``, ``(N,)`` (or ``(N, T)``, one a token)."""
     x_test: torch.Tensor = attrs.field(repr=False)
-    """Test inputs, float32, ``(M, *input_shape)``."""
+    """Test inputs, like :attr:`x_train`, ``(M, *input_shape)``."""
     y_test: torch.Tensor = attrs.field(repr=False)
-    """Test labels, int64, ``(M,)``."""
+    """Test labels, like :attr:`y_train`."""
     num_classes: int
     """Number of classes."""
 
@@ -87,6 +96,51 @@ class Dataset:
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+
+
+Source = tud.Dataset | tud.DataLoader
+"""What a :class:`LoaderData` holds: a torch dataset (its items are batched here) or a data loader."""
+
+
+@attrs.frozen
+class LoaderData:
+    """A user's ``torch.utils.data`` datasets or data loaders, batched as training goes.
+
+    A map-style dataset is batched here in the seeded order of :class:`~lcdsl.training.epochs.Batches`
+    (``default_collate`` joins its items), so a resumed run sees the batches an uninterrupted one
+    would. A ``DataLoader`` (or an iterable dataset) is iterated as it is: its order is its own
+    sampler's, and lcdsl neither saves nor restores it, so after ``--resume`` the order is what a
+    fresh loader gives (the same as the first run's only if the factory seeds the loader).
+    """
+
+    name: str
+    """The name it was loaded by (``pkg.mod:fn``)."""
+    train: Source = attrs.field(repr=False)
+    """The training data."""
+    test: Source | None = attrs.field(default=None, repr=False)
+    """The test data; None measures the test numbers on the training data."""
+    device: torch.device | None = None
+    """Where batches are moved to (None: left where they are)."""
+
+    num_classes = None
+    """Unknown: a model for this data comes from a factory, not from the data's shapes."""
+
+    def to(self, device: torch.device | str) -> LoaderData:
+        """The same data, its batches moved to ``device``."""
+        return attrs.evolve(self, device=torch.device(device))
+
+    def first_batch(self, n: int = 2) -> object:
+        """A small training batch on :attr:`device`: ``n`` items of a dataset, a loader's first batch."""
+        source = self.train
+        if isinstance(source, tud.DataLoader) or isinstance(source, tud.IterableDataset):
+            batch = next(iter(source if isinstance(source, tud.DataLoader) else tud.DataLoader(source, batch_size=n)))
+        else:
+            batch = tud.default_collate([source[i] for i in range(min(n, len(source)))])
+        return to_device(batch, self.device)
+
+
+Data = Dataset | LoaderData
+"""Everything :func:`load_data` returns."""
 
 
 def _centred(
@@ -221,7 +275,7 @@ def _as_tensor(value: object, what: str, reference: str) -> torch.Tensor:
     raise DataError(f"'{reference}' returned {type(value).__name__} for {what}, not a tensor or numpy array")
 
 
-def _from_factory(reference: str, data_dir: str | None, seed: int) -> Dataset:
+def _from_factory(reference: str, data_dir: str | None, seed: int) -> Data:
     try:
         factory = load_factory(reference)
     except ModelError as exc:
@@ -237,18 +291,22 @@ def _from_factory(reference: str, data_dir: str | None, seed: int) -> Dataset:
         raise DataError(f"data factory '{reference}' raised {type(exc).__name__}: {exc}") from exc
     if isinstance(result, Dataset):
         return result
+    if isinstance(result, Source):
+        return LoaderData(reference, result)
+    if isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(r, Source) for r in result):
+        return LoaderData(reference, result[0], result[1])
     if not isinstance(result, (tuple, list)) or len(result) != 4:
         raise DataError(
-            f"data factory '{reference}' must return an lcdsl.data.Dataset or "
-            f"(x_train, y_train, x_test, y_test), got {type(result).__name__}"
+            f"data factory '{reference}' must return an lcdsl.data.Dataset, (x_train, y_train, x_test, y_test), "
+            f"a torch.utils.data Dataset or DataLoader, or a (train, test) pair of them; got {type(result).__name__}"
         )
     names = ("x_train", "y_train", "x_test", "y_test")
     x_train, y_train, x_test, y_test = (_as_tensor(v, n, reference) for v, n in zip(result, names))
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
-        if y.dim() != 1 or x.dim() < 2 or x.shape[0] != y.shape[0]:
+        if y.dim() < 1 or x.dim() < 2 or x.shape[0] != y.shape[0]:
             raise DataError(
                 f"data factory '{reference}': {split} inputs {tuple(x.shape)} and labels {tuple(y.shape)} "
-                "do not match (want (N, ...) and (N,))"
+                "do not match (want (N, ...) and (N,) or (N, T))"
             )
         if y.is_floating_point() or y.numel() == 0 or int(y.min()) < 0:
             raise DataError(f"data factory '{reference}': {split} labels must be non-negative integers")
@@ -259,15 +317,19 @@ def _from_factory(reference: str, data_dir: str | None, seed: int) -> Dataset:
         )
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     return Dataset(
-        reference, x_train.to(torch.float32), y_train.to(torch.int64), x_test.to(torch.float32),
-        y_test.to(torch.int64), num_classes,
-    )  # fmt: skip
+        reference, _inputs(x_train), y_train.to(torch.int64), _inputs(x_test), y_test.to(torch.int64), num_classes
+    )
+
+
+def _inputs(x: torch.Tensor) -> torch.Tensor:
+    """Floating-point inputs as float32 (the models' dtype); integer ones (token ids) as they are."""
+    return x.to(torch.float32) if x.is_floating_point() else x
 
 
 # ----------------------------------------------------------------------------------- public
 
 
-def load_data(name: str, *, data_dir: str | None = None, seed: int = 0) -> Dataset:
+def load_data(name: str, *, data_dir: str | None = None, seed: int = 0) -> Data:
     """A dataset by built-in name (``digits``, ``fashion-mnist``, ``mnist``) or ``module:function``.
 
     Args:
@@ -303,8 +365,19 @@ def load_data(name: str, *, data_dir: str | None = None, seed: int = 0) -> Datas
     )
 
 
-def model_kwargs(model: str, data: Dataset) -> dict[str, int]:
-    """The keyword arguments that fit a built-in model to ``data`` (none for ``module:function``)."""
+def model_kwargs(model: str, data: Data) -> dict[str, int]:
+    """The keyword arguments that fit a built-in model to ``data`` (none for ``module:function``).
+
+    Raises:
+        ModelError: a built-in model with data from a torch dataset or loader (give a factory).
+    """
+    if ":" in model:
+        return {}
+    if isinstance(data, LoaderData):
+        raise ModelError(
+            f"built-in model '{model}' is sized from in-memory data; with a torch Dataset/DataLoader "
+            f"('{data.name}') give --model module:function"
+        )
     if model == "lenet300":
         return {"in_features": data.features, "num_classes": data.num_classes}
     if model in ("lenet5", "resnet18", "resnet-small"):
@@ -315,28 +388,46 @@ def model_kwargs(model: str, data: Dataset) -> dict[str, int]:
     return {}
 
 
-def check_fits(model: nn.Module, data: Dataset, model_name: str = "the model") -> None:
-    """Run two training inputs through ``model``; it must give ``(2, num_classes)`` scores.
+def check_fits(model: nn.Module, data: Data, model_name: str = "the model", loss_fn: LossFn | None = None) -> None:
+    """Run two training examples through ``model`` and compute their loss.
+
+    With in-memory class labels ``(N,)`` and no ``loss_fn``, the model must give ``(2, num_classes)``
+    scores (a tensor, or a ``ModelOutput``/dict with ``logits``).
 
     Raises:
-        ModelError: the model rejects the inputs' shape or gives another output shape.
+        ModelError: the model rejects the inputs, gives another output shape, or no loss can be
+            computed from what it gives (:func:`lcdsl.training.batch.batch_loss`).
     """
-    x = data.x_train[:2]
+    if isinstance(data, LoaderData):
+        try:
+            batch = data.first_batch()
+        except Exception as exc:  # the user's dataset may raise anything
+            raise DataError(f"cannot draw a batch from '{data.name}': {type(exc).__name__}: {exc}") from exc
+        shape = "its first batch"
+    else:
+        batch = (data.x_train[:2], data.y_train[:2])
+        shape = f"inputs of shape {tuple(data.x_train.shape[1:])}"
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = forward(model, batch)
     except Exception as exc:  # any shape error inside the user's forward()
-        raise ModelError(
-            f"{model_name} does not fit '{data.name}': inputs of shape {tuple(x.shape[1:])} fail in "
-            f"forward(): {exc}"
-        ) from exc
+        raise ModelError(f"{model_name} does not fit '{data.name}': {shape} fail in forward(): {exc}") from exc
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(
-            f"{model_name} does not fit '{data.name}': it gives outputs {got} for 2 inputs, "
-            f"expected (2, {data.num_classes}) class scores"
-        )
+    if isinstance(data, Dataset) and loss_fn is None and data.y_train.dim() == 1:
+        logits = logits_of(out)
+        if logits is None or tuple(logits.shape) != (2, data.num_classes):
+            got = tuple(logits.shape) if logits is not None else type(out).__name__
+            raise ModelError(
+                f"{model_name} does not fit '{data.name}': it gives outputs {got} for 2 inputs, "
+                f"expected (2, {data.num_classes}) class scores"
+            )
+    try:
+        with torch.no_grad():
+            batch_loss(out, batch, loss_fn)
+    except ModelError as exc:
+        raise ModelError(f"{model_name} on '{data.name}': {exc}") from exc
+    except Exception as exc:  # the user's loss function may raise anything
+        raise ModelError(f"{model_name} on '{data.name}': the loss fails: {type(exc).__name__}: {exc}") from exc

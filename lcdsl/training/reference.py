@@ -13,8 +13,9 @@ import attrs
 from torch import nn
 
 from lcdsl.errors import EngineError
-from lcdsl.training.data import Dataset
-from lcdsl.training.epochs import Batches, error_rate, make_optimizer, train_epochs
+from lcdsl.training.batch import LossFn
+from lcdsl.training.data import Data
+from lcdsl.training.epochs import Batches, evaluate, make_optimizer, train_epochs
 
 __all__ = ["Recipe", "default_recipe", "train_reference"]
 
@@ -39,6 +40,8 @@ class Recipe:
     """Seed of the initial weights (set by the caller) and of the data order."""
     optimizer: str = "sgd"
     """``"sgd"`` or ``"adam"``."""
+    weight_decay: float = 0.0
+    """L2 weight decay on every parameter."""
 
 
 def default_recipe(data_name: str, **overrides: Any) -> Recipe:
@@ -58,30 +61,33 @@ def default_recipe(data_name: str, **overrides: Any) -> Recipe:
     return recipe
 
 
-def train_reference(model: nn.Module, data: Dataset, recipe: Recipe) -> list[dict[str, float]]:
+def train_reference(
+    model: nn.Module, data: Data, recipe: Recipe, loss_fn: LossFn | None = None
+) -> list[dict[str, float]]:
     """Train ``model`` on ``data`` by ``recipe``; returns one record a epoch.
 
     Each record holds ``epoch`` (1-based), ``lr``, ``loss`` (mean training loss) and
-    ``test_error``. Seed the initial weights (``torch.manual_seed(recipe.seed)``) before
+    ``test_error`` (``test_loss`` for a model that is not a classifier,
+    :func:`~lcdsl.training.epochs.evaluate`). Seed the initial weights (``torch.manual_seed(recipe.seed)``) before
     building the model; the data order is seeded here.
 
     Raises:
         EngineError: the loss became non-finite (lower the learning rate).
     """
     batches = Batches(recipe.batch_size, recipe.seed)
-    optimizer = make_optimizer(model, recipe.optimizer, recipe.lr, recipe.momentum, recipe.nesterov)
+    optimizer = make_optimizer(
+        model, recipe.optimizer, recipe.lr, recipe.momentum, recipe.nesterov, weight_decay=recipe.weight_decay
+    )
     history: list[dict[str, float]] = []
 
     def record(epoch: int, loss: float) -> None:
         lr = recipe.lr * recipe.lr_decay**epoch
-        history.append(
-            {"epoch": epoch + 1, "lr": lr, "loss": loss, "test_error": error_rate(model, data.x_test, data.y_test)}
-        )
+        history.append({"epoch": epoch + 1, "lr": lr, "loss": loss, **evaluate(model, data, loss_fn, train=False)})
         model.train()
 
     loss = train_epochs(
         model, optimizer, data, batches, recipe.epochs,
-        lr_decay=recipe.lr_decay, description="reference", on_epoch=record,
+        lr_decay=recipe.lr_decay, description="reference", on_epoch=record, loss_fn=loss_fn,
     )  # fmt: skip
     if not math.isfinite(loss):
         raise EngineError(f"reference training diverged (loss {loss}); lower the learning rate (now {recipe.lr})")
