@@ -8,7 +8,8 @@ Everything a plugin needs to write an operator and register it::
   :data:`Encoded`, :func:`describe`;
 - views (:mod:`.view`): :class:`View` (a task's tensors as the operator sees them, gathered
   and scattered back), :data:`ViewKind`, :func:`view_shape`;
-- bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`;
+- bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`; θ's integer dtypes:
+  :func:`code_dtype`, :func:`position_dtype`;
 - amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends, and
   :class:`Percent`, the spec value ``5%``;
 - packers for :meth:`Operator.encode` (:mod:`.bitpack`);
@@ -32,8 +33,10 @@ from lcdsl.operators.base import (
     View,
     ViewKind,
     bits_per_index,
+    code_dtype,
     describe,
     index_bits,
+    position_dtype,
     view_shape,
 )  # fmt: skip
 from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_bits, pack_uint, unpack_bits, unpack_uint
@@ -55,7 +58,7 @@ __all__ = [
     # the contract
     "Operator", "Storage", "Theta", "Encoded", "View", "ViewKind", "view_shape", "describe",
     # bit costs
-    "FLOAT_BITS", "bits_per_index", "index_bits",
+    "FLOAT_BITS", "bits_per_index", "index_bits", "code_dtype", "position_dtype",
     # amounts and validators
     "Amount", "Percent", "to_amount", "optional_amount", "check_amount", "validate_amount", "is_fraction", "resolve_amount",
     "int_at_least", "positive_number", "to_float",
