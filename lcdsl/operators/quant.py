@@ -46,7 +46,8 @@ class Quant(Operator):
 
     Adaptive (``k`` or ``bits``, ``k = 2**bits``): θ = codebook ``(k,)`` and assignments ``(n,)``
     (the smallest integer dtype that holds ``0 … k−1``: ``uint8`` for ``k ≤ 256``, then ``int16``,
-    ``int32``; :func:`~lcdsl.operators.base.code_dtype`), the global optimum of 1-D k-means found by dynamic programming (not Lloyd's local search).
+    ``int32``; :func:`~lcdsl.operators.base.code_dtype`), the global optimum of 1-D k-means
+    found by dynamic programming (not Lloyd's local search).
     Fixed (``codebook=[…]``): θ = assignments to the nearest codeword (ties: the smaller one),
     plus the codebook in ``w``'s dtype so Δ(θ) keeps it; the codebook is in the spec, so its
     storage is not counted.

@@ -25,8 +25,9 @@ with ``"format"`` (:data:`~lcdsl.formats.COMPRESSED_FORMAT`) and ``"model"`` (th
 the command line); ``.lcz`` (:mod:`lcdsl.store.lcz`) encodes the same record compactly. Both read
 it back through :func:`restore_model`, which checks everything before it writes a weight.
 
-Format 2 files (θ as in memory, no probe) and format 1 files (no buffers; operators by ``repr``) still load: their operators are checked by
-``repr`` as they were saved, and the model's buffers are left as they are.
+Format 2 files (θ as in memory, no probe) still load, and so do format 1 files (no buffers;
+operators by ``repr``): their operators are checked by ``repr`` as they were saved, and the model's
+buffers are left as they are.
 
 :func:`load_compressed` rebuilds a model's weights from ``compressed.pt``::
 
@@ -219,8 +220,8 @@ def pack_theta(theta: Theta) -> tuple[Theta, dict[str, dict[str, Any]]]:
         if not value.is_floating_point() and not value.is_complex() and value.numel():
             meta, data = encode_tensor(value)
             if len(data) < value.numel() * value.element_size():
-                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
-                stored[key] = raw
+                empty = torch.empty(0, dtype=torch.uint8)
+                stored[key] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else empty
                 packed[key] = meta
                 continue
         stored[key] = value
