@@ -26,8 +26,9 @@ constant                  the file, what it holds, who writes and reads it
                           model and data names, the model's ``state_dict``, recipe, per-epoch
                           history, test and train error. :mod:`lcdsl.store.checkpoint`.
 :data:`COMPRESSED_FORMAT` ``compressed.pt``: the spec's text, per task its parameters, shapes,
-                          operator (spec text and plugin) and θ, the dense parameters and the
-                          buffers. :mod:`lcdsl.store.model` (``lcdsl compress`` writes it,
+                          operator (spec text and plugin) and θ (integer fields bit-packed),
+                          the dense parameters, the buffers, and the model's outputs on a
+                          probe batch. :mod:`lcdsl.store.model` (``lcdsl compress`` writes it,
                           ``lcdsl export`` and :func:`~lcdsl.store.load_compressed` read it).
 :data:`LCZ_FORMAT`        the manifest of a ``.lcz`` file (``lcdsl export``): the same model as
                           ``compressed.pt``, θ bit-packed, with the plan, sizes and versions.
@@ -60,9 +61,11 @@ CHECKPOINT_FORMAT = 1
 REFERENCE_FORMAT = 1
 """``reference.pt``, a reference model's weights and record."""
 
-COMPRESSED_FORMAT = 2
-"""``compressed.pt``. 2: operators by spec text and plugin, and the model's buffers (1: operators
-by ``repr``, no buffers; still read)."""
+COMPRESSED_FORMAT = 3
+"""``compressed.pt``. 3: θ's integer fields bit-packed by the ``.lcz`` codec (each task's
+``"packed"`` names them), and the compressed model's outputs on a probe batch (``"probe"``) for
+``lcdsl export``'s check. 2: operators by spec text and plugin, and the model's buffers (1:
+operators by ``repr``, no buffers). Both still read."""
 
 LCZ_FORMAT = 2
 """The ``.lcz`` manifest. 2: operators by spec text and plugin, and the model's buffers (1:

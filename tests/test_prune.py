@@ -40,7 +40,7 @@ def vector_and_count(draw: st.DrawFn, max_size: int = 64) -> tuple[torch.Tensor,
 def dense(op: Prune, w: torch.Tensor, mu: float = 0.0) -> torch.Tensor:
     """Δ(P(w)) in w's shape, checking θ's form on the way."""
     theta = op.project(w, mu=mu)
-    assert theta["indices"].dtype == torch.int64
+    assert theta["indices"].dtype == torch.int32
     assert theta["values"].dtype == w.dtype
     if theta["indices"].numel() > 1:
         assert bool((theta["indices"][1:] > theta["indices"][:-1]).all())  # ascending, unique

@@ -90,7 +90,7 @@ def test_adaptive_necessary_conditions(x: np.ndarray, k: int) -> None:
     """Each value sits at a nearest centroid; each used centroid is its cluster's mean."""
     w = torch.from_numpy(x).double()
     theta = Quant(k=k).project(w)
-    codebook, z = theta["codebook"], theta["assignments"]
+    codebook, z = theta["codebook"], theta["assignments"].long()  # a uint8 index would read as a mask
     gaps = (w[:, None] - codebook[None, :]) ** 2  # (n, k)
     assert torch.all(gaps[torch.arange(w.numel()), z] <= gaps.min(1).values * (1 + 1e-12) + 1e-12)
     for c in z.unique():
@@ -134,7 +134,7 @@ def test_fixed_codebook_nearest_with_ties_to_smaller(x: np.ndarray, codebook: li
     theta = op.project(w)
     assert set(theta) == {"codebook", "assignments"} and theta["codebook"].dtype == w.dtype
     cb = torch.tensor(codebook, dtype=torch.float64)
-    chosen = cb[theta["assignments"]]
+    chosen = cb[theta["assignments"].long()]  # a uint8 index would read as a mask
     gaps = (w[:, None] - cb[None, :]).abs()  # (n, K)
     nearest = gaps.min(1).values
     assert torch.equal((w - chosen).abs(), nearest)

@@ -5,8 +5,8 @@ The output folder (``--out``, default ``runs/<spec name>``) gets:
 - ``reference.pt``: the reference trained here when no ``--reference`` is given (kept and reused);
 - ``checkpoint.pt``: after every LC step (model, engine state, data order, history), for ``--resume``
   (:mod:`lcdsl.store.checkpoint`);
-- ``compressed.pt``: ``θ`` per task, the dense parameters and the buffers
-  (:func:`lcdsl.store.model.load_compressed`);
+- ``compressed.pt``: ``θ`` per task, the dense parameters, the buffers, and the compressed model's
+  outputs on a probe batch for ``lcdsl export``'s check (:func:`lcdsl.store.model.load_compressed`);
 - ``report.json`` and ``curves.png``: every step's numbers, the plan, the sizes, the errors.
 """
 
@@ -43,8 +43,9 @@ from lcdsl.report.run import StepPrinter, build_report, plot_curves, size_table,
 from lcdsl.store.atomic import check_writable, remove_stale_temporaries, save_atomic
 from lcdsl.store.checkpoint import read_run_checkpoint, restore_run_checkpoint, run_checkpoint
 from lcdsl.store.model import compressed_state
+from lcdsl.store.probe import probe_outputs
 from lcdsl.training.batch import LossFn
-from lcdsl.training.data import Data, LoaderData, load_data
+from lcdsl.training.data import Data, Dataset, LoaderData, load_data
 from lcdsl.training.epochs import evaluate as evaluate_model
 from lcdsl.training.lstep import make_l_step
 from lcdsl.training.reference import default_recipe
@@ -243,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"{len(mus)} LC steps, μ {mus[0]:.3g} → {mus[-1]:.3g}; reference {_test_number(reference)}")
     if isinstance(data, LoaderData) and data.test is None:
         out.print(f"note: '{data.name}' has no test part: the test numbers below are measured on the training data")
-    bits_before = plan_summary(plan)["bits_before"]  # the dense size: no storage needed
-    printer = StepPrinter(out, dense_bits=plan.dense_numel * FLOAT_BITS, bits_before=bits_before)
+    bits_before = plan_summary(plan)["total_bits_before"]  # the dense size, buffers included
+    printer = StepPrinter(out, dense_bits=plan.dense_numel * FLOAT_BITS + plan.buffer_bits, bits_before=bits_before)
     for record in engine.history:  # the steps a resumed run already has
         printer.print(record)
 
@@ -274,7 +275,9 @@ def run(args: argparse.Namespace) -> int:
     thetas = engine.finalize()  # the model now holds Δ(θ)
     final = evaluate(engine)
     storages = [size for _, size in engine.storage()]
-    compressed = compressed_state(model, plan, thetas, spec_text=spec.source, model_name=args.model)
+    # what export checks its file against: outputs on the first test inputs (in-memory data only)
+    probe = probe_outputs(model, data.x_test, data=data.name, seed=settings.seed) if isinstance(data, Dataset) else None
+    compressed = compressed_state(model, plan, thetas, spec_text=spec.source, model_name=args.model, probe=probe)
     save_atomic(compressed, folder / "compressed.pt")
     report = build_report(
         spec_path=str(args.spec), spec_text=spec.source, model=args.model, data=data.name, settings=settings,

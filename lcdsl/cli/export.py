@@ -1,8 +1,12 @@
 """``lcdsl export DIR --out model.lcz``: the compressed model of a run as one compact file.
 
 Reads ``DIR/compressed.pt`` (and ``DIR/report.json`` for the data set's name), rebuilds the
-model, writes the ``.lcz`` file (:mod:`lcdsl.export`), loads it back into a fresh model and
-checks that its outputs equal the compressed model's. ``--deploy`` also writes ``OUT.pt2``: the
+model, writes the ``.lcz`` file (:mod:`lcdsl.store.lcz`) to a temporary file beside ``--out``,
+loads it back into a fresh model and checks that model's outputs on the probe batch against those
+``lcdsl compress`` recorded from the model it evaluated (:mod:`lcdsl.store.probe`); only then is
+the file renamed to ``--out``, so a file that fails the check never replaces a good one. A
+``compressed.pt`` without recorded outputs (written before they were) is checked against the
+model rebuilt from it, and the command says so. ``--deploy`` also writes ``OUT.pt2``: the
 model rebuilt from smaller layers (:mod:`lcdsl.deploy`) as a ``torch.export`` program, and prints
 its speed against the original layers.
 """
@@ -10,9 +14,12 @@ its speed against the original layers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +28,11 @@ from rich.table import Table
 
 from lcdsl.cli.train import build_model
 from lcdsl.deploy import deploy
-from lcdsl.errors import EngineError
+from lcdsl.errors import EngineError, LcdslError, ModelError
 from lcdsl.report.console import console, human_bits
 from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
 from lcdsl.store.model import bind_saved_spec, load_compressed, read_compressed
+from lcdsl.store.probe import PROBE_SIZE, check_probe, model_outputs
 from lcdsl.training.data import load_data
 
 __all__ = ["add_parser", "run", "size_table", "median_latency"]
@@ -117,6 +125,30 @@ def _deploy(model: torch.nn.Module, plan: Any, thetas: dict, x: torch.Tensor, ou
     )
 
 
+def _check_file(path: Path, out: Path, state: dict[str, Any], model: torch.nn.Module, fresh: torch.nn.Module,
+                data: Any, data_dir: str | None) -> str:  # fmt: skip
+    """Load the written file into ``fresh`` and check it; returns what was checked, for the summary.
+
+    Raises:
+        ModelError: the file's model is not the one ``lcdsl compress`` evaluated."""
+    load_lcz(path, fresh)
+    probe = state.get("probe")
+    if isinstance(probe, dict):
+        if probe.get("data") == data.name and probe.get("seed") is not None:
+            data = load_data(data.name, data_dir=data_dir, seed=int(probe["seed"]))
+        gap = check_probe(fresh, probe, data.x_test, where=str(out))
+        inputs = f"on {probe['count']} test inputs"
+        if gap == 0:
+            return f"loaded back: outputs equal the compressed model's {inputs}"
+        return f"loaded back: outputs {inputs} within {gap:.2g} of the compressed model's"
+    x = data.x_test[:PROBE_SIZE]
+    model.eval(), fresh.eval()
+    with torch.inference_mode():
+        if not torch.equal(model_outputs(model(x)), model_outputs(fresh(x))):
+            raise ModelError(f"{out}: the model loaded back gives other outputs than the model in compressed.pt")
+    return "loaded back: outputs equal those of compressed.pt (it records no outputs of the model compress evaluated)"
+
+
 def run(args: argparse.Namespace) -> int:
     """Export a run's compressed model; returns the exit code."""
     show = console()
@@ -135,22 +167,25 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else folder / "model.lcz"
     extra = {"data": data.name, "deploy": bool(args.deploy)}
-    sizes = export_model(model, plan, thetas, out, spec_text=spec_text, model_name=model_name,
-                         extra=extra, deflate=args.deflate)  # fmt: skip
-
-    fresh = build_model(model_name, data, seed=1)
-    load_lcz(out, fresh)
-    x = data.x_test[:256]
-    model.eval(), fresh.eval()
-    with torch.inference_mode():
-        if not torch.equal(model(x), fresh(x)):
-            raise EngineError(f"{out}: the model loaded back gives other outputs than the compressed model")
-    show.print(size_table(sizes, read_manifest(out)))
+    # written beside --out, checked, then renamed over it: a file that fails leaves the old one
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        sizes = export_model(model, plan, thetas, tmp, spec_text=spec_text, model_name=model_name,
+                             extra=extra, deflate=args.deflate)  # fmt: skip
+        checked = _check_file(tmp, out, state, model, build_model(model_name, data, seed=1), data, args.data_dir)
+        manifest = read_manifest(tmp)
+        os.replace(tmp, out)
+    except LcdslError as exc:
+        raise type(exc)(f"{exc}\n{out} was not written" + (" (the file already there is as it was)"
+                                                             if out.exists() else "")) from exc  # fmt: skip
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    show.print(size_table(sizes, manifest))
     show.print(
         f"{out}: {sizes.file_bytes:,} bytes (manifest and header {sizes.file_bytes - sizes.payload_bytes:,}); "
-        f"dense storage {sizes.dense_bytes:,} bytes (×{sizes.dense_bytes / sizes.file_bytes:.1f}); "
-        "loaded back: outputs equal"
+        f"dense storage {sizes.dense_bytes:,} bytes (×{sizes.dense_bytes / sizes.file_bytes:.1f}); {checked}"
     )
     if args.deploy:
-        _deploy(model, plan, thetas, x, out.with_suffix(".pt2"))
+        _deploy(model, plan, thetas, data.x_test[:256], out.with_suffix(".pt2"))
     return 0

@@ -10,7 +10,8 @@ Everything a plugin needs to write an operator and register it::
   and scattered back), :data:`ViewKind`, :func:`view_shape`;
 - layouts (:mod:`.layout`): :class:`Layout` (which axis of a layer's weight is its outputs and
   which its inputs), :data:`STORAGE_ORDER`, for the hook ``lcdsl_register_layouts``;
-- bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`;
+- bit costs: :data:`FLOAT_BITS`, :func:`bits_per_index`, :func:`index_bits`; θ's integer dtypes:
+  :func:`code_dtype`, :func:`position_dtype`;
 - amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends, and
   :class:`Percent`, the spec value ``5%``;
 - packers for :meth:`Operator.encode` (:mod:`.bitpack`);
@@ -34,8 +35,10 @@ from lcdsl.operators.base import (
     View,
     ViewKind,
     bits_per_index,
+    code_dtype,
     describe,
     index_bits,
+    position_dtype,
     view_shape,
 )  # fmt: skip
 from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_bits, pack_uint, unpack_bits, unpack_uint
@@ -60,10 +63,10 @@ __all__ = [
     # layouts
     "Layout", "LayoutRule", "STORAGE_ORDER",
     # bit costs
-    "FLOAT_BITS", "bits_per_index", "index_bits",
+    "FLOAT_BITS", "bits_per_index", "index_bits", "code_dtype", "position_dtype",
     # amounts and validators
-    "Amount", "Percent", "to_amount", "optional_amount", "check_amount", "validate_amount", "is_fraction", "resolve_amount",
-    "int_at_least", "positive_number", "to_float",
+    "Amount", "Percent", "to_amount", "optional_amount", "check_amount", "validate_amount", "is_fraction",
+    "resolve_amount", "int_at_least", "positive_number", "to_float",
     # packers
     "pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "decode_tensor",
     # registration

@@ -52,7 +52,7 @@ from lcdsl.operators.view import View, ViewKind, view_shape
 
 __all__ = [
     "Theta", "Encoded", "View", "ViewKind", "Storage", "Operator", "index_bits", "bits_per_index", "view_shape",
-    "describe",
+    "describe", "code_dtype", "position_dtype",
 ]  # fmt: skip
 
 Theta = dict[str, torch.Tensor]
@@ -82,6 +82,27 @@ class Storage:
 def bits_per_index(count: int) -> int:
     """Bits to store one index into ``count`` choices: ``⌈log₂ count⌉`` (0 for one choice)."""
     return 0 if count <= 1 else (int(count) - 1).bit_length()  # exact, also past 2**53
+
+
+def code_dtype(count: int) -> torch.dtype:
+    """The smallest integer dtype that holds the codes ``0 … count − 1`` (codebook assignments):
+    ``uint8`` up to 256 choices, then ``int16``, ``int32``, ``int64``.
+
+    θ keeps its integer fields this small in memory, in checkpoints and in ``compressed.pt``; an
+    operator converts to ``int64`` at the point of use where a torch op needs it (``index_copy_``,
+    embedding-style gathers), not in θ."""
+    if count <= 2**8:
+        return torch.uint8
+    if count <= 2**15:
+        return torch.int16
+    return torch.int32 if count <= 2**31 else torch.int64
+
+
+def position_dtype(n: int) -> torch.dtype:
+    """The dtype of positions into ``n`` entries (kept indices of a pruned tensor): ``int32``
+    while ``n ≤ 2³¹``, ``int64`` past that. Not narrower: ``index_select`` and ``gather`` take
+    ``int32`` or ``int64`` indices only."""
+    return torch.int32 if n <= 2**31 else torch.int64
 
 
 def index_bits(nonzeros: int, n: int) -> int:

@@ -13,12 +13,6 @@ from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta
 __all__ = ["Binarize", "Ternarize", "OPERATORS"]
 
 
-def _signs(w: torch.Tensor) -> torch.Tensor:
-    """``sign(w)`` with ``0 ↦ +1``, in ``w``'s dtype."""
-    one = torch.ones((), dtype=w.dtype, device=w.device)
-    return torch.where(w >= 0, one, -one)
-
-
 def _mean_of_magnitudes(magnitude: torch.Tensor) -> torch.Tensor:
     """The mean, exactly the common value when all are equal (a sum of equal float64 numbers
     may round, and projecting ``c·t`` must give back ``c`` exactly)."""
@@ -31,7 +25,8 @@ class Binarize(Operator):
     """argmin_θ ‖w − θ‖² s.t. θ ∈ {−1, +1}ⁿ (θ = sign(w)), or with ``scale=true``
     θ ∈ {−c, +c}ⁿ over c ≥ 0 too (θ = c·sign(w), c = mean |w|); exact.
 
-    ``sign(0)`` is ``+1``. Example spec lines::
+    ``sign(0)`` is ``+1``. θ holds the signs as booleans (one byte a weight in memory, one bit in a
+    file). Example spec lines::
 
         fc1 : binarize()
         fc2 : binarize(scale=true)
@@ -43,18 +38,27 @@ class Binarize(Operator):
     """Learn a scale ``c`` (stored as one extra float)."""
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
-        """θ = ``{"signs"}`` (``w``'s dtype), plus ``{"scale"}`` (0-dim) when scaled."""
+        """θ = ``{"signs": (n,) bool, True for +1}``, plus ``{"scale"}`` (0-dim, ``w``'s dtype) when
+        scaled, else ``{"dtype"}``: an empty tensor of ``w``'s dtype, so Δ(θ) comes back in it."""
         w = w.detach()
-        theta = {"signs": _signs(w)}
+        theta = {"signs": w >= 0}
         if self.scale:
             # for fixed signs s, Σ (w − c s)² is minimised at c = Σ w s / n = mean |w|
             magnitude = w.to(torch.float64).abs()
             theta["scale"] = _mean_of_magnitudes(magnitude).to(w.dtype)
+        else:
+            theta["dtype"] = torch.empty(0, dtype=w.dtype, device=w.device)
         return theta
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
-        """``c · signs`` (``c = 1`` unscaled) in ``shape``."""
+        """``c · signs`` (``c = 1`` unscaled) in ``shape``.
+
+        Also reads the θ of earlier versions, whose signs were ``±1`` in the weights' dtype."""
         signs = theta["signs"].reshape(shape)
+        if signs.dtype == torch.bool:
+            like = theta["scale"] if self.scale else theta["dtype"]
+            one = torch.ones((), dtype=like.dtype, device=signs.device)
+            signs = torch.where(signs, one, -one)
         if self.scale:
             return theta["scale"] * signs
         return signs.clone()

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind, index_bits
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind, index_bits, position_dtype
 from lcdsl.operators.units import Amount, check_amount, optional_amount, positive_number, resolve_amount, to_float
 
 __all__ = ["Prune", "OPERATORS", "top_k_mask", "project_l1_ball"]
@@ -69,9 +69,15 @@ def project_l1_ball(w: torch.Tensor, radius: float) -> torch.Tensor:
     return (torch.sign(w).to(acc) * torch.clamp(a - tau, min=0)).to(w.dtype)
 
 
+def _positions(keep: torch.Tensor) -> torch.Tensor:
+    """The positions of a 1-D mask's true entries, ascending, in :func:`position_dtype` (int32
+    below 2³¹ entries)."""
+    return torch.nonzero(keep, as_tuple=False).reshape(-1).to(position_dtype(keep.numel()))
+
+
 def _sparse_theta(dense: torch.Tensor) -> Theta:
-    # (n,) → non-zeros: indices ascending (int64) and their values.
-    indices = torch.nonzero(dense, as_tuple=False).reshape(-1)  # (nnz,)
+    # (n,) → non-zeros: indices ascending (int32 below 2³¹ entries) and their values.
+    indices = _positions(dense != 0)  # (nnz,)
     return {"indices": indices, "values": dense[indices]}
 
 
@@ -103,8 +109,9 @@ class Prune(Operator):
     layout: HF ``Conv1D`` stores ``(in, out)``), the others a flat vector: :attr:`view` is a
     property of the instance.
 
-    ``θ`` is ``{"indices": int64 (nnz,), "values": (nnz,)}`` for weights, and for groups
-    ``{"indices": int64 (κ,), "values": w.index_select(dim, indices)}``. Storage: non-zeros at
+    ``θ`` is ``{"indices": int32 (nnz,), "values": (nnz,)}`` for weights, and for groups
+    ``{"indices": int32 (κ,), "values": w.index_select(dim, indices)}`` (indices are ``int64``
+    only past 2³¹ positions; :func:`~lcdsl.operators.base.position_dtype`). Storage: non-zeros at
     32 bits plus the cheaper of a bitmask and an index list; groups: kept values at 32 bits plus
     one bit per group.
     """
@@ -192,15 +199,16 @@ class Prune(Operator):
         x = w.reshape(-1)  # (n,)
         if self.l0 is not None:
             keep = top_k_mask(x.abs(), self._count(tuple(w.shape)))  # (n,)
-            indices = torch.nonzero(keep, as_tuple=False).reshape(-1)  # (κ,) ascending
+            indices = _positions(keep)  # (κ,) ascending
             return {"indices": indices, "values": x[indices]}
         if self.l1 is not None:
             return _sparse_theta(project_l1_ball(x, self.l1))
         if mu <= 0:  # direct compression: a penalty form keeps everything
-            return {"indices": torch.arange(x.numel(), device=x.device), "values": x.clone()}
+            indices = torch.arange(x.numel(), dtype=position_dtype(x.numel()), device=x.device)
+            return {"indices": indices, "values": x.clone()}
         if self.l0_penalty is not None:
             keep = x.to(_accumulation_dtype(x)).square() > 2.0 * self.l0_penalty / mu  # (n,)
-            indices = torch.nonzero(keep, as_tuple=False).reshape(-1)
+            indices = _positions(keep)
             return {"indices": indices, "values": x[indices]}
         soft = torch.sign(x) * torch.clamp(x.abs() - self.l1_penalty / mu, min=0)  # (n,)
         return _sparse_theta(soft)
@@ -210,17 +218,18 @@ class Prune(Operator):
         groups = w.movedim(dim, 0).reshape(w.shape[dim], -1)  # (G, rest)
         norms = groups.to(_accumulation_dtype(w)).square().sum(1)  # (G,) squared L2 norms
         keep = top_k_mask(norms, self._count(tuple(w.shape)))
-        indices = torch.nonzero(keep, as_tuple=False).reshape(-1)  # (κ,) ascending
+        indices = _positions(keep)  # (κ,) ascending
         return {"indices": indices, "values": w.index_select(dim, indices)}
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
-        """Zeros of ``shape`` with the kept values (or groups) put back."""
+        """Zeros of ``shape`` with the kept values (or groups) put back (the indices widened to
+        ``int64``, which ``index_copy_`` needs)."""
         shape = tuple(shape)
-        values = theta["values"]
+        values, indices = theta["values"], theta["indices"].long()
         out = torch.zeros(shape, dtype=values.dtype, device=values.device)
         if self.by != "weights":
-            return out.index_copy_(self._group_dim(shape), theta["indices"], values)
-        return out.reshape(-1).index_copy_(0, theta["indices"], values).reshape(shape)
+            return out.index_copy_(self._group_dim(shape), indices, values)
+        return out.reshape(-1).index_copy_(0, indices, values).reshape(shape)
 
 
 OPERATORS: tuple[type[Operator], ...] = (Prune,)

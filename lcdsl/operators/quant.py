@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, bits_per_index
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, bits_per_index, code_dtype
 from lcdsl.operators.kmeans1d.dp import kmeans1d
 from lcdsl.operators.units import int_at_least
 
@@ -44,8 +44,10 @@ def _check_codebook(inst: Any, attribute: Any, value: Any) -> None:
 class Quant(Operator):
     """argmin_θ ‖w − Δ(θ)‖² s.t. every entry of Δ(θ) is one of k codewords (exact).
 
-    Adaptive (``k`` or ``bits``, ``k = 2**bits``): θ = codebook ``(k,)`` and assignments ``(n,)``,
-    the global optimum of 1-D k-means found by dynamic programming (not Lloyd's local search).
+    Adaptive (``k`` or ``bits``, ``k = 2**bits``): θ = codebook ``(k,)`` and assignments ``(n,)``
+    (the smallest integer dtype that holds ``0 … k−1``: ``uint8`` for ``k ≤ 256``, then ``int16``,
+    ``int32``; :func:`~lcdsl.operators.base.code_dtype`), the global optimum of 1-D k-means
+    found by dynamic programming (not Lloyd's local search).
     Fixed (``codebook=[…]``): θ = assignments to the nearest codeword (ties: the smaller one),
     plus the codebook in ``w``'s dtype so Δ(θ) keeps it; the codebook is in the spec, so its
     storage is not counted.
@@ -93,9 +95,9 @@ class Quant(Operator):
         and are not used."""
         if self.adaptive:
             codebook, assignments = kmeans1d(w, self.size)
-            return {"codebook": codebook, "assignments": assignments}
+            return {"codebook": codebook, "assignments": assignments.to(code_dtype(self.size))}
         given = torch.tensor(self.codebook, dtype=w.dtype, device=w.device)  # (K,)
-        return {"codebook": given, "assignments": self._nearest(w)}
+        return {"codebook": given, "assignments": self._nearest(w).to(code_dtype(self.size))}
 
     def _nearest(self, w: torch.Tensor) -> torch.Tensor:
         """Index into ``self.codebook`` of the nearest codeword to each entry (ties: smaller)."""
@@ -109,7 +111,7 @@ class Quant(Operator):
         return order[torch.where(take_hi, hi, lo)]
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
-        """``codebook[assignments]`` in ``shape``."""
+        """``codebook[assignments]`` in ``shape`` (the codes widened to ``int64`` for the lookup)."""
         return theta["codebook"][theta["assignments"].long()].reshape(shape)
 
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage:

@@ -14,7 +14,7 @@ from lcdsl.operators.additive import Additive
 from lcdsl.operators.base import Operator, View
 from lcdsl.operators.layout import Layout
 from lcdsl.plan.model import Plan, Task
-from lcdsl.plan.names import task_name
+from lcdsl.plan.names import buffers_by_name, task_name
 from lcdsl.plan.selectors import ModelIndex
 from lcdsl.plan.settings import Settings, settings_from_spec
 from lcdsl.plugins.registry import Registry, default_registry
@@ -253,10 +253,14 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
                 tasks.append(task)
     diags.raise_if_any(source=spec.source, filename=spec.filename)
     dense = [n for n in index.parameters if n not in owner]
+    buffers = buffers_by_name(model)  # stored as they are: counted at their own dtype's bits
     return Plan(
         tasks=tuple(tasks),
         dense=tuple(dense),
         dense_numel=sum(index.parameters[n].numel() for n in dense),
+        buffers=tuple(buffers),
+        buffer_numel=sum(b.numel() for b in buffers.values()),
+        buffer_bits=sum(8 * b.numel() * b.element_size() for b in buffers.values()),
         settings=settings,
         spec=spec,
     )

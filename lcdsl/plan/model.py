@@ -81,6 +81,14 @@ class Plan:
     """Parameters no rule claims; they stay 32-bit dense."""
     dense_numel: int = 0
     """How many numbers the dense parameters hold."""
+    buffers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """The model's buffers that its ``state_dict`` keeps (BatchNorm's running statistics, …):
+    every saved model stores them as they are."""
+    buffer_numel: int = 0
+    """How many numbers the buffers hold."""
+    buffer_bits: int = 0
+    """Their size at their own dtype's bits (float32 statistics at 32, an int64 counter at 64),
+    as every file stores them; part of a plan's total size."""
     settings: Settings = attrs.field(factory=Settings)
     """The run settings."""
     spec: Spec | None = attrs.field(default=None, eq=False, repr=False)

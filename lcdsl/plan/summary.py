@@ -48,7 +48,12 @@ def plan_rows(plan: Plan, storages: list[Storage | None] | None = None) -> list[
 
 
 def plan_summary(plan: Plan, storages: list[Storage | None] | None = None) -> dict[str, Any]:
-    """Totals over the whole model, dense parameters included (at 32 bits each)."""
+    """Totals over the whole model: the tasks, the dense parameters (at 32 bits each) and the buffers.
+
+    ``bits_before`` and ``bits_after`` count the parameters; ``buffer_bits`` the model's buffers
+    (BatchNorm's running statistics, …) at their own dtype's bits, as every saved file stores
+    them; ``total_bits_before`` and ``total_bits_after`` add the two, and ``ratio`` is theirs.
+    A model without buffers has the same numbers either way."""
     rows = plan_rows(plan, storages)
     compressed = sum(r["weights"] for r in rows)
     known = all(r["bits_after"] is not None for r in rows)
@@ -64,5 +69,10 @@ def plan_summary(plan: Plan, storages: list[Storage | None] | None = None) -> di
         "bits_before": before,
         "params_after": sum(r["params_after"] for r in rows) + plan.dense_numel if known else None,
         "bits_after": after,
-        "ratio": _ratio(before, after),
+        "buffers": list(plan.buffers),
+        "buffer_values": plan.buffer_numel,
+        "buffer_bits": plan.buffer_bits,
+        "total_bits_before": before + plan.buffer_bits,
+        "total_bits_after": after + plan.buffer_bits if after is not None else None,
+        "ratio": _ratio(before + plan.buffer_bits, after + plan.buffer_bits if after is not None else None),
     }

@@ -1,4 +1,7 @@
-"""The plan as a table: one row a task, then the dense parameters, then the totals."""
+"""The plan as a table: one row a task, then the dense parameters, the buffers, then the totals.
+
+Buffers (BatchNorm's running statistics, …) are counted at their own dtype's bits, as every saved
+file stores them, and are part of the totals."""
 
 from __future__ import annotations
 
@@ -9,11 +12,17 @@ from lcdsl.plan.model import Plan
 from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import human_bits
 
-__all__ = ["plan_table"]
+__all__ = ["plan_table", "buffer_text"]
 
 
 def _shape_text(shapes: tuple[tuple[int, ...], ...]) -> str:
     return ", ".join("×".join(map(str, s)) for s in shapes)
+
+
+def buffer_text(names: list[str], shown: int = 3) -> str:
+    """How many buffers, and the first few names: ``60 (bn1.running_mean, bn1.running_var, …)``."""
+    more = ", …" if len(names) > shown else ""
+    return f"{len(names)} ({', '.join(names[:shown])}{more})"
 
 
 def _fmt_ratio(ratio: float | None) -> str:
@@ -56,6 +65,18 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
             f"{summary['dense_params']:,}",
             human_bits(summary["dense_params"] * FLOAT_BITS),
             "×1.0",
+            end_section=not summary["buffers"],
+        )
+    if summary["buffers"]:
+        table.add_row(
+            "",
+            f"buffers: {buffer_text(summary['buffers'])}, {summary['buffer_values']:,} values",
+            "",
+            "",
+            "(stored as they are)",
+            "",
+            human_bits(summary["buffer_bits"]),
+            "×1.0",
             end_section=True,
         )
     table.add_row(
@@ -63,9 +84,9 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
         "total",
         "",
         f"{summary['params_before']:,}",
-        f"{human_bits(summary['bits_before'])} dense",
+        f"{human_bits(summary['total_bits_before'])} dense",
         f"{summary['params_after']:,}" if summary["params_after"] is not None else "?",
-        human_bits(summary["bits_after"]) if summary["bits_after"] is not None else "?",
+        human_bits(summary["total_bits_after"]) if summary["total_bits_after"] is not None else "?",
         _fmt_ratio(summary["ratio"]),
         style="bold",
     )

@@ -22,6 +22,7 @@ from lcdsl.plan.settings import Settings, settings_data
 from lcdsl.plan.summary import plan_summary
 from lcdsl.plugins.origin import versions
 from lcdsl.report.console import human_bits
+from lcdsl.report.plan import buffer_text
 from lcdsl.store.atomic import write_atomic
 
 __all__ = [
@@ -60,7 +61,7 @@ class StepPrinter:
 
     Args:
         console: where to print.
-        dense_bits: bits of the parameters no task compresses (added to each step's size).
+        dense_bits: bits of the parameters no task compresses and of the buffers (added to each step's size).
         bits_before: bits of the whole model at 32 bits a number (the ratio's numerator).
     """
 
@@ -113,7 +114,7 @@ class StepPrinter:
 
 def size_table(summary: dict[str, Any], title: str = "compressed model") -> Table:
     """The final table of a :func:`~lcdsl.plan_report.plan_summary`: one row a task, the dense
-    parameters, the total."""
+    parameters, the buffers, the total (buffers included)."""
     table = Table(title=title, title_justify="left")
     for column in ("task", "operator", "params before", "params after", "bits before", "bits after", "ratio"):
         table.add_column(column, justify="left" if column in ("task", "operator") else "right")
@@ -135,12 +136,18 @@ def size_table(summary: dict[str, Any], title: str = "compressed model") -> Tabl
         table.add_row(
             "dense: " + ", ".join(summary["dense"]), "(left as is, 32-bit)", count(summary["dense_params"]),
             count(summary["dense_params"]), human_bits(dense_bits), human_bits(dense_bits), "×1.0",
-            end_section=True,
+            end_section=not summary.get("buffers"),
+        )  # fmt: skip
+    if summary.get("buffers"):
+        values, bits = summary["buffer_values"], summary["buffer_bits"]
+        table.add_row(
+            f"buffers: {buffer_text(summary['buffers'])}, {values:,} values", "(stored as they are)", "", "",
+            human_bits(bits), human_bits(bits), "×1.0", end_section=True,
         )  # fmt: skip
     table.add_row(
         "total", "", count(summary["params_before"]), count(summary["params_after"]),
-        human_bits(summary["bits_before"]),
-        "?" if summary["bits_after"] is None else human_bits(summary["bits_after"]),
+        human_bits(summary.get("total_bits_before", summary["bits_before"])),
+        "?" if summary.get("total_bits_after") is None else human_bits(summary["total_bits_after"]),
         ratio(summary["ratio"]), style="bold",
     )  # fmt: skip
     return table

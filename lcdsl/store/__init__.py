@@ -5,6 +5,7 @@ the run checkpoint and reference file.
 - :mod:`.model`: the saved model (θ per task, dense parameters, buffers) behind ``compressed.pt``
   and ``.lcz``;
 - :mod:`.lcz`: the compact ``.lcz`` file;
+- :mod:`.probe`: the compressed model's outputs on a probe batch, which ``lcdsl export`` checks;
 - :mod:`.checkpoint`: ``checkpoint.pt`` (resuming a run) and ``reference.pt``.
 
 Every layout's version is in :mod:`lcdsl.formats`. Everything loads with
@@ -32,11 +33,12 @@ from lcdsl.store.model import (
     restore_model,
     write_theta,
 )  # fmt: skip
+from lcdsl.store.probe import check_probe, probe_outputs
 
 __all__ = [
     "write_atomic", "save_atomic", "load_checkpoint", "check_writable", "remove_stale_temporaries",
     "COMPRESSED_FORMAT", "compressed_state", "load_compressed", "read_compressed", "model_record", "restore_model",
-    "write_theta",
+    "write_theta", "probe_outputs", "check_probe",
     "LCZ_FORMAT", "MAGIC", "ExportSizes", "export_model", "load_lcz", "read_manifest",
     "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "model_weights", "run_checkpoint", "read_run_checkpoint",
     "restore_run_checkpoint", "reference_record", "load_reference",

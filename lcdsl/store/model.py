@@ -9,6 +9,15 @@ A compressed model is, as plain data (:func:`model_record`)::
     "buffers": {buffer name: tensor}      what state_dict keeps besides parameters (BatchNorm's
                                           running_mean, running_var, num_batches_tracked, …)
 
+In ``compressed.pt`` the integer fields of θ (codebook assignments, kept positions, ternary codes)
+are bit-packed by the ``.lcz`` codec (:func:`~lcdsl.operators.bitpack.encode_tensor`): each such
+field is a ``uint8`` tensor of packed bytes, and the task's ``"packed"`` entry holds its codec
+description; floats are kept as they are. So the file is about the size the plan reports, plus
+the buffers and ``torch.save``'s framing, while θ in memory (and in ``checkpoint.pt``) keeps each
+field in the smallest integer dtype that holds it (``uint8`` assignments, ``int32`` indices).
+``compressed.pt`` also keeps ``"probe"``: the compressed model's outputs on a few test inputs
+(:mod:`lcdsl.store.probe`), which ``lcdsl export`` checks its file against.
+
 Names are the plan's (a DDP ``module.`` prefix stripped). An operator is named by its spec text
 (:func:`~lcdsl.operators.base.describe`) and the plugin that provides it, never by ``repr``, so a
 plugin may rename its attributes and still load what it saved. ``compressed.pt`` is this record
@@ -16,8 +25,9 @@ with ``"format"`` (:data:`~lcdsl.formats.COMPRESSED_FORMAT`) and ``"model"`` (th
 the command line); ``.lcz`` (:mod:`lcdsl.store.lcz`) encodes the same record compactly. Both read
 it back through :func:`restore_model`, which checks everything before it writes a weight.
 
-Format 1 files (no buffers; operators by ``repr``) still load: their operators are checked by
-``repr`` as they were saved, and the model's buffers are left as they are.
+Format 2 files (θ as in memory, no probe) still load, and so do format 1 files (no buffers;
+operators by ``repr``): their operators are checked by ``repr`` as they were saved, and the model's
+buffers are left as they are.
 
 :func:`load_compressed` rebuilds a model's weights from ``compressed.pt``::
 
@@ -37,6 +47,7 @@ from lcdsl.errors import ModelError
 from lcdsl.formats import COMPRESSED_FORMAT
 from lcdsl.language.parser import parse
 from lcdsl.operators.base import Operator, Theta, describe
+from lcdsl.operators.bitpack import decode_tensor, encode_tensor
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import buffers_by_name, parameters_by_name
 from lcdsl.plugins.origin import operator_plugin
@@ -47,10 +58,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPRESSED_FORMAT", "operator_identity", "model_record", "bind_saved_spec", "check_operator", "restore_model",
-    "compressed_state", "read_compressed", "load_compressed", "write_theta",
+    "compressed_state", "read_compressed", "load_compressed", "write_theta", "pack_theta", "unpack_theta",
 ]  # fmt: skip
 
-_READABLE = (1, COMPRESSED_FORMAT)
+_READABLE = (1, 2, COMPRESSED_FORMAT)
 """The ``compressed.pt`` formats :func:`read_compressed` accepts."""
 
 
@@ -196,6 +207,79 @@ def restore_model(
     return out
 
 
+def pack_theta(theta: Theta) -> tuple[Theta, dict[str, dict[str, Any]]]:
+    """θ as ``compressed.pt`` stores it: each integer (or boolean) field bit-packed when that is
+    smaller, as a ``uint8`` tensor of the codec's bytes; floats as they are.
+
+    Returns:
+        The stored fields, and the codec description of each packed one (:func:`unpack_theta`
+        inverts it bit for bit)."""
+    stored: Theta = {}
+    packed: dict[str, dict[str, Any]] = {}
+    for key, value in theta.items():
+        if not value.is_floating_point() and not value.is_complex() and value.numel():
+            meta, data = encode_tensor(value)
+            if len(data) < value.numel() * value.element_size():
+                empty = torch.empty(0, dtype=torch.uint8)
+                stored[key] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else empty
+                packed[key] = meta
+                continue
+        stored[key] = value
+    return stored, packed
+
+
+def unpack_theta(stored: dict[str, Any], packed: Any, *, where: str) -> Theta:
+    """The θ that :func:`pack_theta` stored (``packed`` None or empty: stored as it is).
+
+    Raises:
+        ModelError: a packed field's bytes do not fit its description."""
+    if not packed:
+        return dict(stored)
+    if not isinstance(packed, dict):
+        raise ModelError(f"{where}: damaged packed-field table")
+    theta = dict(stored)
+    for key, meta in packed.items():
+        data = stored.get(key)
+        if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or not isinstance(meta, dict):
+            raise ModelError(f"{where}: packed field '{key}' is missing or damaged")
+        try:
+            theta[key] = decode_tensor(meta, data.numpy().tobytes())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: packed field '{key}': {exc}") from exc
+    return theta
+
+
+def _share_storage(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its tensors of each dtype made views of one flat tensor, in place.
+
+    ``torch.save`` writes a storage once however many views it has, and frames each storage as
+    a zip entry of its own (about 200 bytes); a model of many small tensors (BatchNorm's γ, β and
+    statistics) would otherwise pay that framing per tensor. Readers see ordinary tensors."""
+    slots: list[tuple[Any, Any, torch.Tensor]] = []
+
+    def walk(obj: Any) -> None:
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+        for key, value in list(items):
+            if isinstance(value, torch.Tensor):
+                slots.append((obj, key, value))
+            elif isinstance(value, (dict, list)):
+                walk(value)
+
+    walk(state)
+    groups: dict[torch.dtype, list[tuple[Any, Any, torch.Tensor]]] = {}
+    for slot in slots:
+        groups.setdefault(slot[2].dtype, []).append(slot)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        flat = torch.cat([t.detach().cpu().reshape(-1) for _, _, t in group])  # (Σ numel,)
+        offset = 0
+        for obj, key, t in group:
+            obj[key] = flat[offset : offset + t.numel()].view(t.shape)
+            offset += t.numel()
+    return state
+
+
 def compressed_state(
     model: nn.Module,
     plan: Plan,
@@ -204,8 +288,11 @@ def compressed_state(
     spec_text: str,
     model_name: str,
     registry: Registry | None = None,
+    probe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What ``compressed.pt`` holds: the format, the model's name and :func:`model_record`.
+    """What ``compressed.pt`` holds: the format, the model's name and :func:`model_record`, with
+    θ's integer fields bit-packed (:func:`pack_theta`) and the tensors of each dtype sharing one
+    storage (one zip entry each in the file).
 
     Args:
         model: the model (its dense parameters and buffers are saved as they are).
@@ -214,13 +301,21 @@ def compressed_state(
         spec_text: the spec's source, so :func:`load_compressed` can rebuild the operators.
         model_name: how the model was named on the command line, for the record.
         registry: where the plan's operators came from (default: the installed plugins).
+        probe: the compressed model's outputs on a probe batch
+            (:func:`lcdsl.store.probe.probe_outputs`), for ``lcdsl export``'s check.
     """
     record = model_record(model, plan, thetas, spec_text=spec_text, registry=registry)
-    return {"format": COMPRESSED_FORMAT, "model": model_name, **record}
+    for entry in record["tasks"].values():
+        entry["theta"], entry["packed"] = pack_theta(entry["theta"])
+    state = {"format": COMPRESSED_FORMAT, "model": model_name, **record}
+    if probe is not None:
+        state["probe"] = dict(probe)
+    return _share_storage(state)
 
 
 def read_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The contents of ``compressed.pt`` (format 2, or 1), checked to be one.
+    """The contents of ``compressed.pt`` (format 3, 2 or 1), checked to be one; θ as stored
+    (packed fields: :func:`unpack_theta`).
 
     Raises:
         ModelError: the file is missing, damaged, or not a compressed model.
@@ -228,7 +323,10 @@ def read_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
     state = load_checkpoint(path, error=ModelError)
     if state.get("format") not in _READABLE or not isinstance(state.get("tasks"), dict):
         found = state.get("format")
-        raise ModelError(f"{path}: not an lcdsl compressed model of format {COMPRESSED_FORMAT} or 1 (found {found!r})")
+        raise ModelError(
+            f"{path}: not an lcdsl compressed model of format {COMPRESSED_FORMAT}, "
+            f"nor of the older format 2 or 1 (found {found!r})"
+        )
     return state
 
 
@@ -260,6 +358,6 @@ def load_compressed(
         check_operator(task, saved, where=where, registry=registry, legacy=legacy)
         if not isinstance(saved.get("theta"), dict):
             raise ModelError(f"{where}: task {task.name} has no θ")
-        thetas[task.name] = saved["theta"]
+        thetas[task.name] = unpack_theta(saved["theta"], saved.get("packed"), where=f"{where}: task {task.name}")
     buffers = None if legacy else state.get("buffers", {})
     return restore_model(model, plan, thetas, dict(state.get("dense", {})), buffers, where=where)
