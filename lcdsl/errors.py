@@ -82,6 +82,7 @@ CODES = MappingProxyType({
     "non-finite": "a number that is not finite (nan, inf, or a float too large such as 1e999)",
     "number-too-long": "a number with more digits than a spec may have",
     "bad-escape": "an unknown escape sequence in a string",
+    "spaced-type-filter": "a type filter written apart from its glob ('layer4.** @Conv2d' for 'layer4.**@Conv2d')",
     "bad-setting-name": "a setting name that is a glob or a dotted name (a rule meant with '=')",
     "repeated-setting": "one setting given on two lines",
     # settings
@@ -98,14 +99,13 @@ CODES = MappingProxyType({
     "no-match": "a selector that matches no parameter (or no module type) of the model",
     "no-weight": "a selector naming a module that has no weight of its own (a container: its children are named)",
     "names-buffer": "a selector naming buffers (BatchNorm's running statistics, …), which are never compressed",
-    "spaced-type-filter": "a type filter written apart from its glob ('layer4.** @Conv2d' for 'layer4.**@Conv2d')",
     "repeated-name": "a joint group's name that another task of the plan already has",
     "all-excluded": "a rule or joint group whose tensors are all excluded",
     "claimed-twice": "a tensor claimed by two rules, or twice within one rule",
     "mixed-group": "a joint group whose tensors differ in dtype or device",
     "does-not-fit": "an operator that cannot take its task's tensors (their count, shape or size)",
     # warnings: the plan is made, and Plan.warnings holds these
-    "norm-parameters": "warning: a wildcard or module-type selector also claims normalization-layer γ/β",
+    "norm-parameters": "a wildcard selector also claims normalization-layer γ/β (a warning: the plan is made)",
     # outside a spec file
     "unwritable": "a spec built in code that has no spelling in the language (lcdsl fmt)",
     "bad-option": "a command-line value that overrides a setting and is refused",
