@@ -161,6 +161,7 @@ def test_no_match_errors_say_what_the_name_is_on_a_resnet():
     (buffer,) = error_of("bn1.running_mean : quant(k=2)", model).diagnostics
     assert buffer.code == "names-buffer"
     assert buffer.message == "'bn1.running_mean' is a buffer, not a parameter: only parameters are compressed"
+    assert buffer.hint == "the parameters of 'bn1': bn1.weight, bn1.bias"
     (buffers,) = error_of("**.running_var : quant(k=2)", model).diagnostics
     assert buffers.code == "names-buffer" and "matches only buffers (bn1.running_var" in buffers.message
     (typed,) = error_of("layer3.**@Conv3d : quant(k=2)", model).diagnostics

@@ -192,11 +192,15 @@ def _no_match(item: NameSelector, index: ModelIndex, diags: Diagnostics) -> None
         return
     buffers = index.matching_buffers(NameSelector(pattern))
     if buffers:
+        hint = None
         if buffers == [pattern]:
             message = f"'{pattern}' is a buffer, not a parameter: only parameters are compressed"
+            module = pattern.rpartition(".")[0]
+            own = [n for n in index.parameters if n.rpartition(".")[0] == module] if module in index.modules else []
+            hint = f"the parameters of '{module}': {_listed(own)}" if own else None
         else:
             message = f"'{pattern}' matches only buffers ({_listed(buffers, 3)}), not parameters: only parameters are compressed"
-        diags.add("names-buffer", message, item.span)
+        diags.add("names-buffer", message, item.span, hint=hint)
         return
     head, _, last = pattern.rpartition(".")
     if head in index.weighted and last in ("*", "**"):
