@@ -82,6 +82,7 @@ CODES = MappingProxyType({
     "non-finite": "a number that is not finite (nan, inf, or a float too large such as 1e999)",
     "number-too-long": "a number with more digits than a spec may have",
     "bad-escape": "an unknown escape sequence in a string",
+    "spaced-type-filter": "a type filter written apart from its glob ('layer4.** @Conv2d' for 'layer4.**@Conv2d')",
     "bad-setting-name": "a setting name that is a glob or a dotted name (a rule meant with '=')",
     "repeated-setting": "one setting given on two lines",
     # settings
@@ -96,12 +97,16 @@ CODES = MappingProxyType({
     # binding to a model
     "no-rules": "a spec without rules, so nothing would be compressed",
     "no-match": "a selector that matches no parameter (or no module type) of the model",
-    "no-weight": "a selector naming a module that has no weight of its own",
+    "no-weight": "a selector naming a module that has no weight of its own (a container: its children are named)",
+    "names-buffer": "a selector naming buffers (BatchNorm's running statistics, …), which are never compressed",
+    "repeated-name": "a joint group's name that another task of the plan already has",
     "all-excluded": "a rule or joint group whose tensors are all excluded",
     "claimed-twice": "a tensor claimed by two rules, or twice within one rule",
     "mixed-group": "a joint group whose tensors differ in dtype or device",
     "does-not-fit": "an operator that cannot take its task's tensors (their count, shape or size)",
     "no-layout": "a structured operator on a module type whose output and input axes no plugin declares",
+    # warnings: the plan is made, and Plan.warnings holds these
+    "norm-parameters": "a wildcard selector also claims normalization-layer γ/β (a warning: the plan is made)",
     # outside a spec file
     "unwritable": "a spec built in code that has no spelling in the language (lcdsl fmt)",
     "bad-option": "a command-line value that overrides a setting and is refused",
@@ -152,6 +157,9 @@ class Diagnostic:
     code: str = attrs.field(kw_only=True, validator=_known_code)
     """The kind of problem, one of :data:`CODES` (``unknown-operator``); stable where the
     message may be reworded."""
+    severity: str = attrs.field(default="error", kw_only=True, validator=attrs.validators.in_(("error", "warning")))
+    """``"error"`` (raised in a :class:`SpecError`) or ``"warning"`` (kept in ``Plan.warnings``:
+    the plan is made, the message says what it will do that may not be meant)."""
 
 
 def _position(diagnostic: Diagnostic) -> tuple[int, int, int]:
@@ -299,6 +307,7 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
 
 
 _RED = "\x1b[1;31m"
+_YELLOW = "\x1b[1;33m"
 _BOLD = "\x1b[1m"
 _CYAN = "\x1b[1;36m"
 _RESET = "\x1b[0m"
@@ -316,13 +325,13 @@ def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool 
     def paint(text: str, code: str) -> str:
         return f"{code}{text}{_RESET}" if color else text
 
+    level = paint(diag.severity + ":", _RED if diag.severity == "error" else _YELLOW)
     if diag.span is None:
-        head = f"{paint(filename + ':', _BOLD)} {paint('error:', _RED)} {diag.message}"
-        lines = [head]
+        lines = [f"{paint(filename + ':', _BOLD)} {level} {diag.message}"]
     else:
         span = diag.span
         where = f"{filename}:{span.line}:{span.column}:"
-        lines = [f"{paint(where, _BOLD)} {paint('error:', _RED)} {diag.message}"]
+        lines = [f"{paint(where, _BOLD)} {level} {diag.message}"]
         src_lines = _source_lines(source)
         if 1 <= span.line <= len(src_lines):
             text = src_lines[span.line - 1].expandtabs(1)
@@ -330,7 +339,7 @@ def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool 
             end_col = span.end_column if span.end_line == span.line else len(text) + 1
             width = max(1, end_col - span.column)
             pad = " " * (span.column - 1)
-            lines.append("  " + pad + paint("^" * width, _RED))
+            lines.append("  " + pad + paint("^" * width, _RED if diag.severity == "error" else _YELLOW))
     if diag.hint:
         lines.append(f"  {paint('hint:', _CYAN)} {diag.hint}")
     return "\n".join(lines)

@@ -63,7 +63,16 @@ globs = st.builds(
     st.text(_REST + "*?", max_size=5),
     st.lists(_segment, max_size=3),
 )
-"""Dot-aware globs: ``fc1``, ``conv*``, ``features.**.weight``, ``layers.0.attn``."""
+"""Dot-aware globs: ``fc1``, ``conv*``, ``features.**.weight``, ``layers.0.attn``, and ``0.weight``
+(a root ``nn.Sequential``'s children: a first segment of digits only)."""
+
+_digit_led = st.builds(
+    lambda first, more: ".".join([first, *more]), st.text(string.digits, min_size=1, max_size=3), st.lists(_segment, max_size=2)
+)
+globs = st.one_of(globs, _digit_led)
+
+_name_selectors = st.builds(NameSelector, globs, st.none() | identifiers)
+"""Globs with and without a type filter (``layer4.**@Conv2d``)."""
 
 numbers = st.one_of(
     st.integers(min_value=-(10**40), max_value=10**40),
@@ -99,11 +108,13 @@ calls = st.builds(
 """Operator calls such as ``quant(k=4)``."""
 
 _items = st.one_of(
-    st.builds(NameSelector, globs),
+    _name_selectors,
     st.builds(TypeSelector, identifiers),
-    st.builds(Exclude, st.one_of(st.builds(NameSelector, globs), st.builds(TypeSelector, identifiers))),
+    st.builds(Exclude, st.one_of(_name_selectors, st.builds(TypeSelector, identifiers))),
 )
-selectors = st.one_of(_items, st.builds(JointGroup, st.lists(_items, min_size=1, max_size=3).map(tuple)))
+selectors = st.one_of(
+    _items, st.builds(JointGroup, st.lists(_items, min_size=1, max_size=3).map(tuple), st.none() | words)
+)
 """One comma-separated item of a rule's left side."""
 
 comment_texts = st.text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from lcdsl.language.parser import load
 from lcdsl.operators.base import describe
@@ -60,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
         summary["spec"] = args.spec
         summary["model"] = args.model
         summary["settings"] = settings_json(plan.settings)
+        summary["ties"] = {name: list(aliases) for name, aliases in plan.ties}
+        summary["warnings"] = [
+            {"code": w.code, "line": w.span.line if w.span else None, "message": w.message, "hint": w.hint}
+            for w in plan.warnings
+        ]
         print(json.dumps(summary, indent=2))
     else:
+        if plan.warnings:
+            print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
         console().print(plan_table(plan, title=f"{args.spec} on {args.model}"))
     return 0

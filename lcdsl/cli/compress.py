@@ -13,6 +13,7 @@ The output folder (``--out``, default ``runs/<spec name>``) gets:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
     loss_fn = load_loss(args.loss)
     model = build_model(args.model, data, seed=settings.seed, device=args.device, loss_fn=loss_fn)
     plan = attrs.evolve(spec.bind(model), settings=settings)  # spec errors before any training
+    if plan.warnings:
+        print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
 
     checkpoint_path = folder / "checkpoint.pt"
     checkpoint = None

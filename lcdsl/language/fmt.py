@@ -151,20 +151,32 @@ def format_expression(terms: Sequence[Call]) -> str:
     return " + ".join(format_call(c) for c in terms)
 
 
+def _type_name(type_name: str, node: object) -> str:
+    """``@Conv2d``."""
+    if identifier_pattern().fullmatch(type_name) is None:
+        raise _unwritable(f"'{type_name}' cannot be written as a type name", node)
+    return "@" + type_name
+
+
 def format_selector(selector: Selector) -> str:
-    """``fc1``, ``@Linear``, ``!fc3``, ``[fc1, fc2]``."""
+    """``fc1``, ``layer4.**@Conv2d``, ``@Linear``, ``!fc3``, ``[fc1, fc2]``, ``[fc*] as body``."""
     if isinstance(selector, NameSelector):
         if terminal_pattern("GLOB").fullmatch(selector.pattern) is None:
             raise _unwritable(f"'{selector.pattern}' cannot be written as a selector", selector)
-        return selector.pattern
+        if selector.type_name is None:
+            return selector.pattern
+        return selector.pattern + _type_name(selector.type_name, selector)
     if isinstance(selector, TypeSelector):
-        if identifier_pattern().fullmatch(selector.type_name) is None:
-            raise _unwritable(f"'{selector.type_name}' cannot be written as a type name", selector)
-        return "@" + selector.type_name
+        return _type_name(selector.type_name, selector)
     if isinstance(selector, Exclude):
         return "!" + format_selector(selector.selector)
     if isinstance(selector, JointGroup):
-        return "[" + ", ".join(format_selector(s) for s in selector.items) + "]"
+        text = "[" + ", ".join(format_selector(s) for s in selector.items) + "]"
+        if selector.name is None:
+            return text
+        if not _is_word(selector.name):
+            raise _unwritable(f"'{selector.name}' cannot be written as a group name", selector)
+        return f"{text} as {selector.name}"
     raise _unwritable(f"cannot write a {type(selector).__name__} as a selector")
 
 

@@ -164,7 +164,17 @@ class _Builder(Transformer):
 
     # ---- selectors
     def name_sel(self, meta, children: list[Token]) -> NameSelector:
-        return NameSelector(str(children[0]), span=token_span(children[0]))
+        glob = children[0]
+        if len(children) == 1:
+            return NameSelector(str(glob), span=token_span(glob))
+        typed = children[1]
+        if typed.start_pos != glob.end_pos:
+            self.diagnostics.add(
+                "spaced-type-filter",
+                f"a type filter stands right after its glob: write '{glob}{typed}' (or '{glob}, {typed}' for two selectors)",
+                _meta_span(meta),
+            )
+        return NameSelector(str(glob), str(typed)[1:], span=_meta_span(meta))
 
     def type_sel(self, meta, children: list[Token]) -> TypeSelector:
         return TypeSelector(str(children[0])[1:], span=token_span(children[0]))
@@ -173,7 +183,10 @@ class _Builder(Transformer):
         return Exclude(children[0], span=_meta_span(meta))
 
     def group(self, meta, children: list) -> JointGroup:
-        return JointGroup(tuple(children), span=_meta_span(meta))
+        name = None
+        if children and isinstance(children[-1], Token):
+            name = str(children.pop())
+        return JointGroup(tuple(children), name, span=_meta_span(meta))
 
     def selectors(self, meta, children: list) -> tuple:
         return tuple(children)

@@ -95,10 +95,13 @@ Value = Union[int, float, bool, str, Percent, Call, tuple]
 class NameSelector:
     """Parameters by name: a dot-aware glob (``*`` within a segment, ``**`` across segments).
 
-    A pattern that names a module means that module's ``weight``."""
+    A pattern that names a module means that module's ``weight``. With a ``type_name``
+    (``layer4.**@Conv2d``) only what belongs to modules of that class is kept."""
 
     pattern: str
     """The glob as written, e.g. ``conv*`` or ``features.**.weight``."""
+    type_name: str | None = None
+    """The module class that filters the glob's matches (``Conv2d`` in ``layer4.**@Conv2d``), or None."""
     span: Span | None = _SPAN
 
 
@@ -126,6 +129,8 @@ class JointGroup:
 
     items: tuple[NameSelector | TypeSelector | Exclude, ...] = attrs.field(converter=tuple)
     """The selectors inside the brackets."""
+    name: str | None = None
+    """The task's name given with ``as`` (``[fc*] as body``), or None for a generated one."""
     span: Span | None = _SPAN
 
 

@@ -28,7 +28,7 @@ def token_span(token: Token) -> Span:
 _SYNTAX_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "bad-statement", "a statement starts with selectors or a setting name, not {token}",
-        ("5 : quant(k=2)", "( : quant(k=2)", ") = 1", "+ quant(k=2)", "] : quant(k=2)", "'fc1' : quant(k=2)"),
+        ("( : quant(k=2)", ") = 1", "+ quant(k=2)", "] : quant(k=2)", "'fc1' : quant(k=2)"),
     ),
     ("bad-statement", "a rule needs selectors before ':'", (": quant(k=2)",)),
     ("bad-statement", "a setting needs a name before '='", ("= 3",)),

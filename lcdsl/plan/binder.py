@@ -8,18 +8,20 @@ from typing import Any
 import attrs
 import torch
 
-from lcdsl.errors import Diagnostics, Span, SpecError, did_you_mean, exception_message
+from lcdsl.errors import Diagnostic, Diagnostics, Span, SpecError, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Exclude, JointGroup, NameSelector, Rule, Spec, TypeSelector
 from lcdsl.operators.additive import Additive
 from lcdsl.operators.base import Operator, View
 from lcdsl.operators.layout import Layout
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import buffers_by_name, task_name
-from lcdsl.plan.selectors import ModelIndex
+from lcdsl.plan.selectors import ModelIndex, is_literal
 from lcdsl.plan.settings import Settings, settings_from_spec
 from lcdsl.plugins.registry import Registry, default_registry
 
 __all__ = ["bind", "build_operator", "check_spec"]
+
+_QUOTE = "'"
 
 
 def _registry(registry: Registry | None) -> Registry:
@@ -151,19 +153,67 @@ def _select(
             )
         return found
     found = index.match_name(item)
-    if found:
-        return found
-    if item.pattern in index.modules:
+    if not found:
+        _no_match(item, index, diags)
+    return found
+
+
+def _listed(names: Sequence[str], most: int = 6) -> str:
+    """``a, b, c`` or ``a, b, c, … (12)``."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, … ({len(names)})"
+
+
+def _no_match(item: NameSelector, index: ModelIndex, diags: Diagnostics) -> None:
+    """The error for a name selector that matched nothing, saying what the name is when it is something."""
+    pattern = item.pattern
+    if item.type_name is not None:
+        types = index.module_types(under=item)
+        if types:
+            diags.add(
+                "no-match",
+                f"no module of type '{item.type_name}' among what '{pattern}' matches{did_you_mean(item.type_name, types)}",
+                item.span,
+                hint="types there: " + ", ".join(types),
+            )
+            return
+    if pattern in index.modules:
+        module = index.modules[pattern]
+        kind = type(module).__name__
+        children = index.children(pattern)
+        own = [f"{pattern}.{n}" for n in module._parameters if f"{pattern}.{n}" in index.parameters]
+        if children:
+            message = f"'{pattern}' is a {kind} with children {_listed(children)} and no weight of its own"
+            hint = f"name them ('{pattern}.*') or their weights ('{pattern}.**')"
+        elif own:
+            message, hint = f"module '{pattern}' ({kind}) has no weight of its own", f"its parameters: {_listed(own)}"
+        else:
+            message, hint = f"module '{pattern}' ({kind}) has no parameters", None
+        diags.add("no-weight", message, item.span, hint=hint)
+        return
+    buffers = index.matching_buffers(NameSelector(pattern))
+    if buffers:
+        hint = None
+        if buffers == [pattern]:
+            message = f"'{pattern}' is a buffer, not a parameter: only parameters are compressed"
+            module = pattern.rpartition(".")[0]
+            own = [n for n in index.parameters if n.rpartition(".")[0] == module] if module in index.modules else []
+            hint = f"the parameters of '{module}': {_listed(own)}" if own else None
+        else:
+            message = f"'{pattern}' matches only buffers ({_listed(buffers, 3)}), not parameters: only parameters are compressed"
+        diags.add("names-buffer", message, item.span, hint=hint)
+        return
+    head, _, last = pattern.rpartition(".")
+    if head in index.weighted and last in ("*", "**"):
         diags.add(
-            "no-weight",
-            f"module '{item.pattern}' has no weight of its own",
+            "no-match",
+            f"'{pattern}' names the modules under '{head}', and it has none",
             item.span,
-            hint=f"name its parameters, e.g. '{item.pattern}.**' or '{item.pattern}.*'",
+            hint=f"'{head}' alone means its weight: {index.describe(index.weighted[head])}",
         )
-    else:
-        close = did_you_mean(item.pattern, index.suggestions())
-        diags.add("no-match", f"'{item.pattern}' matches no parameter of the model{close}", item.span)
-    return []
+        return
+    close = did_you_mean(pattern, index.suggestions())
+    diags.add("no-match", f"'{pattern}' matches no parameter of the model{close}", item.span)
 
 
 def _resolve_items(
@@ -180,12 +230,16 @@ def _resolve_items(
     return included, excluded
 
 
-def _rule_groups(rule: Rule, index: ModelIndex, diags: Diagnostics) -> list[tuple[list[str], bool, Span | None]]:
-    """The tensor groups of a rule: (names, joint, span) — one per tensor, one per ``[…]``."""
+_Group = tuple[list[str], bool, "Span | None", "str | None"]
+"""(names, joint, span, the group's given name)."""
+
+
+def _rule_groups(rule: Rule, index: ModelIndex, diags: Diagnostics) -> list[_Group]:
+    """The tensor groups of a rule: one per tensor, one per ``[…]``."""
     before = len(diags)
     plain = [s for s in rule.selectors if not isinstance(s, JointGroup)]
     singles, excluded = _resolve_items(plain, index, diags)
-    groups: list[tuple[list[str], bool, Span | None]] = []
+    groups: list[_Group] = []
     claimed: dict[str, Span | None] = {}
     for joint in (s for s in rule.selectors if isinstance(s, JointGroup)):
         inner_before = len(diags)
@@ -197,16 +251,17 @@ def _rule_groups(rule: Rule, index: ModelIndex, diags: Diagnostics) -> list[tupl
             continue
         for n in names:
             if n in claimed:
-                diags.add("claimed-twice", f"'{n}' is in two groups of this rule", joint.span)
+                diags.add("claimed-twice", f"{index.describe(n, quote=_QUOTE)} is in two groups of this rule", joint.span)
             claimed[n] = joint.span
-        groups.append((names, True, joint.span))
+        groups.append((names, True, joint.span, joint.name))
     for n in singles:
         if n in excluded:
             continue
         if n in claimed:
-            diags.add("claimed-twice", f"'{n}' is both in a joint group and on its own in this rule", rule.span)
+            message = f"{index.describe(n, quote=_QUOTE)} is both in a joint group and on its own in this rule"
+            diags.add("claimed-twice", message, rule.span)
             continue
-        groups.append(([n], False, rule.span))
+        groups.append(([n], False, rule.span, None))
     if not groups and len(diags) == before:
         diags.add("all-excluded", "every tensor this rule selects is excluded", rule.span)
     return groups
@@ -230,27 +285,41 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
     index = ModelIndex(model)
     owner: dict[str, Rule] = {}
     tasks: list[Task] = []
+    named: dict[str, Rule] = {}
+    warnings: list[Diagnostic] = []
     for rule in spec.rules:
         op = _build_terms(rule.terms, registry, settings.additive_rounds, diags)
-        for names, joint, span in _rule_groups(rule, index, diags):
+        claimed: list[str] = []
+        for names, joint, span, label in _rule_groups(rule, index, diags):
             fresh = []
             for n in names:
                 if n in owner:
                     first = owner[n]
                     diags.add(
                         "claimed-twice",
-                        f"'{n}' is already compressed by the rule on {_line(first.span)}",
+                        f"{index.describe(n, quote=_QUOTE)} is already compressed by the rule on {_line(first.span)}",
                         rule.span,
                         hint="each tensor may be claimed by one rule only; narrow one selector or add an exclusion (!name)",
                     )
                 else:
                     owner[n] = rule
                     fresh.append(n)
+            claimed += fresh
+            if label is not None:
+                if label in named:
+                    message = f"the name '{label}' is already the name of a group on {_line(named[label].span)}"
+                    diags.add("repeated-name", message, span, hint="give each joint group its own name")
+                named[label] = rule
             if not fresh or op is None:
                 continue
             task = _make_task(fresh, joint, op, rule, span, index, registry, diags)
             if task is not None:
-                tasks.append(task)
+                tasks.append(attrs.evolve(task, label=label) if label is not None else task)
+        warnings += _norm_warnings(rule, claimed, index)
+    for task in tasks:
+        if task.label is None and task.name in named:  # a root parameter called like a group
+            message = f"the name '{task.name}' is already the name of a task on {_line(task.rule.span if task.rule else None)}"
+            diags.add("repeated-name", message, named[task.name].span, hint="give the joint group another name")
     diags.raise_if_any(source=spec.source, filename=spec.filename)
     dense = [n for n in index.parameters if n not in owner]
     buffers = buffers_by_name(model)  # stored as they are: counted at their own dtype's bits
@@ -263,7 +332,49 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
         buffer_bits=sum(8 * b.numel() * b.element_size() for b in buffers.values()),
         settings=settings,
         spec=spec,
+        ties=tuple(index.ties.items()),
+        warnings=tuple(warnings),
     )
+
+
+def _plain_items(rule: Rule) -> list[NameSelector | TypeSelector]:
+    """Every including selector of a rule, those inside joint groups too."""
+    items: list[NameSelector | TypeSelector] = []
+    for selector in rule.selectors:
+        inner = selector.items if isinstance(selector, JointGroup) else (selector,)
+        items += [s for s in inner if not isinstance(s, Exclude)]
+    return items
+
+
+def _norm_warnings(rule: Rule, claimed: Sequence[str], index: ModelIndex) -> list[Diagnostic]:
+    """A warning when a wildcard selector also claims normalization-layer γ/β.
+
+    Selectors that name them on purpose (a literal name, ``@BatchNorm2d``, ``**@LayerNorm``) do not warn."""
+    norms = [n for n in claimed if index.is_norm(n)]
+    if not norms:
+        return []
+    items = _plain_items(rule)
+    meant: set[str] = set()
+    for item in items:
+        if isinstance(item, TypeSelector) or item.type_name is not None or is_literal(item.pattern):
+            meant.update(index.match_type(item) if isinstance(item, TypeSelector) else index.match_name(item))
+    unmeant = [n for n in norms if n not in meant]
+    if not unmeant:
+        return []
+    item = next(
+        (i for i in items if isinstance(i, NameSelector) and set(index.match_name(i)) & set(unmeant)), items[0]
+    )
+    types = sorted({index.owner_type(n) for n in unmeant})
+    pattern = item.pattern if isinstance(item, NameSelector) else "**"
+    message = (
+        f"'{pattern}' also claims {len(unmeant)} normalization-layer parameter{'s' if len(unmeant) != 1 else ''}"
+        f" ({', '.join(types)} γ/β): {_listed(unmeant, 3)}"
+    )
+    hint = (
+        f"exclude them ({', '.join(f'!{pattern}@{t}' for t in types)}), or name them on their own "
+        "(e.g. '@" + types[0] + "') if they are meant"
+    )
+    return [Diagnostic(message, item.span, hint, code="norm-parameters", severity="warning")]
 
 
 def _make_task(

@@ -9,8 +9,9 @@ import math
 
 import attrs
 
+from lcdsl.errors import Diagnostic, render_diagnostic
 from lcdsl.language.spec import Rule, Spec
-from lcdsl.operators.base import Operator, Storage
+from lcdsl.operators.base import Operator, Storage, describe
 from lcdsl.operators.layout import Layout
 from lcdsl.operators.view import View, split_view
 from lcdsl.plan.names import task_name
@@ -38,11 +39,24 @@ class Task:
     """Which axes of the tensor are the layer's outputs and inputs, for a ``"matrix"`` or
     ``"tensor"`` operator (the binder finds it from the parameter's module); None when the
     storage order is already ``(out, in, kernel…)`` (PyTorch's), or for a vector operator."""
+    label: str | None = None
+    """The name given to its joint group with ``as`` (``[fc*] as body``), or None."""
 
     @property
     def name(self) -> str:
-        """``fc1.weight``, or ``[fc1.weight, fc2.weight]`` for a joint task."""
-        return task_name(self.parameters, self.joint)
+        """The task's name everywhere (check, report.json, checkpoints, ``.lcz``): the group's
+        given name, else ``fc1.weight``, ``[fc1.weight, fc2.weight]`` or, for a joint task of
+        many tensors, ``[first, …, last] (N tensors)`` (:func:`~lcdsl.plan.names.task_name`)."""
+        return task_name(self.parameters, self.joint, self.label)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join("×".join(map(str, s)) for s in self.shapes[:3]) + (", …" if len(self.shapes) > 3 else "")
+        try:
+            operator = describe(self.operator)
+        except Exception:  # an operator built in code that a spec cannot spell
+            operator = repr(self.operator)
+        line = f", line {self.rule.span.line}" if self.rule is not None and self.rule.span is not None else ""
+        return f"Task({self.name}: {shapes} → {operator}{line})"
 
     @property
     def numel(self) -> int:
@@ -93,3 +107,30 @@ class Plan:
     """The run settings."""
     spec: Spec | None = attrs.field(default=None, eq=False, repr=False)
     """The spec this plan was bound from."""
+    ties: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(
+        default=(), eq=False, converter=lambda t: tuple((n, tuple(a)) for n, a in t)
+    )
+    """Tied parameters of the model: (canonical name, its other names), e.g.
+    ``("transformer.wte.weight", ("lm_head.weight",))``. Tasks use the canonical name."""
+    warnings: tuple[Diagnostic, ...] = attrs.field(default=(), eq=False, converter=tuple)
+    """What binding found that may not be meant, as diagnostics of severity ``"warning"`` with a
+    code and a span (``norm-parameters``: a wildcard claims BatchNorm/LayerNorm γ and β). The plan
+    is made anyway; ``lcdsl check`` and ``lcdsl compress`` print them (:meth:`render_warnings`)."""
+
+    def tied(self, name: str) -> tuple[str, ...]:
+        """The other names of a parameter's tensor (``("lm_head.weight",)``), or ``()``."""
+        return dict(self.ties).get(name, ())
+
+    def render_warnings(self, color: bool = False) -> str:
+        """The warnings as a compiler prints them (``file:line:col: warning: …``, line, carets, hint)."""
+        source = self.spec.source if self.spec is not None else ""
+        filename = self.spec.filename if self.spec is not None else "<spec>"
+        return "\n".join(render_diagnostic(w, source, filename, color=color) for w in self.warnings)
+
+    def __repr__(self) -> str:
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}{'s' if n != 1 else ''}"
+
+        head = f"Plan({count(len(self.tasks), 'task')}, {count(len(self.dense), 'dense parameter')}"
+        head += f" ({self.dense_numel:,} weights), {count(len(self.warnings), 'warning')})"
+        return "\n".join([head + (":" if self.tasks else ""), *(f"  {task!r}" for task in self.tasks)])

@@ -16,9 +16,22 @@ def strip_ddp_prefix(name: str) -> str:
     return name
 
 
-def task_name(parameters: Sequence[str], joint: bool) -> str:
-    """A task's name: its parameter, or ``[a, b, …]`` for a joint group."""
-    return "[" + ", ".join(parameters) + "]" if joint else parameters[0]
+MAX_LISTED = 3
+"""The most members a joint task's generated name lists in full."""
+
+
+def task_name(parameters: Sequence[str], joint: bool, label: str | None = None) -> str:
+    """A task's name: the name given to its group (``[fc*] as body`` → ``body``), else its
+    parameter, or for a joint group ``[a, b, c]`` (up to :data:`MAX_LISTED` members) or
+    ``[a, …, z] (16 tensors)`` (the first and last in model order: no two tasks share a tensor,
+    so the name is unique)."""
+    if label is not None:
+        return label
+    if not joint:
+        return parameters[0]
+    if len(parameters) <= MAX_LISTED:
+        return "[" + ", ".join(parameters) + "]"
+    return f"[{parameters[0]}, …, {parameters[-1]}] ({len(parameters)} tensors)"
 
 
 def parameters_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -29,6 +29,12 @@ def _fmt_ratio(ratio: float | None) -> str:
     return f"×{ratio:.1f}" if ratio is not None else "after training"
 
 
+def _with_ties(plan: Plan, names: list[str]) -> str:
+    """`` (tied: lm_head.weight)`` for the tied ones among ``names``, or ``""``."""
+    tied = [alias for name in names for alias in plan.tied(name)]
+    return f" (tied: {', '.join(tied)})" if tied else ""
+
+
 def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: str = "plan") -> Table:
     """A rich table of :func:`plan_summary`: one row a task, then the dense ones, then totals."""
     summary = plan_summary(plan, storages)
@@ -47,7 +53,7 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
     for row in summary["tasks"]:
         table.add_row(
             str(row["line"] or ""),
-            row["task"],
+            row["task"] + _with_ties(plan, row["parameters"]),
             _shape_text(tuple(tuple(s) for s in row["shapes"])),
             f"{row['weights']:,}",
             row["operator"] + (f"\n{row['axes']}" if row["axes"] else ""),  # the axis a structured operator works on
@@ -58,7 +64,7 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
     if summary["dense"]:
         table.add_row(
             "",
-            f"dense: {', '.join(summary['dense'])}",
+            "dense: " + ", ".join(name + _with_ties(plan, [name]) for name in summary["dense"]),
             "",
             f"{summary['dense_params']:,}",
             "(left as is, 32-bit)",
