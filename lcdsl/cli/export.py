@@ -33,7 +33,8 @@ from lcdsl.report.console import console, human_bits
 from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
 from lcdsl.store.model import bind_saved_spec, load_compressed, read_compressed
 from lcdsl.store.probe import PROBE_SIZE, check_probe, model_outputs
-from lcdsl.training.data import load_data
+from lcdsl.training.batch import forward
+from lcdsl.training.data import Dataset, load_data
 
 __all__ = ["add_parser", "run", "size_table", "median_latency"]
 
@@ -141,10 +142,10 @@ def _check_file(path: Path, out: Path, state: dict[str, Any], model: torch.nn.Mo
         if gap == 0:
             return f"loaded back: outputs equal the compressed model's {inputs}"
         return f"loaded back: outputs {inputs} within {gap:.2g} of the compressed model's"
-    x = data.x_test[:PROBE_SIZE]
+    batch = data.x_test[:PROBE_SIZE] if isinstance(data, Dataset) else data.first_batch(PROBE_SIZE)
     model.eval(), fresh.eval()
     with torch.inference_mode():
-        if not torch.equal(model_outputs(model(x)), model_outputs(fresh(x))):
+        if not torch.equal(model_outputs(forward(model, batch)), model_outputs(forward(fresh, batch))):
             raise ModelError(f"{out}: the model loaded back gives other outputs than the model in compressed.pt")
     return "loaded back: outputs equal those of compressed.pt (it records no outputs of the model compress evaluated)"
 
@@ -187,5 +188,7 @@ def run(args: argparse.Namespace) -> int:
         f"dense storage {sizes.dense_bytes:,} bytes (×{sizes.dense_bytes / sizes.file_bytes:.1f}); {checked}"
     )
     if args.deploy:
+        if not isinstance(data, Dataset):
+            raise ModelError(f"--deploy traces the model on example inputs, and '{data.name}' is not in-memory tensors")
         _deploy(model, plan, thetas, data.x_test[:256], out.with_suffix(".pt2"))
     return 0
