@@ -112,8 +112,10 @@ class Additive(Operator):
     """argmin_{θ_1…θ_T} ‖w − Σ_i Δ_i(θ_i)‖² (+ the terms' penalties): alternating exact C steps.
 
     Not a projection: each round solves every term exactly given the others (block coordinate
-    descent), so the distortion never increases, and at the end each term is optimal given the
-    others; the joint optimum is not guaranteed. ``θ`` is one flat dict whose keys carry the
+    descent), so the distortion never increases, and once the alternation has converged (a round
+    gains less than :data:`RELATIVE_TOLERANCE`) each term is optimal given the others; the joint
+    optimum is not guaranteed, and some combinations (several sparse terms beside a low-rank one)
+    converge slowly, so ``rounds`` may end the alternation first. ``θ`` is one flat dict whose keys carry the
     term's index: ``"0.indices"``, ``"1.U"``, …
 
     The view is ``"tensor"`` if any term needs the tensor's own shape (structured pruning), else
