@@ -4,18 +4,11 @@ Plugins are the entry points of the group ``lcdsl`` (see :mod:`lcdsl.plugins.hoo
 own operators come through its own entry point ``builtin = "lcdsl.operators.builtin"``. Nothing is
 loaded at import time: :func:`default_registry` loads once, on first use.
 
-Two environment variables choose plugins by entry-point name (comma-separated); both block
-through pluggy (:meth:`pluggy.PluginManager.set_blocked`), and a blocked plugin is never imported:
-
-- ``LCDSL_BLOCK_PLUGINS=a,b``: never load ``a`` and ``b`` (``builtin`` too, if named);
-- ``LCDSL_ALLOW_PLUGINS=a,b``: load only ``a``, ``b`` and ``builtin``.
-
-Each plugin is checked on its own as it is registered: an entry point that cannot be imported, a
-hook pluggy does not know (``lcdsl_register_operator``, a letter short), a hook implementation with
-an argument the specification lacks, or a hook that raises or returns something other than
-operator classes with spec-callable names makes that plugin a broken one. It is recorded in
-:attr:`Registry.problems` (with its distribution, version and the cause) and the others keep
-working; ``lcdsl plugins`` shows the problems and what was blocked.
+Which plugins load, and the checks each gets as it registers, are :mod:`lcdsl.plugins.manager`'s
+(``LCDSL_BLOCK_PLUGINS`` / ``LCDSL_ALLOW_PLUGINS``). Here each plugin's hook is called on its own:
+one that raises or returns something other than operator classes with spec-callable names is a
+broken plugin, recorded in :attr:`Registry.problems` (with its distribution, version and the
+cause), and the others keep working; ``lcdsl plugins`` shows the problems and what was blocked.
 
 The layouts plugins declare (``lcdsl_register_layouts``: which axis of a module type's weight is
 its outputs) are collected the same way, after the operators, into :attr:`Registry.layouts`; a
@@ -32,6 +25,7 @@ Example::
     Quant = default_registry().operator("quant")
     op = Quant(k=4)
 """
+
 from __future__ import annotations
 
 import functools
