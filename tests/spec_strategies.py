@@ -10,18 +10,7 @@ import string
 
 from hypothesis import strategies as st
 
-from lcdsl.language.spec import (
-    Argument,
-    Call,
-    Exclude,
-    JointGroup,
-    NameSelector,
-    Percent,
-    Rule,
-    Setting,
-    Spec,
-    TypeSelector,
-)
+from lcdsl.language import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
 
 __all__ = [
     "identifiers",

@@ -11,18 +11,7 @@ import torch
 from torch import nn
 
 from lcdsl.errors import Span, SpecError
-from lcdsl.language.spec import (
-    Argument,
-    Call,
-    Exclude,
-    JointGroup,
-    NameSelector,
-    Percent,
-    Rule,
-    Setting,
-    Spec,
-    TypeSelector,
-)
+from lcdsl.language import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
 from lcdsl.operators.base import Operator, Storage
 from lcdsl.plan.binder import bind as bind_spec
 from lcdsl.plan.binder import build_operator, check_spec

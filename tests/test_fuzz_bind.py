@@ -18,20 +18,9 @@ from torch import nn
 
 from lcdsl.engine.core import Engine
 from lcdsl.errors import LcdslError, SpecError
+from lcdsl.language import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
 from lcdsl.language.fmt import format_spec
 from lcdsl.language.parser import parse
-from lcdsl.language.spec import (
-    Argument,
-    Call,
-    Exclude,
-    JointGroup,
-    NameSelector,
-    Percent,
-    Rule,
-    Setting,
-    Spec,
-    TypeSelector,
-)
 from lcdsl.plan.settings import Explicit
 from lcdsl.training.data import Dataset
 from lcdsl.training.lstep import make_l_step

@@ -5,19 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lcdsl.errors import Span, SpecError
+from lcdsl.language import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
 from lcdsl.language.parser import MAX_NUMBER_LENGTH, load, parse, parse_expression
-from lcdsl.language.spec import (
-    Argument,
-    Call,
-    Exclude,
-    JointGroup,
-    NameSelector,
-    Percent,
-    Rule,
-    Setting,
-    Spec,
-    TypeSelector,
-)
 
 
 def test_a_spec_parses_to_the_objects_built_in_code():
