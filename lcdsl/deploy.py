@@ -1,7 +1,7 @@
 """Deploy modules: a compressed model rebuilt from smaller layers, so it also runs faster.
 
 :func:`deploy` takes a model that holds ``Δ(θ)`` (after :meth:`Engine.finalize`,
-:func:`lcdsl.checkpoint.load_compressed` or :func:`lcdsl.export.load_lcz`) and returns a copy in
+:func:`lcdsl.store.model.load_compressed` or :func:`lcdsl.store.lcz.load_lcz`) and returns a copy in
 which
 
 - every ``lowrank`` Linear of rank ``r`` is two Linears ``in → r → out`` (``V`` then ``U``), and

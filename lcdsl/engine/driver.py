@@ -45,7 +45,7 @@ class LCDriver:
         first_length: units of the first L step; None takes ``settings.first_epochs`` with
             ``unit="epoch"`` and ``length`` otherwise.
         evaluate: called under ``engine.compressed()`` after each C step; its metrics go into
-            the step's :class:`~lcdsl.events.StepRecord`.
+            the step's :class:`~lcdsl.engine.events.StepRecord`.
         finalize: ``w ← Δ(θ)`` when training ends with the schedule done.
         reset_optimizer: clear the optimizers' state (momentum, Adam moments) at the start of
             every L step, as a fresh optimizer per LC step would.

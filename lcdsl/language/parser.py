@@ -1,9 +1,10 @@
-"""Text → :class:`~lcdsl.spec.Spec`: the parser and its transformer.
+"""Text → :class:`~lcdsl.language.spec.Spec`: the parser and its transformer.
 
 ``parse`` turns any ``str`` into a Spec or raises :class:`~lcdsl.errors.SpecError` — never
 anything else. Syntax errors stop at the first one (with a message a person understands, from
-the table of labelled malformed examples in :mod:`lcdsl.syntax_errors`); the problems found after parsing (repeated settings,
-numbers too long or not finite, bad escapes) are all reported together.
+the table of labelled malformed examples in :mod:`lcdsl.language.syntax_errors`); the problems
+found after parsing (repeated settings, numbers too long or not finite, bad escapes) are all
+reported together.
 
 Example::
 

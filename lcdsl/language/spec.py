@@ -205,7 +205,7 @@ class Spec:
         return bind(self, model, registry=registry)
 
     def format(self) -> str:
-        """The canonical text of this spec; see :func:`lcdsl.fmt.format_spec`."""
+        """The canonical text of this spec; see :func:`lcdsl.language.fmt.format_spec`."""
         from lcdsl.language.fmt import format_spec
 
         return format_spec(self)

@@ -14,7 +14,7 @@ docstring opens with the problem it solves. It offers:
   task's size is known.
 - optionally :meth:`Operator.encode` / :meth:`Operator.decode`: ``θ`` in a compact form for
   ``lcdsl export``. Without them the exporter stores each tensor of ``θ`` in the smallest exact
-  encoding its content allows (:func:`lcdsl.bitpack.encode_tensor`: codebook assignments
+  encoding its content allows (:func:`lcdsl.operators.bitpack.encode_tensor`: codebook assignments
   bit-packed, kept positions as a bitmask or packed indices, ±1 signs as bits, reals as raw
   little-endian bytes), which already meets :meth:`Operator.storage` for every built-in
   operator; an operator implements the pair only when it knows better (e.g. a fixed codebook that
@@ -190,9 +190,9 @@ class Operator:
         """Optional: ``θ`` of a task of view ``shape`` as compact fields for ``lcdsl export``.
 
         Return ``None`` (the default) to let the exporter encode every tensor of ``θ`` by its
-        content (:func:`lcdsl.bitpack.encode_tensor`). Otherwise return named fields: ``bytes``
+        content (:func:`lcdsl.operators.bitpack.encode_tensor`). Otherwise return named fields: ``bytes``
         are stored as they are, tensors through the content-based codec; :meth:`decode` gets the
-        same fields back and must return ``θ`` exactly (:mod:`lcdsl.bitpack` has the packers)."""
+        same fields back and must return ``θ`` exactly (:mod:`lcdsl.operators.bitpack` has the packers)."""
         return None
 
     def decode(self, fields: Encoded, shape: tuple[int, ...]) -> Theta:

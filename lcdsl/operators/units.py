@@ -3,7 +3,7 @@
 A spec value for an amount (``prune(l0=…)``) is one of
 
 - an ``int`` ≥ 1: a count (``l0=5000`` keeps 5000 weights);
-- a :class:`~lcdsl.spec.Percent` in (0 %, 100 %]: a fraction (``l0=5%``);
+- a :class:`~lcdsl.language.spec.Percent` in (0 %, 100 %]: a fraction (``l0=5%``);
 - a ``float`` in (0, 1): a fraction (``l0=0.05``).
 
 Anything else (``1.5``, ``150%``, ``0``, negatives, booleans) is ambiguous or meaningless and

@@ -1,6 +1,6 @@
 """What ``lcdsl compress`` shows and saves: the step rows, the size table, report.json, curves.png.
 
-Computing (:func:`build_report`, :func:`~lcdsl.plan_report.plan_summary`) is kept apart from printing
+Computing (:func:`build_report`, :func:`~lcdsl.plan.summary.plan_summary`) is kept apart from printing
 (:class:`StepPrinter`, :func:`size_table`) and from writing files (:func:`write_report`,
 :func:`plot_curves`).
 """
@@ -113,7 +113,7 @@ class StepPrinter:
 
 
 def size_table(summary: dict[str, Any], title: str = "compressed model") -> Table:
-    """The final table of a :func:`~lcdsl.plan_report.plan_summary`: one row a task, the dense
+    """The final table of a :func:`~lcdsl.plan.summary.plan_summary`: one row a task, the dense
     parameters, the buffers, the total (buffers included)."""
     table = Table(title=title, title_justify="left")
     for column in ("task", "operator", "params before", "params after", "bits before", "bits after", "ratio"):

@@ -17,9 +17,9 @@ through :func:`~lcdsl.store.model.restore_model`, as ``compressed.pt`` is.
 
 Each task's ``θ`` is encoded by its operator when the operator implements
 :meth:`~lcdsl.operators.base.Operator.encode`, else tensor by tensor by content
-(:func:`lcdsl.bitpack.encode_tensor`: assignments bit-packed, kept positions as a bitmask or
+(:func:`lcdsl.operators.bitpack.encode_tensor`: assignments bit-packed, kept positions as a bitmask or
 packed indices, reals as raw little-endian bytes). Parameters no rule compresses are stored raw,
-and so are the model's buffers (BatchNorm's running statistics, …; :func:`lcdsl.bitpack.encode_raw`).
+and so are the model's buffers (BatchNorm's running statistics, …; :func:`lcdsl.operators.bitpack.encode_raw`).
 So the payload is the bits the plan reports (:meth:`Operator.storage`) plus the dense leftovers
 and the buffers, rounded up to whole bytes per field. The manifest is deflated (for LeNet300 its JSON takes
 2.7 kB plain, 0.9 kB deflated). The payload is stored as it is by default, so its size is the

@@ -297,8 +297,9 @@ def _from_factory(reference: str, data_dir: str | None, seed: int) -> Data:
         return LoaderData(reference, result[0], result[1])
     if not isinstance(result, (tuple, list)) or len(result) != 4:
         raise DataError(
-            f"data factory '{reference}' must return an lcdsl.data.Dataset, (x_train, y_train, x_test, y_test), "
-            f"a torch.utils.data Dataset or DataLoader, or a (train, test) pair of them; got {type(result).__name__}"
+            f"data factory '{reference}' must return an lcdsl.training.data.Dataset, "
+            "(x_train, y_train, x_test, y_test), a torch.utils.data Dataset or DataLoader, "
+            f"or a (train, test) pair of them; got {type(result).__name__}"
         )
     names = ("x_train", "y_train", "x_test", "y_test")
     x_train, y_train, x_test, y_test = (_as_tensor(v, n, reference) for v, n in zip(result, names))
