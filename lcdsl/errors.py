@@ -319,8 +319,30 @@ def _source_lines(source: str) -> list[str]:
     return source.split("\n")
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with terminal control characters shown as escapes (``\x1b`` for ESC), so a spec
+    cannot move the cursor, recolour or retitle the terminal an error is printed on."""
+    return "".join(
+        ch if not _is_control(ch) else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        for ch in text
+    )
+
+
+def _is_control(ch: str) -> bool:
+    code = ord(ch)
+    # C0 (but tab), DEL, C1, and the bidirectional overrides that reorder what a terminal shows
+    return (code < 0x20 and ch != "\t") or 0x7F <= code < 0xA0 or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069
+
+
 def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool = False) -> str:
-    """Render one diagnostic: the location line, then the source line with carets."""
+    """Render one diagnostic: the location line, then the source line with carets.
+
+    Control characters in the source line, the message, the hint and the file name are shown
+    escaped (:func:`escape_controls`); the carets stay under what they point at."""
+    filename = escape_controls(filename)
+    diag = attrs.evolve(
+        diag, message=escape_controls(diag.message), hint=escape_controls(diag.hint) if diag.hint else diag.hint
+    )
 
     def paint(text: str, code: str) -> str:
         return f"{code}{text}{_RESET}" if color else text
@@ -334,11 +356,13 @@ def render_diagnostic(diag: Diagnostic, source: str, filename: str, color: bool 
         lines = [f"{paint(where, _BOLD)} {level} {diag.message}"]
         src_lines = _source_lines(source)
         if 1 <= span.line <= len(src_lines):
-            text = src_lines[span.line - 1].expandtabs(1)
+            raw = src_lines[span.line - 1].expandtabs(1)
+            text = escape_controls(raw)
             lines.append(f"  {text}")
-            end_col = span.end_column if span.end_line == span.line else len(text) + 1
-            width = max(1, end_col - span.column)
-            pad = " " * (span.column - 1)
+            end_col = span.end_column if span.end_line == span.line else len(raw) + 1
+            start = span.column - 1
+            width = max(1, len(escape_controls(raw[start : end_col - 1])))
+            pad = " " * len(escape_controls(raw[:start]))
             lines.append("  " + pad + paint("^" * width, _RED if diag.severity == "error" else _YELLOW))
     if diag.hint:
         lines.append(f"  {paint('hint:', _CYAN)} {diag.hint}")

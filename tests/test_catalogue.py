@@ -93,6 +93,16 @@ SPEC_CASES = [
     ("unterminated-string", 'penalty = "quadratic\nfc1 : quant(k=2)', "unterminated string"),
     ("bad-escape", 'penalty = "a\\q"\nfc1 : quant(k=2)', "unknown escape '\\q' in a string"),
     ("control-character", "fc1 : quant(k=2)\x01", "unexpected character U+0001"),
+    ("escape-sequence-escaped", "fc1 : quant(k=\x1b[31m2)", "fc1 : quant(k=\\x1b[31m2)"),
+    ("steps-huge", "mu = geometric(start=1e-3, factor=1.1, steps=1000000000)\nfc1 : quant(k=2)",
+     "steps must be at most 10000, got 1000000000"),
+    ("cap-negative", "mu = geometric(start=1e-3, factor=2, steps=3, cap=-1)\nfc1 : quant(k=2)",
+     "cap must be a positive finite number, got -1"),
+    ("cap-zero", "mu = geometric(start=1e-3, factor=2, steps=3, cap=0)\nfc1 : quant(k=2)",
+     "cap must be a positive finite number, got 0"),
+    ("k-above-size", "fc1.bias : quant(k=1000)", "k=1000 is more codewords than the 300 weights to quantize"),
+    ("bits-above-size", "fc1.bias : quant(bits=20)", "bits=20 (k=1048576) is more codewords than the 300"),
+    ("number-101", "fc1 : quant(k=" + "9" * 101 + ")", "number too long (101 characters; at most 100)"),
 ]
 
 BYTE_CASES = [
@@ -102,6 +112,7 @@ BYTE_CASES = [
     ("utf16", "fc1 : quant(k=2)\n".encode("utf-16"), "the file contains a NUL byte; a spec is text"),
     ("huge-file", b"fc1 : quant(k=2)\n" * 20000, "characters; at most 262,144 are read"),
     ("huge-binary", b"\x00" * (2 << 20), "bytes; a spec has at most 262,144 characters"),
+    ("huge-file-bounded", b"#" * (8 << 20), "more than 1,048,576 bytes; a spec has at most 262,144 characters"),
 ]
 
 
@@ -436,3 +447,144 @@ def test_debug_shows_the_traceback(work, reference, capsys, evil_registry):
     assert main([str(a) for a in argv]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "division by zero in the codebook" in err
+
+
+# ------------------------------------------------------------------ bounded inputs, saved files
+
+
+def test_a_spec_is_read_only_up_to_its_limit(tmp_path, capsys):
+    # /dev/zero never ends: the read stops at the limit instead of filling memory
+    code, err = run_cli(["check", "/dev/zero"], capsys)
+    assert code == 2 and "more than 1,048,576 bytes" in err
+
+
+def test_a_number_of_100_characters_is_accepted(tmp_path, capsys):
+    path = tmp_path / "case.lc"
+    path.write_text("tolerance = " + "0" * 99 + "1\nfc1 : quant(k=2)\n")
+    assert run_cli(["check", path, "--model", "lenet300"], capsys)[0] == 0
+
+
+def test_a_root_sequential_is_suggested_by_a_name_that_parses(tmp_path, capsys, monkeypatch):
+    (tmp_path / "seqmodels.py").write_text("import torch.nn as nn\ndef make(**kw):\n"
+                                           "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "case.lc"
+    path.write_text("l.weight : quant(k=2)\n")
+    code, err = run_cli(["check", path, "--model", "seqmodels:make"], capsys)
+    assert code == 2 and "did you mean '1.weight'?" in err
+    path.write_text("1.weight : quant(k=2)\n")  # the suggestion is itself a valid spec
+    assert run_cli(["check", path, "--model", "seqmodels:make"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--seed", "-5"], "--seed must be an integer in [0, 2**32), got -5"),
+        (["--device", "meta"], "device 'meta' holds no data"),
+        (["--epochs", "0"], "--epochs must be an integer in [1, 2**32), got 0"),
+        (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    ],
+    ids=["seed", "meta", "epochs", "lr"],
+)
+def test_train_arguments_are_checked(tmp_path, capsys, argv, fragment):
+    code, err = run_cli(["train", "--out", tmp_path / "r.pt", *argv], capsys)
+    assert code == 1 and fragment in err
+
+
+def test_train_out_a_folder_fails_before_training(tmp_path, capsys):
+    code, err = run_cli(["train", "--out", tmp_path, "--epochs", "1"], capsys)
+    assert code == 1 and "is a folder; give the file to write" in err
+
+
+def test_an_lcz_manifest_that_inflates_past_its_limit_is_refused_while_inflating(tmp_path):
+    import zlib
+
+    from lcdsl.errors import ModelError
+    from lcdsl.formats import MAGIC
+    from lcdsl.store import lcz
+
+    head = zlib.compress(b" " * (lcz.MAX_MANIFEST_BYTES + 1), 9)  # ~64 KiB that inflate to 64 MiB
+    path = tmp_path / "bomb.lcz"
+    path.write_bytes(lcz._HEADER.pack(MAGIC, len(head)) + head)
+    with pytest.raises(ModelError, match="manifest: inflates to more than the 67,108,864 bytes"):
+        lcz.read_manifest(path)
+
+
+@pytest.fixture(scope="module")
+def finished(work, reference):
+    out = work / "finished"
+    argv = ["compress", work / "quant.lc", "--reference", reference, "--out", out, *TINY]
+    assert main([str(a) for a in argv]) == 0
+    return out
+
+
+def _mutations(state, prefix=""):
+    """(label, mutate) for each key of a saved dict: delete it, wrong type, and for tensors wrong
+    shape, NaN, out of range; one level into dicts of dicts."""
+    for key, value in state.items():
+        label = f"{prefix}{key}"
+        yield f"{label}:deleted", lambda d, k=key: d.pop(k)
+        yield f"{label}:type", lambda d, k=key: d.__setitem__(k, "text")
+        if isinstance(value, torch.Tensor):
+            yield f"{label}:shape", lambda d, k=key: d.__setitem__(k, torch.zeros(3))
+            if value.is_floating_point():
+                yield f"{label}:nan", lambda d, k=key: d.__setitem__(k, torch.full_like(d[k], float("nan")))
+            else:
+                yield f"{label}:range", lambda d, k=key: d.__setitem__(k, d[k] + 10**6)
+        elif isinstance(value, dict) and prefix.count(".") < 3:
+            for sub_label, sub in _mutations(value, f"{label}."):
+                yield sub_label, lambda d, k=key, f=sub: f(d[k])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{label}:negative", lambda d, k=key: d.__setitem__(k, -5)
+            yield f"{label}:huge", lambda d, k=key: d.__setitem__(k, 10**12)
+            yield f"{label}:nan", lambda d, k=key: d.__setitem__(k, float("nan"))
+
+
+def test_every_mutation_of_a_checkpoint_is_a_clean_error(work, reference, finished, capsys):
+    import copy
+    import shutil
+
+    saved = load_checkpoint(finished / "checkpoint.pt")
+    keep = {"format", "engine", "model_name", "data_name", "trainer", "reference", "history", "model"}
+    labels = []
+    for label, mutate in _mutations({k: saved[k] for k in keep if k != "history"} | {"engine": {
+            k: saved["engine"][k] for k in ("step", "mu", "thetas", "lambdas", "history")}}):  # fmt: skip
+        state = copy.deepcopy(saved)
+        try:
+            mutate(state)
+        except (KeyError, TypeError, IndexError, RuntimeError):
+            continue
+        out = work / "mutated"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(finished, out)
+        torch.save(state, out / "checkpoint.pt")
+        argv = ["compress", work / "quant.lc", "--reference", reference, "--out", out, "--resume", *TINY]
+        code, err = run_cli(argv, capsys)  # never a traceback
+        labels.append((label, code))
+    assert len(labels) > 30
+    # a change to what only reports (the reference's numbers, the saved history) may still resume
+    assert all(code in (0, 1) for _, code in labels), labels
+    failing = {label for label, code in labels if code == 1}
+    for must in ("engine.step:negative", "engine.step:huge", "engine.mu:nan",
+                 "engine.thetas.fc1.weight.assignments:range",
+                 "engine.lambdas.fc1.weight:shape", "engine.lambdas.fc1.weight:nan", "model:deleted",
+                 "model.fc1.weight:nan", "engine.thetas.fc1.weight.codebook:nan"):  # fmt: skip
+        assert must in failing, (must, labels)
+
+
+def test_every_mutation_of_a_reference_is_a_clean_error(work, reference, capsys):
+    import copy
+
+    saved = load_checkpoint(reference)
+    minimal = {k: saved[k] for k in ("format", "model", "data", "state_dict")}  # only the documented keys
+    path = work / "minimal-ref.pt"
+    torch.save(minimal, path)
+    argv = ["compress", work / "quant.lc", "--reference", path, "--out", work / "from-minimal", *TINY]
+    assert run_cli(argv, capsys)[0] == 0
+    for label, mutate in _mutations({**saved, "test_error": 0.5}):
+        state = copy.deepcopy(dict(saved, test_error=0.5))
+        mutate(state)
+        torch.save(state, path)
+        argv = ["compress", work / "quant.lc", "--reference", path, "--out", work / "mutated-ref", *TINY]
+        code, err = run_cli(argv, capsys)
+        assert code in (0, 1), label

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def resolve_device(name: str) -> torch.device:
         "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
         "mps": torch.backends.mps.is_available(),
     }.get(device.type, True)
+    if device.type == "meta":
+        raise ModelError(f"device '{name}' holds no data, so nothing can be trained on it (use cpu, cuda, …)")
     if not available:
         raise ModelError(f"device '{name}' is not available on this machine")
     return device
@@ -178,6 +181,15 @@ def train(
 def run(args: argparse.Namespace) -> int:
     """Train and save a reference model; returns the exit code."""
     out = Path(args.out)
+    for name in ("seed", "epochs", "batch_size"):
+        value, low = getattr(args, name), 0 if name == "seed" else 1
+        if value is not None and not low <= value < 2**32:
+            flag = "--" + name.replace("_", "-")
+            raise ModelError(f"{flag} must be an integer in [{low}, 2**32), got {value}")
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ModelError(f"--lr must be a positive finite number, got {args.lr}")
+    if out.is_dir():
+        raise ModelError(f"--out {out} is a folder; give the file to write (e.g. {out / 'reference.pt'})")
     check_writable(out.parent)  # Path("ref.pt").parent is Path(".")
     data, model = load_model_data(args, args.seed)
     recipe = default_recipe(data.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)

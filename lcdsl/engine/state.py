@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from lcdsl.engine.events import StepRecord
 from lcdsl.errors import EngineError
 from lcdsl.formats import STATE_FORMAT
-from lcdsl.operators.base import Operator, describe
+from lcdsl.operators.base import Operator, check_saved_theta, describe
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.settings import settings_data
 from lcdsl.plugins.origin import operator_plugin, plugin_versions
@@ -135,6 +136,22 @@ class EngineState:
             )
         raise EngineError("cannot resume: the checkpoint was made for another plan (fingerprint differs)")
 
+    def _checked_scalars(self, state: dict[str, Any], thetas: Any, lambdas: Any) -> tuple[int, float]:
+        """``step`` (in ``[0, len(mus)]``) and ``mu`` (finite, ≥ 0) of a saved state, and that
+        ``thetas``/``lambdas`` are dicts; ``EngineError`` naming the key otherwise."""
+        for key, value in (("thetas", thetas), ("lambdas", lambdas)):
+            if not isinstance(value, dict):
+                raise EngineError(f"cannot resume: engine.{key} is {type(value).__name__}, expected a dict")
+        step, mu = state.get("step"), state.get("mu")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= len(self.mus):
+            raise EngineError(f"cannot resume: engine.step is {step!r}, expected an integer in [0, {len(self.mus)}]")
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (math.isfinite(mu) and mu >= 0):
+            raise EngineError(f"cannot resume: engine.mu is {mu!r}, expected a finite number ≥ 0")
+        history = state.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+            raise EngineError("cannot resume: engine.history is not a list of records")
+        return step, float(mu)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (tensors move to the parameters' device).
 
@@ -150,6 +167,7 @@ class EngineState:
                 stacklevel=2,
             )
         thetas, lambdas = state.get("thetas", {}), state.get("lambdas", {})
+        step, mu = self._checked_scalars(state, thetas, lambdas)
         for s in self._tasks:
             name = s.task.name
             if (name in thetas) != (name in lambdas) or (thetas and name not in thetas):
@@ -161,17 +179,27 @@ class EngineState:
                     s.theta = s.delta = s.lam = None
                     continue
                 device = s.params[0].device
-                lam = lambdas[name].to(device)
-                if tuple(lam.shape) != s.view.shape:
+                lam = lambdas[name]
+                if not isinstance(lam, torch.Tensor) or tuple(lam.shape) != s.view.shape:
+                    found = f"shape {tuple(lam.shape)}" if isinstance(lam, torch.Tensor) else type(lam).__name__
                     raise EngineError(
-                        f"cannot resume: λ of task {name} has shape {tuple(lam.shape)}, expected {s.view.shape}"
+                        f"cannot resume: engine.lambdas['{name}'] has {found}, expected shape {s.view.shape}"
                     )
+                if not lam.is_floating_point() or not bool(torch.isfinite(lam).all()):
+                    raise EngineError(f"cannot resume: engine.lambdas['{name}'] is not finite floating-point numbers")
+                try:
+                    check_saved_theta(s.task.operator, thetas[name], s.view.shape)
+                except ValueError as exc:
+                    raise EngineError(f"cannot resume: engine.thetas['{name}']: {exc}") from None
                 s.theta = {k: v.to(device) for k, v in thetas[name].items()}
-                s.lam = lam
+                s.lam = lam.to(device=device, dtype=s.params[0].dtype)
                 s.delta = s.task.operator.decompress(s.theta, s.view.shape).detach()
         self.thetas = {s.task.name: s.theta for s in self._tasks if s.theta is not None}
-        self.step = int(state["step"])
-        self._mu = float(state["mu"])
+        self.step = step
+        self._mu = mu
         self.converged = bool(state.get("converged", False))
-        self.history = [StepRecord.from_dict(r) for r in state.get("history", [])]
+        try:
+            self.history = [StepRecord.from_dict(r) for r in state.get("history", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineError(f"cannot resume: engine.history has a malformed record ({exc!r})") from None
         self._targets = self._param_views = None

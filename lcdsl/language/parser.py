@@ -58,6 +58,8 @@ MAX_SPEC_LENGTH = 1 << 18
 """The most characters a spec may have: a real one is a few hundred; a larger text is refused
 before it is parsed, so a huge file cannot take minutes of parsing and binding."""
 
+_MAX_SPEC_BYTES = 4 * MAX_SPEC_LENGTH  # more bytes than any spec of MAX_SPEC_LENGTH characters (UTF-8)
+
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 
@@ -353,12 +355,12 @@ def load(path: str | os.PathLike[str]) -> Spec:
     filename = os.fspath(path)
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(_MAX_SPEC_BYTES + 1)  # never more: /dev/zero or a huge file stops here
     except OSError as exc:
         diag = Diagnostic(f"cannot read the spec: {exc.strerror or exc}", code="unreadable")
         raise SpecError(diag, filename=filename) from None
-    if len(data) > 4 * MAX_SPEC_LENGTH:  # more bytes than any spec of MAX_SPEC_LENGTH characters
-        message = f"the file has {len(data):,} bytes; a spec has at most {MAX_SPEC_LENGTH:,} characters"
+    if len(data) > _MAX_SPEC_BYTES:
+        message = f"the file has more than {_MAX_SPEC_BYTES:,} bytes; a spec has at most {MAX_SPEC_LENGTH:,} characters"
         raise SpecError(Diagnostic(message, code="too-long"), filename=filename)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]

@@ -155,6 +155,17 @@ class Additive(Operator):
         theta, _ = additive_project(self.terms, w, mu=mu, warm=warm, rounds=self.rounds)
         return theta
 
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """Every term's θ (keys ``i.key``) checked by that term."""
+        parts = _split(theta, len(self.terms))
+        if parts is None:
+            raise ValueError(f"θ does not hold every term of {len(self.terms)}: keys {sorted(theta)}")
+        for i, (term, part, view) in enumerate(zip(self.terms, parts, _term_views(self.terms, tuple(shape)))):
+            try:
+                term.check_theta(part, view.shape)
+            except ValueError as exc:
+                raise ValueError(f"term {i}: {exc}") from None
+
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
         """Σ_i Δ_i(θ_i), of ``shape``."""
         shape = tuple(shape)

@@ -41,7 +41,7 @@ All work happens on ``w``'s device and dtype with torch ops.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -52,7 +52,7 @@ from lcdsl.operators.view import View, ViewKind, view_shape
 
 __all__ = [
     "Theta", "Encoded", "View", "ViewKind", "Storage", "Operator", "index_bits", "bits_per_index", "view_shape",
-    "describe", "code_dtype", "position_dtype",
+    "describe", "code_dtype", "position_dtype", "expect", "expect_codes", "check_saved_theta",
 ]  # fmt: skip
 
 Theta = dict[str, torch.Tensor]
@@ -148,6 +148,17 @@ class Operator:
         smaller side). The default returns ``self``."""
         return self
 
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """Optional: raise ``ValueError`` when ``θ`` read from a file cannot be this operator's θ
+        for a task of view ``shape`` (a key missing, a tensor of another shape or dtype, a code
+        out of range: quantization assignments ≥ k, pruning indices ≥ n).
+
+        Called by the store and the engine on every θ they load, before :meth:`decompress`
+        (:func:`check_saved_theta`), so a damaged file is a clear error instead of an indexing
+        failure deep in torch. The message names the key (``assignments holds 7, expected codes
+        below k=4``). The default checks nothing."""
+        return None
+
     def axes(self, shape: tuple[int, ...]) -> str | None:
         """What this operator does along a layer's output and input axes, for a task of view
         ``shape``, as ``lcdsl check`` shows it (``keeps 64 of 256 output units``).
@@ -205,6 +216,59 @@ class Operator:
         """The first line of the docstring: the argmin this operator solves."""
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def expect(
+    theta: Theta, key: str, shape: tuple[int, ...] | None = None, *, integer: bool | None = None
+) -> torch.Tensor:
+    """``theta[key]``, checked to be a tensor (of ``shape``; of an integer dtype when ``integer``,
+    a floating one when ``integer`` is False); ``ValueError`` naming the key otherwise. A helper
+    for :meth:`Operator.check_theta`."""
+    value = theta.get(key)
+    if not isinstance(value, torch.Tensor):
+        found = "missing" if key not in theta else type(value).__name__
+        raise ValueError(f"{key} is {found}, expected a tensor")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{key} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    if integer is True and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        raise ValueError(f"{key} has dtype {value.dtype}, expected an integer dtype")
+    if integer is False and not value.is_floating_point():
+        raise ValueError(f"{key} has dtype {value.dtype}, expected a floating-point dtype")
+    return value
+
+
+def expect_codes(value: torch.Tensor, key: str, high: int, what: str) -> None:
+    """``ValueError`` unless every entry of the integer tensor ``value`` is in ``[0, high)``."""
+    if value.numel() and (int(value.min()) < 0 or int(value.max()) >= high):
+        bad = int(value.min()) if int(value.min()) < 0 else int(value.max())
+        raise ValueError(f"{key} holds {bad}, expected {what} in [0, {high})")
+
+
+def check_saved_theta(op: Operator, theta: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """``Δ(θ)`` of a θ read from a file, after checking it: a dict of named tensors, finite,
+    accepted by ``op.check_theta``, and decompressing to a finite tensor of view ``shape``.
+
+    Raises:
+        ValueError: naming what is wrong (the caller adds the file and the task).
+    """
+    if not isinstance(theta, dict) or not all(isinstance(k, str) for k in theta):
+        raise ValueError(f"θ is {type(theta).__name__}, expected a dict of named tensors")
+    for key, value in theta.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"θ['{key}'] is {type(value).__name__}, expected a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"θ['{key}'] holds NaN or infinite values")
+    op.check_theta(theta, tuple(shape))
+    try:
+        delta = op.decompress(theta, tuple(shape))
+    except Exception as exc:  # noqa: BLE001 - a θ that check_theta let through but decompress cannot use
+        raise ValueError(f"θ does not decompress ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != tuple(shape):
+        found = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
+        raise ValueError(f"θ decompresses to {found}, expected shape {tuple(shape)}")
+    if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
+        raise ValueError("θ decompresses to NaN or infinite values")
+    return delta
 
 
 def _calls(op: Operator) -> tuple[Call, ...]:

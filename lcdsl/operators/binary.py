@@ -8,7 +8,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, expect
 
 __all__ = ["Binarize", "Ternarize", "OPERATORS"]
 
@@ -63,6 +63,16 @@ class Binarize(Operator):
             return theta["scale"] * signs
         return signs.clone()
 
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """``n`` signs (bool, or ±1 from earlier versions) and the scale (0-dim) or the dtype."""
+        signs = expect(theta, "signs")
+        if signs.numel() != math.prod(shape):
+            raise ValueError(f"signs has {signs.numel()} entries, expected {math.prod(shape)}")
+        if self.scale:
+            expect(theta, "scale", (), integer=False)
+        elif signs.dtype == torch.bool:
+            expect(theta, "dtype", integer=False)
+
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage:
         """One bit a weight, plus one float for the scale."""
         n = math.prod(shape)
@@ -102,6 +112,15 @@ class Ternarize(Operator):
         signs = torch.where(flat >= 0, 1, -1).to(torch.int8)
         ternary = torch.where(support, signs, torch.zeros_like(signs))
         return {"ternary": ternary.reshape(w.shape), "scale": scale.to(w.dtype)}
+
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """``n`` integer codes in {−1, 0, 1} and a 0-dim scale."""
+        ternary = expect(theta, "ternary", integer=True)
+        if ternary.numel() != math.prod(shape):
+            raise ValueError(f"ternary has {ternary.numel()} entries, expected {math.prod(shape)}")
+        if ternary.numel() and (int(ternary.min()) < -1 or int(ternary.max()) > 1):
+            raise ValueError("ternary holds a value outside {-1, 0, 1}")
+        expect(theta, "scale", (), integer=False)
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
         """``c · t`` in ``shape`` and the scale's dtype."""

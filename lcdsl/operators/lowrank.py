@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind
+from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind, expect
 from lcdsl.operators.units import int_at_least, positive_number, to_float
 
 __all__ = ["LowRank", "OPERATORS", "svd", "select_rank"]
@@ -136,6 +136,17 @@ class LowRank(Operator):
         if self.rank is not None and self.rank > min(m, n):
             raise ValueError(f"rank={self.rank} is above min(m, n) = {min(m, n)} of a {m}×{n} matrix")
         return self
+
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """``U`` of shape ``(m, r)`` and ``V`` of ``(r, n)``, ``r ≤ min(m, n)`` (``r`` = the rank when fixed)."""
+        m, n = self._matrix(tuple(shape))
+        u = expect(theta, "U", integer=False)
+        r = u.shape[1] if u.dim() == 2 else -1
+        expected = self.rank if self.rank is not None else r
+        if u.dim() != 2 or u.shape[0] != m or not 0 <= r <= min(m, n) or r != min(expected, m, n):
+            wanted = self.rank if self.rank is not None else f"r ≤ {min(m, n)}"
+            raise ValueError(f"U has shape {tuple(u.shape)}, expected ({m}, r) with r = {wanted}")
+        expect(theta, "V", (r, n), integer=False)
 
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
         """r·(m + n) numbers at 32 bits; ``None`` before training for rank selection."""

@@ -17,7 +17,17 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, ViewKind, index_bits, position_dtype
+from lcdsl.operators.base import (
+    FLOAT_BITS,
+    Operator,
+    Storage,
+    Theta,
+    ViewKind,
+    expect,
+    expect_codes,
+    index_bits,
+    position_dtype,
+)  # fmt: skip
 from lcdsl.operators.units import Amount, check_amount, optional_amount, positive_number, resolve_amount, to_float
 
 __all__ = ["Prune", "OPERATORS", "top_k_mask", "project_l1_ball"]
@@ -220,6 +230,26 @@ class Prune(Operator):
         keep = top_k_mask(norms, self._count(tuple(w.shape)))
         indices = _positions(keep)  # (κ,) ascending
         return {"indices": indices, "values": w.index_select(dim, indices)}
+
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """Distinct integer ``indices`` below ``n`` (or the number of groups) and one value (or
+        group) for each."""
+        shape = tuple(shape)
+        indices = expect(theta, "indices", integer=True)
+        values = expect(theta, "values", integer=False)
+        if indices.dim() != 1:
+            raise ValueError(f"indices has shape {tuple(indices.shape)}, expected one dimension")
+        if self.by == "weights":
+            high, expected, what = math.prod(shape), (indices.numel(),), "positions"
+        else:
+            dim = self._group_dim(shape)
+            high, what = shape[dim], "groups"
+            expected = shape[:dim] + (indices.numel(),) + shape[dim + 1 :]
+        expect_codes(indices, "indices", high, what)
+        if torch.unique(indices).numel() != indices.numel():
+            raise ValueError("indices holds a position twice")
+        if tuple(values.shape) != expected:
+            raise ValueError(f"values has shape {tuple(values.shape)}, expected {expected}")
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
         """Zeros of ``shape`` with the kept values (or groups) put back (the indices widened to

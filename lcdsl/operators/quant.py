@@ -9,7 +9,16 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from lcdsl.operators.base import FLOAT_BITS, Operator, Storage, Theta, bits_per_index, code_dtype
+from lcdsl.operators.base import (
+    FLOAT_BITS,
+    Operator,
+    Storage,
+    Theta,
+    bits_per_index,
+    code_dtype,
+    expect,
+    expect_codes,
+)  # fmt: skip
 from lcdsl.operators.kmeans1d.dp import kmeans1d
 from lcdsl.operators.units import int_at_least
 
@@ -109,6 +118,20 @@ class Quant(Operator):
         # the upper neighbour wins only when strictly closer
         take_hi = (sorted_cb[hi] - flat).abs() < (flat - sorted_cb[lo]).abs()
         return order[torch.where(take_hi, hi, lo)]
+
+    def resolve(self, shape: tuple[int, ...]) -> Quant:
+        """Refuses a learned codebook with more codewords than the task has weights."""
+        n = math.prod(shape)
+        if self.adaptive and self.size > n:
+            given = f"k={self.k}" if self.k is not None else f"bits={self.bits} (k={self.size})"
+            raise ValueError(f"{given} is more codewords than the {n:,} weights to quantize")
+        return self
+
+    def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
+        """A codebook of ``k`` floats and ``n`` integer assignments in ``[0, k)``."""
+        codebook = expect(theta, "codebook", (self.size,), integer=False)
+        assignments = expect(theta, "assignments", (math.prod(shape),), integer=True)
+        expect_codes(assignments, "assignments", codebook.numel(), f"codes of quant(k={self.size})")
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
         """``codebook[assignments]`` in ``shape`` (the codes widened to ``int64`` for the lookup)."""

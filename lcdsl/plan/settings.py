@@ -23,7 +23,16 @@ from lcdsl.errors import Diagnostics, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Percent, Setting, Spec, Value
 from lcdsl.operators.units import int_at_least, positive_number
 
-__all__ = ["Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec", "settings_data"]
+__all__ = ["MAX_STEPS", "Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec", "settings_data"]
+
+MAX_STEPS = 10_000
+"""The most LC steps a μ schedule may have (a real run has tens): more is a spec error where it is
+written, not a list of a billion μ values built before any training."""
+
+
+def _cap(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"cap must be a positive finite number, got {value:g}")
 
 
 @attrs.frozen
@@ -34,10 +43,10 @@ class Geometric:
     """μ at step 0 (after direct compression); must be > 0."""
     factor: float = attrs.field(converter=float)
     """Growth per LC step; must be > 1."""
-    steps: int = attrs.field(validator=int_at_least(1))
-    """Number of LC steps; must be ≥ 1."""
-    cap: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
-    """Largest μ; later steps stay at the cap."""
+    steps: int = attrs.field(validator=int_at_least(1, MAX_STEPS))
+    """Number of LC steps; must be in [1, :data:`MAX_STEPS`]."""
+    cap: float | None = attrs.field(default=None, converter=attrs.converters.optional(float), validator=_cap)
+    """Largest μ (> 0); later steps stay at the cap."""
 
     def __attrs_post_init__(self) -> None:
         self.values()  # a schedule that overflows is an error where it is written, not at step k
@@ -74,6 +83,8 @@ class Explicit:
     def _check(self, attribute: Any, value: tuple[float, ...]) -> None:
         if not value:
             raise ValueError("the μ list is empty")
+        if len(value) > MAX_STEPS:
+            raise ValueError(f"the μ list has {len(value):,} values; at most {MAX_STEPS:,} LC steps")
         for mu in value:
             if not (mu > 0 and math.isfinite(mu)):
                 raise ValueError(f"every μ must be a positive finite number, got {mu}")

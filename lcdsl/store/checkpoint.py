@@ -27,6 +27,7 @@ The store knows nothing of training: callers pass the L step as anything with ``
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Protocol
 
@@ -40,7 +41,7 @@ from lcdsl.store.atomic import load_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "Stateful", "model_weights", "run_checkpoint", "read_run_checkpoint",
-    "restore_run_checkpoint", "reference_record", "load_reference",
+    "restore_run_checkpoint", "reference_record", "load_reference", "validate_reference", "validate_run_checkpoint",
 ]  # fmt: skip
 
 
@@ -55,6 +56,74 @@ class Stateful(Protocol):
 def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` (parameters and buffers) as CPU copies."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _weights_problem(value: Any) -> str | None:
+    """Why ``value`` is not a state_dict (names to tensors), or None."""
+    if not isinstance(value, dict):
+        return f"is {type(value).__name__}, expected a dict of tensors"
+    bad = next((k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        return f"['{bad}'] is {type(value[bad]).__name__}, expected a tensor"
+    return None
+
+
+def _number_problem(value: Any) -> str | None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return None
+    return f"is {value!r}, expected a finite number"
+
+
+def validate_reference(state: Any, path: str | os.PathLike[str]) -> None:
+    """Check ``reference.pt`` against its layout (the module docstring): only ``format``, ``model``,
+    ``data`` and ``state_dict`` are needed; the errors, ``recipe`` and ``history`` may be missing,
+    and are of the right type when present.
+
+    Raises:
+        ModelError: naming the key that is wrong.
+    """
+    if not isinstance(state, dict) or state.get("format") != REFERENCE_FORMAT or "state_dict" not in state:
+        raise ModelError(f"{path}: not an lcdsl reference (make one with 'lcdsl train')")
+    problems = {
+        "state_dict": _weights_problem(state["state_dict"]),
+        **{k: _number_problem(state.get(k)) for k in ("test_error", "train_error", "test_loss")},
+        "recipe": None if isinstance(state.get("recipe", {}), dict) else "is not a dict",
+        "history": None if isinstance(state.get("history", []), list) else "is not a list",
+    }
+    for key, problem in problems.items():
+        if problem is not None:
+            raise ModelError(f"{path}: {key} {problem}")
+
+
+def validate_run_checkpoint(checkpoint: Any, path: str | os.PathLike[str]) -> None:
+    """Check ``checkpoint.pt`` against its layout (the module docstring): every key present and of
+    its type. The engine state inside is checked against the plan when it is loaded
+    (:meth:`~lcdsl.engine.Engine.load_state_dict`).
+
+    Raises:
+        EngineError: naming the key that is wrong.
+    """
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise EngineError(f"{path}: not an lcdsl checkpoint of format {CHECKPOINT_FORMAT}")
+    types = {"model_name": str, "data_name": str, "spec_text": str, "engine": dict, "trainer": dict,
+             "reference": dict, "history": list}  # fmt: skip
+    for key, kind in types.items():
+        if key not in checkpoint:
+            raise EngineError(f"{path}: the checkpoint has no '{key}'")
+        if not isinstance(checkpoint[key], kind):
+            found = type(checkpoint[key]).__name__
+            raise EngineError(f"{path}: checkpoint '{key}' is {found}, expected {kind.__name__}")
+    problem = _weights_problem(checkpoint.get("model"))
+    if problem is not None:
+        raise EngineError(f"{path}: checkpoint 'model' {problem}")
+    weights = checkpoint["model"].items()
+    bad = next((k for k, v in weights if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if bad is not None:
+        raise EngineError(f"{path}: checkpoint model['{bad}'] holds NaN or infinite values")
+    for key in ("test_error", "train_error", "test_loss"):
+        problem = _number_problem(checkpoint["reference"].get(key))
+        if problem is not None:
+            raise EngineError(f"{path}: checkpoint reference['{key}'] {problem}")
 
 
 def run_checkpoint(
@@ -98,8 +167,7 @@ def read_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         EngineError: the file is missing, damaged, or not a run checkpoint of this format.
     """
     checkpoint = load_checkpoint(path)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise EngineError(f"{path}: not an lcdsl checkpoint of format {CHECKPOINT_FORMAT}")
+    validate_run_checkpoint(checkpoint, path)
     return checkpoint
 
 
@@ -137,13 +205,13 @@ def restore_run_checkpoint(
     try:
         engine.load_state_dict(checkpoint["engine"])
     except EngineError as exc:
-        raise EngineError(f"{exc} — {hint}" if hint else str(exc)) from exc
+        raise EngineError(f"{path}: {exc} — {hint}" if hint else f"{path}: {exc}") from exc
     except KeyError as exc:
         raise EngineError(f"cannot resume {path}: it has no {exc}") from exc
     try:
         model.load_state_dict(checkpoint["model"])
         trainer.load_state_dict(checkpoint["trainer"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EngineError(f"cannot resume {path}: {exc}") from exc
     return dict(checkpoint["reference"])
 
@@ -182,13 +250,12 @@ def load_reference(
             (or its weights do not fit).
     """
     state = load_checkpoint(path, error=ModelError)
-    if state.get("format") != REFERENCE_FORMAT or "state_dict" not in state:
-        raise ModelError(f"{path}: not an lcdsl reference (make one with 'lcdsl train')")
+    validate_reference(state, path)
     for key, ours in (("model", model_name), ("data", data_name)):
         if state.get(key) != ours:
             raise ModelError(f"{path} was trained for {key} '{state.get(key)}', not '{ours}'")
     try:
         model.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: the weights do not fit model '{model_name}': {exc}") from exc
     return {k: v for k, v in state.items() if k != "state_dict"}

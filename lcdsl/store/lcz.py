@@ -37,6 +37,7 @@ Loading needs the model's architecture: ``load_lcz(path, model)`` binds the save
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -49,7 +50,7 @@ from torch import nn
 
 from lcdsl.errors import LcdslError, ModelError
 from lcdsl.formats import LCZ_FORMAT, MAGIC
-from lcdsl.operators.base import FLOAT_BITS, Operator, Theta
+from lcdsl.operators.base import FLOAT_BITS, Operator, Theta, check_saved_theta
 from lcdsl.operators.bitpack import decode_tensor, encode_raw, encode_tensor
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
@@ -218,6 +219,27 @@ def export_model(
     return ExportSizes(file_bytes=_HEADER.size + len(head) + payload.size, **sizes)
 
 
+MAX_MANIFEST_BYTES = 64 << 20
+"""The most bytes a manifest may inflate to (a real one is a few KiB: the spec, the plan, the field
+table); a deflated manifest that would inflate past this is refused while inflating."""
+
+_BYTES_PER_VALUE = 16  # no codec stores a value in more bytes (complex128)
+
+
+def _inflate(data: bytes, limit: int, where: str) -> bytes:
+    """``data`` inflated, refusing (while inflating, never after) output longer than ``limit``."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ModelError(f"{where}: damaged deflated bytes: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ModelError(f"{where}: inflates to more than the {limit:,} bytes it can hold")
+    if not inflater.eof:
+        raise ModelError(f"{where}: damaged deflated bytes: incomplete or truncated stream")
+    return out
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
     path = Path(path)
     try:
@@ -231,9 +253,10 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
         raise ModelError(f"{path}: not an .lcz file (it starts with {magic!r}, not {MAGIC!r})")
     if _HEADER.size + length > len(blob):
         raise ModelError(f"{path}: truncated (the manifest runs past the end of the file)")
+    head = _inflate(blob[_HEADER.size : _HEADER.size + length], MAX_MANIFEST_BYTES, f"{path}: manifest")
     try:
-        manifest = json.loads(zlib.decompress(blob[_HEADER.size : _HEADER.size + length]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, zlib.error) as exc:
+        manifest = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ModelError(f"{path}: damaged manifest: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") not in _READABLE:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
@@ -250,7 +273,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _read(path)[0]
 
 
-def _field(entry: dict[str, Any], payload: memoryview, where: str) -> torch.Tensor | bytes:
+def _field(entry: Any, payload: memoryview, where: str, values: int) -> torch.Tensor | bytes:
+    """One field's bytes (inflated to at most what ``values`` numbers can take), decoded.
+
+    ``values`` is how many numbers the field can hold at most: those of the tensor it restores."""
+    if not isinstance(entry, dict):
+        raise ModelError(f"{where}: damaged manifest: the entry is {type(entry).__name__}, not a dict")
     try:
         offset, length = int(entry["offset"]), int(entry["length"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -259,10 +287,7 @@ def _field(entry: dict[str, Any], payload: memoryview, where: str) -> torch.Tens
         raise ModelError(f"{where}: bytes {offset}…{offset + length} lie outside the payload of {len(payload)}")
     data = bytes(payload[offset : offset + length])
     if entry.get("deflated"):
-        try:
-            data = zlib.decompress(data)
-        except zlib.error as exc:
-            raise ModelError(f"{where}: damaged deflated bytes: {exc}") from exc
+        data = _inflate(data, values * _BYTES_PER_VALUE + 4096, where)
     if entry.get("codec") == "bytes":
         return data
     try:
@@ -275,7 +300,10 @@ def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], p
                   where: str) -> Theta:  # fmt: skip
     if not isinstance(saved.get("fields"), dict):
         raise ModelError(f"{where}: damaged manifest: no fields")
-    fields = {key: _field(entry, payload, f"{where} field '{key}'") for key, entry in saved["fields"].items()}
+    values = math.prod(shape)
+    fields = {
+        key: _field(entry, payload, f"{where} field '{key}'", values) for key, entry in saved["fields"].items()
+    }
     if saved.get("encoder") != "operator":
         return fields  # type: ignore[return-value]
     try:
@@ -316,9 +344,22 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
     for task in plan.tasks:
         saved = saved_tasks.get(task.name)
         check_operator(task, saved, where=where, registry=registry, legacy=legacy)
-        thetas[task.name] = _decode_theta(task.operator, saved, task.view_shape, payload, f"{path}: task {task.name}")
-    dense_values = {name: _field(entry, payload, f"{path}: dense parameter '{name}'") for name, entry in dense.items()}
+        theta = _decode_theta(task.operator, saved, task.view_shape, payload, f"{path}: task {task.name}")
+        try:
+            check_saved_theta(task.operator, theta, task.view_shape)
+        except ValueError as exc:
+            raise ModelError(f"{path}: task {task.name}: {exc}") from None
+        thetas[task.name] = theta
+    sizes = {name: t.numel() for name, t in model.state_dict().items()}  # the most values a field can hold
+    largest = max(sizes.values(), default=0)
+    dense_values = {
+        name: _field(entry, payload, f"{path}: dense parameter '{name}'", sizes.get(name, largest))
+        for name, entry in dense.items()
+    }
     buffer_values = None
     if buffers is not None:
-        buffer_values = {name: _field(entry, payload, f"{path}: buffer '{name}'") for name, entry in buffers.items()}
+        buffer_values = {
+            name: _field(entry, payload, f"{path}: buffer '{name}'", sizes.get(name, largest))
+            for name, entry in buffers.items()
+        }
     return restore_model(model, plan, thetas, dense_values, buffer_values, where=where)
