@@ -436,3 +436,57 @@ def test_debug_shows_the_traceback(work, reference, capsys, evil_registry):
     assert main([str(a) for a in argv]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "division by zero in the codebook" in err
+
+
+# ------------------------------------------------------------- names a wrapper did not add
+
+
+class ChildCalledModule(torch.nn.Module):
+    """A model of its own (not a DDP wrapper) with both ``module.fc`` and ``fc``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = torch.nn.Sequential()
+        self.module.add_module("fc", torch.nn.Linear(4, 4))
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.module(x))
+
+
+def test_module_fc_and_fc_stay_two_tensors(tmp_path):
+    from lcdsl.engine.core import Engine
+    from lcdsl.language.parser import parse
+    from lcdsl.store.atomic import save_atomic
+    from lcdsl.store.model import compressed_state, load_compressed
+
+    torch.manual_seed(0)
+    model = ChildCalledModule()
+    text = "module.fc.weight : quant(k=2)\n"
+    plan = parse(text).bind(model)
+    assert [t.parameters for t in plan.tasks] == [("module.fc.weight",)]
+    assert "fc.weight" in plan.dense
+    before = model.fc.weight.detach().clone()
+    engine = Engine(model, plan)
+    engine.direct_compression()
+    thetas = engine.finalize()
+    assert torch.equal(model.fc.weight, before)  # the tensor not named is left alone
+    assert model.module.fc.weight.unique().numel() <= 2  # the one named is compressed
+    save_atomic(compressed_state(model, plan, thetas, spec_text=text, model_name="m"), tmp_path / "c.pt")
+    fresh = ChildCalledModule()
+    load_compressed(fresh, tmp_path / "c.pt")
+    for name, value in model.state_dict().items():  # both are saved and come back
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+
+def test_only_a_real_wrapper_loses_its_prefix():
+    from lcdsl.language.parser import parse
+    from lcdsl.plan.names import parameters_by_name, unwrap
+
+    inner = ChildCalledModule()
+    for wrapped in (torch.nn.DataParallel(inner), torch.compile(inner), torch.nn.DataParallel(torch.compile(inner))):
+        assert unwrap(wrapped) is inner
+        assert set(parameters_by_name(wrapped)) == set(dict(inner.named_parameters()))
+        plan = parse("module.fc.weight : quant(k=2)\n").bind(wrapped)
+        assert [t.parameters for t in plan.tasks] == [("module.fc.weight",)]
+    assert set(parameters_by_name(inner)) == {"module.fc.weight", "module.fc.bias", "fc.weight", "fc.bias"}

@@ -102,8 +102,9 @@ class Engine(EngineState, EngineLoop):
     """The LC algorithm over a plan's tasks, for one model.
 
     Args:
-        model: the model whose parameters the plan names (a DDP/DataParallel wrapper is fine:
-            its ``module.`` prefix is ignored). Move it to its device before building the engine.
+        model: the model whose parameters the plan names (a DDP/DataParallel/FSDP or
+            ``torch.compile`` wrapper is fine: names are the wrapped model's, see
+            :func:`lcdsl.plan.names.unwrap`). Move it to its device before building the engine.
         plan: the tasks and the settings.
         settings: overrides ``plan.settings``.
 
