@@ -290,7 +290,9 @@ class Engine(EngineState, EngineLoop):
                 for s in self._tasks
                 for p, delta, lam in zip(s.params, s.view.split(s.delta), s.view.split(s.lam))
             ]
-        views = [v for v in self._param_views if v[0].requires_grad]
+        views = [v for v in self._param_views if v[0].requires_grad]  # frozen ones: only compressed
+        if not views:
+            return
         for p, _, _ in views:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
