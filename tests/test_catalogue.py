@@ -555,10 +555,24 @@ class BadView(BadStorage):
         raise _Oops("view")
 
 
+@attrs.frozen
+class ExitsInProject(BadView):
+    """argmin_θ ‖w − θ‖² (a test operator whose C step calls sys.exit)."""
+
+    name: ClassVar[str] = "exits"
+
+    @property
+    def view(self):
+        return "vector"
+
+    def project(self, w, mu=0.0, warm=None):
+        raise SystemExit("no more")
+
+
 class _BrokenOpsPlugin:
     @hookimpl
     def lcdsl_register_operators(self):
-        return [BadInit, BadResolve, BadStorage, BadView]
+        return [BadInit, BadResolve, BadStorage, BadView, ExitsInProject]
 
 
 @pytest.fixture
@@ -590,6 +604,14 @@ def test_an_operator_raising_anything_is_a_located_broken_operator(tmp_path, cap
     assert code == 2, err
     assert f"{spec.name}:1:" in err and fragment in err
     assert "(a bug in plugin 'bugs' (lcdsl-bugs 0.1))" in err
+
+
+def test_an_operator_exiting_in_the_c_step_is_named(work, reference, capsys, broken_ops_registry):
+    spec = work / "exits.lc"
+    spec.write_text("fc1 : exits()\n")
+    code, err = run_cli(["compress", spec, "--reference", reference, "--out", work / "plugin-exits", *TINY], capsys)
+    assert code == 1
+    assert "operator exits raised SystemExit on task fc1.weight: no more (from plugin 'bugs' (lcdsl-bugs 0.1))" in err
 
 
 # ----------------------------------------------------------- frozen and integer parameters
