@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 from lcdsl.engine.core import Engine
 from lcdsl.engine.distributed import check_same, rank_and_world
 from lcdsl.language.parser import load
-from lcdsl.plan.names import strip_ddp_prefix
 from lcdsl.training.data import Dataset, load_data, model_kwargs
 from lcdsl.training.epochs import Batches, error_rate
 from lcdsl.training.zoo import LeNet300
@@ -130,7 +129,7 @@ def main() -> None:
     if rank == 0:
         print(f"final test error {error_rate(net, data.x_test, data.y_test):.2%}; ranks differ by {spread:g}")
     args.out.mkdir(parents=True, exist_ok=True)
-    weights = {strip_ddp_prefix(k): v for k, v in net.state_dict().items()}
+    weights = net.state_dict()
     torch.save({"model": weights, "thetas": thetas, "history": [r.to_dict() for r in engine.history]},
                args.out / f"rank{rank}.pt")  # fmt: skip
     if world > 1:

@@ -31,7 +31,7 @@ from torch import fx, nn
 from lcdsl.operators.base import Theta, View
 from lcdsl.operators.lowrank import LowRank
 from lcdsl.plan.model import Plan
-from lcdsl.plan.names import strip_ddp_prefix
+from lcdsl.plan.names import unwrap
 
 __all__ = ["Change", "Deployment", "deploy", "ELEMENTWISE"]
 
@@ -265,6 +265,7 @@ def deploy(
         The deployed copy, the layers that changed, and notes on what could not be done.
     """
     notes: list[str] = []
+    model = unwrap(model)  # a DDP/torch.compile wrapper's model: the copy is of the model inside
     with torch.no_grad():
         layers = _factor_tasks(model, plan, thetas) if plan is not None and thetas is not None else {}
         if shrink:
@@ -272,7 +273,6 @@ def deploy(
         deployed = copy.deepcopy(model)
         changes = []
         for name, module in model.named_modules():
-            name = strip_ddp_prefix(name)
             if name not in layers:
                 continue
             built = _build(layers[name])

@@ -105,8 +105,13 @@ CODES = MappingProxyType({
     "mixed-group": "a joint group whose tensors differ in dtype or device",
     "does-not-fit": "an operator that cannot take its task's tensors (their count, shape or size)",
     "no-layout": "a structured operator on a module type whose output and input axes no plugin declares",
+    "broken-operator": "a plugin's operator (constructor, view, resolve, storage or layout) raised something "
+    "other than ValueError/TypeError: a bug in the plugin, named in the message",
+    "integer-parameter": "a rule naming a parameter of an integer or bool dtype, which the L step cannot train",
     # warnings: the plan is made, and Plan.warnings holds these
     "norm-parameters": "a wildcard selector also claims normalization-layer γ/β (a warning: the plan is made)",
+    "frozen-parameter": "a rule naming a parameter with requires_grad=False: only compressed, never trained "
+    "(a warning: the plan is made)",
     # outside a spec file
     "unwritable": "a spec built in code that has no spelling in the language (lcdsl fmt)",
     "bad-option": "a command-line value that overrides a setting and is refused",

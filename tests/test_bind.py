@@ -161,12 +161,7 @@ def test_joint_group_is_one_task_and_plain_list_is_one_task_each():
 
 
 def test_ddp_prefix_is_ignored():
-    class Wrapper(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.module = Net()
-
-    plan = bind(rule((names("fc1"),)), model=Wrapper())
+    plan = bind(rule((names("fc1"),)), model=nn.DataParallel(Net()))
     assert task_params(plan) == [("fc1.weight",)]
 
 

@@ -588,3 +588,251 @@ def test_every_mutation_of_a_reference_is_a_clean_error(work, reference, capsys)
         argv = ["compress", work / "quant.lc", "--reference", path, "--out", work / "mutated-ref", *TINY]
         code, err = run_cli(argv, capsys)
         assert code in (0, 1), label
+
+
+# ------------------------------------------------------------- names a wrapper did not add
+
+
+class ChildCalledModule(torch.nn.Module):
+    """A model of its own (not a DDP wrapper) with both ``module.fc`` and ``fc``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = torch.nn.Sequential()
+        self.module.add_module("fc", torch.nn.Linear(4, 4))
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.module(x))
+
+
+def test_module_fc_and_fc_stay_two_tensors(tmp_path):
+    from lcdsl.engine.core import Engine
+    from lcdsl.language.parser import parse
+    from lcdsl.store.atomic import save_atomic
+    from lcdsl.store.model import compressed_state, load_compressed
+
+    torch.manual_seed(0)
+    model = ChildCalledModule()
+    text = "module.fc.weight : quant(k=2)\n"
+    plan = parse(text).bind(model)
+    assert [t.parameters for t in plan.tasks] == [("module.fc.weight",)]
+    assert "fc.weight" in plan.dense
+    before = model.fc.weight.detach().clone()
+    engine = Engine(model, plan)
+    engine.direct_compression()
+    thetas = engine.finalize()
+    assert torch.equal(model.fc.weight, before)  # the tensor not named is left alone
+    assert model.module.fc.weight.unique().numel() <= 2  # the one named is compressed
+    save_atomic(compressed_state(model, plan, thetas, spec_text=text, model_name="m"), tmp_path / "c.pt")
+    fresh = ChildCalledModule()
+    load_compressed(fresh, tmp_path / "c.pt")
+    for name, value in model.state_dict().items():  # both are saved and come back
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+
+def test_only_a_real_wrapper_loses_its_prefix():
+    from lcdsl.language.parser import parse
+    from lcdsl.plan.names import parameters_by_name, unwrap
+
+    inner = ChildCalledModule()
+    for wrapped in (torch.nn.DataParallel(inner), torch.compile(inner), torch.nn.DataParallel(torch.compile(inner))):
+        assert unwrap(wrapped) is inner
+        assert set(parameters_by_name(wrapped)) == set(dict(inner.named_parameters()))
+        plan = parse("module.fc.weight : quant(k=2)\n").bind(wrapped)
+        assert [t.parameters for t in plan.tasks] == [("module.fc.weight",)]
+    assert set(parameters_by_name(inner)) == {"module.fc.weight", "module.fc.bias", "fc.weight", "fc.bias"}
+
+
+# ------------------------------------------- plugin code raising more than ValueError/TypeError
+
+
+class _Oops(BaseException):
+    pass
+
+
+@attrs.frozen
+class BadInit(_Base):
+    """argmin_θ ‖w − θ‖² (a test operator whose validator raises)."""
+
+    name: ClassVar[str] = "badinit"
+
+    def __attrs_post_init__(self):
+        raise SystemExit("validator exits")
+
+    def project(self, w, mu=0.0, warm=None):
+        return {"w": w.clone()}
+
+    def decompress(self, theta, shape):
+        return theta["w"].reshape(shape)
+
+
+@attrs.frozen
+class BadResolve(BadInit):
+    """argmin_θ ‖w − θ‖² (a test operator whose resolve raises)."""
+
+    name: ClassVar[str] = "badresolve"
+
+    def __attrs_post_init__(self):
+        pass
+
+    def resolve(self, shape):
+        raise KeyboardInterrupt("pressed by the plugin")
+
+
+@attrs.frozen
+class BadStorage(BadResolve):
+    """argmin_θ ‖w − θ‖² (a test operator whose storage raises)."""
+
+    name: ClassVar[str] = "badstorage"
+
+    def resolve(self, shape):
+        return self
+
+    def storage(self, shape, theta=None):
+        raise ZeroDivisionError("no bits")
+
+
+@attrs.frozen
+class BadView(BadStorage):
+    """argmin_θ ‖w − θ‖² (a test operator whose view property raises)."""
+
+    name: ClassVar[str] = "badview"
+
+    def storage(self, shape, theta=None):
+        return Storage(0, 0)
+
+    @property
+    def view(self):
+        raise _Oops("view")
+
+
+@attrs.frozen
+class ExitsInProject(BadView):
+    """argmin_θ ‖w − θ‖² (a test operator whose C step calls sys.exit)."""
+
+    name: ClassVar[str] = "exits"
+
+    @property
+    def view(self):
+        return "vector"
+
+    def project(self, w, mu=0.0, warm=None):
+        raise SystemExit("no more")
+
+
+class _BrokenOpsPlugin:
+    @hookimpl
+    def lcdsl_register_operators(self):
+        return [BadInit, BadResolve, BadStorage, BadView, ExitsInProject]
+
+
+@pytest.fixture
+def broken_ops_registry(monkeypatch):
+    import lcdsl.operators.builtin
+
+    pm = PluginManager()
+    pm.add_plugin(lcdsl.operators.builtin, "builtin", "lcdsl", "0")
+    pm.add_plugin(_BrokenOpsPlugin(), "bugs", "lcdsl-bugs", "0.1")
+    registry = Registry.load(plugin_manager=pm)
+    for user in ("lcdsl.plan.binder", "lcdsl.plugins.origin"):
+        monkeypatch.setattr(f"{user}.default_registry", lambda: registry)
+    return registry
+
+
+BROKEN_OPERATOR_CASES = [
+    ("badinit", "badinit() raised SystemExit: validator exits"),
+    ("badresolve", "badresolve.resolve raised KeyboardInterrupt: pressed by the plugin"),
+    ("badstorage", "badstorage.storage raised ZeroDivisionError: no bits"),
+    ("badview", "badview.view raised _Oops: view"),
+]
+
+
+@pytest.mark.parametrize(("op", "fragment"), BROKEN_OPERATOR_CASES, ids=[c[0] for c in BROKEN_OPERATOR_CASES])
+def test_an_operator_raising_anything_is_a_located_broken_operator(tmp_path, capsys, broken_ops_registry, op, fragment):
+    spec = tmp_path / f"{op}.lc"
+    spec.write_text(f"fc1 : {op}()\n")
+    code, err = run_cli(["check", spec, "--model", "lenet300"], capsys)
+    assert code == 2, err
+    assert f"{spec.name}:1:" in err and fragment in err
+    assert "(a bug in plugin 'bugs' (lcdsl-bugs 0.1))" in err
+
+
+def test_an_operator_exiting_in_the_c_step_is_named(work, reference, capsys, broken_ops_registry):
+    spec = work / "exits.lc"
+    spec.write_text("fc1 : exits()\n")
+    code, err = run_cli(["compress", spec, "--reference", reference, "--out", work / "plugin-exits", *TINY], capsys)
+    assert code == 1
+    assert "operator exits raised SystemExit on task fc1.weight: no more (from plugin 'bugs' (lcdsl-bugs 0.1))" in err
+
+
+# ----------------------------------------------------------- frozen and integer parameters
+
+
+@pytest.fixture
+def odd_models(tmp_path, monkeypatch):
+    (tmp_path / "odd_models.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def net():
+                return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+            def frozen():
+                model = net()
+                model[1].weight.requires_grad_(False)
+                return model
+
+            def all_frozen():
+                model = net().requires_grad_(False)
+                return model
+
+            def integer():
+                model = net()
+                steps = nn.Parameter(torch.zeros(16, dtype=torch.long), requires_grad=False)
+                model[1].register_parameter("steps", steps)
+                return model
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_an_integer_parameter_is_a_located_spec_error(odd_models, capsys):
+    spec = odd_models / "int.lc"
+    spec.write_text("1.steps, 3.weight : quant(k=2)\n")
+    code, err = run_cli(["check", spec, "--model", "odd_models:integer"], capsys)
+    assert code == 2
+    assert "int.lc:1:1: error: 1.steps is a int64 parameter: only floating-point tensors can be compressed" in err
+    assert "!1.steps" in err
+
+
+def test_a_frozen_parameter_is_a_warning_and_is_compressed_directly(odd_models, capsys):
+    spec = odd_models / "frozen.lc"
+    spec.write_text("1.weight : quant(k=2)\n")
+    code, err = run_cli(["check", spec, "--model", "odd_models:frozen"], capsys)
+    assert code == 0
+    assert "warning: 1.weight has requires_grad=False: compressed in the C step but never trained" in err
+    out = odd_models / "run"
+    code, err = run_cli(["compress", spec, "--model", "odd_models:frozen", "--out", out, "--reference-epochs", "1",
+                         *TINY], capsys)  # fmt: skip
+    assert code == 0, err
+    import odd_models
+
+    from lcdsl.store.model import load_compressed
+
+    fresh = odd_models.frozen()
+    load_compressed(fresh, out / "compressed.pt")
+    assert fresh[1].weight.unique().numel() <= 2  # compressed, though never trained
+
+
+def test_a_model_with_nothing_trainable_stops_before_training(odd_models, capsys):
+    spec = odd_models / "frozen.lc"
+    spec.write_text("1.weight : quant(k=2)\n")
+    code, err = run_cli(["compress", spec, "--model", "odd_models:all_frozen", "--out", odd_models / "none", *TINY],
+                        capsys)  # fmt: skip
+    assert code == 1
+    assert "the model has no trainable parameter (every one has requires_grad=False)" in err

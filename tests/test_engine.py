@@ -444,8 +444,7 @@ def test_tolerance_stops_early() -> None:
 
 def test_missing_parameter_and_ddp_prefix() -> None:
     model = mlp()
-    wrapped = nn.Module()
-    wrapped.module = model  # what DDP / DataParallel look like from named_parameters()
+    wrapped = nn.DataParallel(model)  # what DDP looks like from named_parameters() (on CPU it only wraps)
     engine = Engine(wrapped, plan_for(model))
     engine.direct_compression()
     assert engine.thetas["0.weight"]["values"].shape == (72,)

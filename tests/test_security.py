@@ -203,3 +203,146 @@ def test_a_blocked_plugin_is_not_imported_in_a_fresh_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.stdout.split()[-2:] == ["2", "False"]
     assert "unknown operator 'pow2'" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------ plugins are identified by their distribution
+
+
+class _Dist:
+    def __init__(self, name, version="1.0"):
+        self.name, self.version = name, version
+
+
+class _EntryPoint:
+    group = "lcdsl"
+
+    def __init__(self, name, value, dist, load):
+        self.name, self.value, self.dist, self._load = name, value, _Dist(dist), load
+
+    def load(self):
+        return self._load()
+
+
+def _never():
+    raise AssertionError("this entry point must never be imported")
+
+
+def _raise(exc):
+    def load():
+        raise exc
+
+    return load
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Fake entry points for the group ``lcdsl`` (the built-ins come from the source tree)."""
+    import importlib.metadata
+
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    eps: list[_EntryPoint] = []
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None, **kw: list(eps))
+    return eps
+
+
+@pytest.mark.parametrize("with_own_metadata", [True, False])
+def test_another_distribution_named_builtin_is_never_loaded(installed, monkeypatch, with_own_metadata):
+    import lcdsl.operators.builtin
+    from lcdsl.plugins.registry import Registry
+
+    if with_own_metadata:
+        installed.append(_EntryPoint("builtin", "lcdsl.operators.builtin", "lcdsl", lambda: lcdsl.operators.builtin))
+    installed.append(_EntryPoint("builtin", "evil.ops", "aaa-evil", _never))  # sorts before lcdsl
+    for allow in (None, "builtin"):  # LCDSL_ALLOW_PLUGINS always allows builtin: not this one
+        if allow:
+            monkeypatch.setenv(ALLOW_ENV, allow)
+        registry = Registry.load()
+        assert [(p.name, p.distribution) for p in registry.plugins] == [("builtin", "lcdsl")]
+        assert "quant" in registry.operators
+        (problem,) = registry.problems
+        assert (problem.name, problem.distribution) == ("builtin", "aaa-evil")
+        assert "only lcdsl itself provides the built-in operators" in problem.message
+
+
+def test_the_name_clash_message_never_suggests_blocking_the_builtins(installed):
+    import types
+
+    import lcdsl.operators.builtin
+    from lcdsl.errors import PluginError
+    from lcdsl.operators.quant import Quant
+    from lcdsl.plugins.hookspecs import hookimpl
+    from lcdsl.plugins.registry import Registry
+
+    rival = types.ModuleType("rival")
+    rival.lcdsl_register_operators = hookimpl(lambda: [type("Quant2", (Quant,), {})])
+    installed.append(_EntryPoint("builtin", "lcdsl.operators.builtin", "lcdsl", lambda: lcdsl.operators.builtin))
+    installed.append(_EntryPoint("rival", "rival", "lcdsl-rival", lambda: rival))
+    with pytest.raises(PluginError) as info:
+        Registry.load()
+    assert f"{BLOCK_ENV}=rival" in str(info.value) and f"{BLOCK_ENV}=builtin" not in str(info.value)
+
+
+def test_unknown_names_in_the_block_and_allow_lists_warn(installed, monkeypatch):
+    from lcdsl.plugins.manager import get_plugin_manager
+
+    installed.append(_EntryPoint("pow2", "x", "lcdsl-pow2", _never))
+    monkeypatch.setenv(BLOCK_ENV, "pwo2,pow2")
+    unknown = f"{BLOCK_ENV} names 'pwo2', which no installed plugin has; did you mean 'pow2'"
+    with pytest.warns(UserWarning, match=unknown):
+        get_plugin_manager(allow=())
+    monkeypatch.delenv(BLOCK_ENV)
+    monkeypatch.setenv(ALLOW_ENV, "pw2")
+    with pytest.warns(UserWarning, match=f"{ALLOW_ENV} names 'pw2'"):
+        get_plugin_manager()
+
+
+class _Custom(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    "exc", [SystemExit(3), KeyboardInterrupt("from the plugin"), _Custom("odd")], ids=["exit", "interrupt", "custom"]
+)
+def test_a_plugin_raising_a_base_exception_at_import_is_a_broken_plugin(installed, exc):
+    from lcdsl.plugins.registry import Registry
+
+    installed.append(_EntryPoint("bad", "bad_plugin", "lcdsl-bad", _raise(exc)))
+    registry = Registry.load()
+    assert "quant" in registry.operators  # the built-ins still work
+    (problem,) = registry.problems
+    assert problem.distribution == "lcdsl-bad"
+    assert f"cannot import bad_plugin: {type(exc).__name__}" in problem.message
+    assert problem.error.__cause__ is exc
+
+
+def test_a_plugin_hook_raising_system_exit_is_a_broken_plugin(installed):
+    import types
+
+    from lcdsl.plugins.hookspecs import hookimpl
+    from lcdsl.plugins.registry import Registry
+
+    def hook():
+        raise SystemExit("bye")
+
+    module = types.ModuleType("exits")
+    module.lcdsl_register_operators = hookimpl(hook)
+    installed.append(_EntryPoint("exits", "exits", "lcdsl-exits", lambda: module))
+    (problem,) = Registry.load().problems
+    assert "lcdsl_register_operators failed: SystemExit: bye" in problem.message
+
+
+def test_a_real_ctrl_c_during_a_plugin_import_still_interrupts(installed):
+    import signal
+
+    from lcdsl.plugins.registry import Registry
+
+    def load():
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal arrives before this line")
+
+    installed.append(_EntryPoint("slow", "slow_plugin", "lcdsl-slow", load))
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        Registry.load()
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back

@@ -36,6 +36,7 @@ from lcdsl.operators.base import Storage, Theta, View
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
 from lcdsl.plan.settings import Settings
+from lcdsl.plugins.manager import PluginRaised, plugin_code
 from lcdsl.plugins.origin import operator_origin
 
 __all__ = ["Engine"]
@@ -69,16 +70,18 @@ def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> t
         return PluginError(f"operator {name} {what} (from {operator_origin(op)})")
 
     try:
-        theta = op.project(target, mu=mu, warm=state.theta)
-        if not isinstance(theta, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in theta.items()
-        ):
-            raise blame(f"returned a θ of type {type(theta).__name__} for task {task}, not a dict of named tensors")
-        delta = op.decompress(theta, state.view.shape)
+        with plugin_code():  # SystemExit and the like from the plugin come out as PluginRaised
+            theta = op.project(target, mu=mu, warm=state.theta)
+            if not isinstance(theta, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in theta.items()
+            ):
+                raise blame(f"returned a θ of type {type(theta).__name__} for task {task}, not a dict of named tensors")
+            delta = op.decompress(theta, state.view.shape)
     except LcdslError:
         raise
     except Exception as exc:  # a plugin may raise anything; report it with its name
-        raise blame(f"raised {type(exc).__name__} on task {task}: {exc}") from exc
+        raised = exc.original if isinstance(exc, PluginRaised) else exc
+        raise blame(f"raised {type(raised).__name__} on task {task}: {raised}") from raised
     if not isinstance(delta, torch.Tensor):
         raise blame(f"decompressed task {task} to a {type(delta).__name__}, not a tensor")
     delta = delta.detach()
@@ -102,8 +105,9 @@ class Engine(EngineState, EngineLoop):
     """The LC algorithm over a plan's tasks, for one model.
 
     Args:
-        model: the model whose parameters the plan names (a DDP/DataParallel wrapper is fine:
-            its ``module.`` prefix is ignored). Move it to its device before building the engine.
+        model: the model whose parameters the plan names (a DDP/DataParallel/FSDP or
+            ``torch.compile`` wrapper is fine: names are the wrapped model's, see
+            :func:`lcdsl.plan.names.unwrap`). Move it to its device before building the engine.
         plan: the tasks and the settings.
         settings: overrides ``plan.settings``.
 
@@ -289,7 +293,9 @@ class Engine(EngineState, EngineLoop):
                 for s in self._tasks
                 for p, delta, lam in zip(s.params, s.view.split(s.delta), s.view.split(s.lam))
             ]
-        views = [v for v in self._param_views if v[0].requires_grad]
+        views = [v for v in self._param_views if v[0].requires_grad]  # frozen ones: only compressed
+        if not views:
+            return
         for p, _, _ in views:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -26,7 +26,7 @@ from torch import nn
 
 from lcdsl.engine.core import Engine
 from lcdsl.errors import EngineError
-from lcdsl.plan.names import strip_ddp_prefix
+from lcdsl.plan.names import unwrap
 
 __all__ = ["broadcast_state", "check_same", "rank_and_world", "sync_engine"]
 
@@ -57,8 +57,8 @@ def broadcast_state(engine: Engine, src: int = 0) -> None:
 
 
 def _named_tensors(model: nn.Module, engine: Engine | None) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, p in model.named_parameters():
-        yield strip_ddp_prefix(name), p.detach()
+    for name, p in unwrap(model).named_parameters():
+        yield name, p.detach()
     if engine is not None:
         for task, theta in engine.thetas.items():
             for key in sorted(theta):

@@ -15,7 +15,7 @@ import torch
 
 from lcdsl.engine.events import StepRecord
 from lcdsl.errors import EngineError
-from lcdsl.plan.names import strip_ddp_prefix
+from lcdsl.plan.names import unwrap
 
 if TYPE_CHECKING:
     from lcdsl.engine.core import Engine
@@ -31,14 +31,14 @@ class EngineLoop:
         if loss is not None and not math.isfinite(loss):
             raise EngineError(f"{where}: the L step's loss is {loss}; lower the learning rate or μ")
         with torch.no_grad():
-            named = list(self.model.named_parameters())
+            named = list(unwrap(self.model).named_parameters())
             finite = [torch.isfinite(p).all() for _, p in named]
             if named and bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
                 return  # one device sync when all is well
             for (name, _), ok in zip(named, finite):
                 if not bool(ok):
                     raise EngineError(
-                        f"{where}: parameter '{strip_ddp_prefix(name)}' has non-finite values; "
+                        f"{where}: parameter '{name}' has non-finite values; "
                         "lower the learning rate or μ"
                     )
 

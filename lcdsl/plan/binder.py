@@ -17,6 +17,7 @@ from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import buffers_by_name, task_name
 from lcdsl.plan.selectors import ModelIndex, is_literal
 from lcdsl.plan.settings import Settings, settings_from_spec
+from lcdsl.plugins.manager import PluginRaised, plugin_code
 from lcdsl.plugins.registry import Registry, default_registry
 
 __all__ = ["bind", "build_operator", "check_spec"]
@@ -26,6 +27,27 @@ _QUOTE = "'"
 
 def _registry(registry: Registry | None) -> Registry:
     return registry if registry is not None else default_registry()
+
+
+def _origin(op: Any, registry: Registry) -> str:
+    """``plugin 'x' (dist version)`` for each term of an operator (or operator class), for messages."""
+    parts = []
+    for term in getattr(op, "terms", None) or (op,):
+        name = getattr(term, "name", type(term).__name__)
+        cls = term if isinstance(term, type) else type(term)
+        label = "an unknown plugin"
+        if registry.operators.get(name) is cls:
+            label = f"plugin {registry.provider(name).label()}"
+        if label not in parts:
+            parts.append(label)
+    return ", ".join(parts)
+
+
+def _broken(what: str, op: Any, exc: Exception, registry: Registry) -> str:
+    """The message for plugin code that raised something other than ValueError/TypeError: a bug
+    in the plugin, not in the spec, so it names the plugin."""
+    raised = exc.original if isinstance(exc, PluginRaised) else exc
+    return f"{what} raised {type(raised).__name__}: {raised} (a bug in {_origin(op, registry)})"
 
 
 def _build_call(call: Call, registry: Registry, diags: Diagnostics) -> Operator | None:
@@ -68,10 +90,13 @@ def _build_call(call: Call, registry: Registry, diags: Diagnostics) -> Operator 
     if not ok:
         return None
     try:
-        return cls(**kwargs)
+        with plugin_code():
+            return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         diags.add("bad-value", f"{call.name}(): {exception_message(exc)}", call.span)
-        return None
+    except Exception as exc:  # a plugin's validator may raise anything
+        diags.add("broken-operator", _broken(f"{call.name}()", cls, exc, registry), call.span)
+    return None
 
 
 def build_operator(
@@ -310,6 +335,9 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
                     message = f"the name '{label}' is already the name of a group on {_line(named[label].span)}"
                     diags.add("repeated-name", message, span, hint="give each joint group its own name")
                 named[label] = rule
+            fresh, frozen = _trainable(fresh, index, span if span is not None else rule.span, diags)
+            if frozen:
+                warnings.append(frozen)
             if not fresh or op is None:
                 continue
             task = _make_task(fresh, joint, op, rule, span, index, registry, diags)
@@ -335,6 +363,39 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
         ties=tuple(index.ties.items()),
         warnings=tuple(warnings),
     )
+
+
+def _trainable(
+    names: list[str], index: ModelIndex, span: Span | None, diags: Diagnostics
+) -> tuple[list[str], Diagnostic | None]:
+    """The names the L step can train: an integer or bool parameter is an ``integer-parameter``
+    error; a frozen one (``requires_grad=False``) stays, with a ``frozen-parameter`` warning: the C
+    step still compresses it, but the penalty's gradient never moves it, so LC reduces to direct
+    compression for it."""
+    kept, frozen = [], []
+    for n in names:
+        p = index.parameters[n]
+        if not (p.is_floating_point() or p.is_complex()):
+            dtype = str(p.dtype).removeprefix("torch.")
+            diags.add(
+                "integer-parameter",
+                f"{n} is a {dtype} parameter: only floating-point tensors can be compressed",
+                span,
+                hint=f"leave it out of the rule (!{n})",
+            )
+            continue
+        kept.append(n)
+        if not p.requires_grad:
+            frozen.append(n)
+    if not frozen:
+        return kept, None
+    has, them = ("has", "it") if len(frozen) == 1 else ("have", "them")
+    message = (
+        f"{_listed(frozen, 3)} {has} requires_grad=False: compressed in the C step but never trained, "
+        f"so LC is direct compression for {them}"
+    )
+    hint = f"unfreeze {them} (p.requires_grad_(True)) to let the L step move {them} towards Δ(θ)"
+    return kept, Diagnostic(message, span, hint, code="frozen-parameter", severity="warning")
 
 
 def _plain_items(rule: Rule) -> list[NameSelector | TypeSelector]:
@@ -395,10 +456,14 @@ def _make_task(
         return None
     shapes = tuple(tuple(p.shape) for p in params)
     try:
-        view = View.of(op, shapes)
+        with plugin_code():  # reads op.view, which may be a plugin's property
+            view = View.of(op, shapes)
     except ValueError as exc:
         hint = "drop the brackets to give each tensor its own task" if joint and len(names) > 1 else None
         diags.add("does-not-fit", f"{_op_name(op)} cannot take {', '.join(names)}: {exc}", span, hint)
+        return None
+    except Exception as exc:
+        diags.add("broken-operator", _broken(f"{_op_name(op)}.view", op, exc, registry), span)
         return None
     layout = None
     if view.kind != "vector" and len(shapes[0]) >= 2:  # rows and columns must be the layer's outputs and inputs
@@ -406,18 +471,32 @@ def _make_task(
         if layout is None:
             return None
         try:
-            view = View.of(op, shapes, layout)
+            with plugin_code():
+                view = View.of(op, shapes, layout)
         except ValueError as exc:
             diags.add("does-not-fit", f"{_op_name(op)} cannot take {names[0]}: {exc}", span)
             return None
+        except Exception as exc:
+            diags.add("broken-operator", _broken(f"{_op_name(op)}.view", op, exc, registry), span)
+            return None
         if view.order is None:
             layout = None  # stored outputs first already: the task reads as one built without a layout
+    where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
     try:
-        resolved = op.resolve(view.shape)
+        with plugin_code():
+            resolved = op.resolve(view.shape)
     except (ValueError, TypeError) as exc:
-        where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
         message = f"{_op_name(op)} on {task_name(names, joint)} ({view.numel} weights): {exception_message(exc)}"
         diags.add("does-not-fit", message, where)
+        return None
+    except Exception as exc:
+        diags.add("broken-operator", _broken(f"{_op_name(op)}.resolve", op, exc, registry), where)
+        return None
+    try:  # the plan's size table asks it later; a plugin bug there is found here, located
+        with plugin_code():
+            resolved.storage(view.shape)
+    except Exception as exc:
+        diags.add("broken-operator", _broken(f"{_op_name(op)}.storage", resolved, exc, registry), where)
         return None
     return Task(parameters=tuple(names), shapes=shapes, operator=resolved, joint=joint, rule=rule, layout=layout)
 
@@ -433,10 +512,15 @@ def _layout(
     module, leaf = index.owner(name)
     kind = type(module)
     try:
-        layout = registry.layout(module, leaf)
+        with plugin_code():  # a plugin's layout function
+            layout = registry.layout(module, leaf)
     except (ValueError, TypeError) as exc:
         message = f"{_op_name(op)} needs the output axis of {name}, and its {kind.__name__} has none: {exc}"
         diags.add("no-layout", message, span, hint=_ELEMENTWISE_HINT)
+        return None
+    except Exception as exc:
+        message = f"the layout of {name}'s {kind.__name__} raised {type(exc).__name__}: {exception_message(exc)}"
+        diags.add("broken-operator", message + " (a bug in the plugin declaring it)", span)
         return None
     if layout is None:
         what = f"'{leaf}' of a {kind.__name__}" if leaf != "weight" else f"a {kind.__name__} weight"

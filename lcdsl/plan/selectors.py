@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lcdsl.language.spec import NameSelector, TypeSelector
-from lcdsl.plan.names import strip_ddp_prefix
+from lcdsl.plan.names import unwrap
 
 __all__ = ["ModelIndex", "glob_regex", "names_module_weights", "is_norm_layer", "is_literal"]
 
@@ -74,17 +74,16 @@ class ModelIndex:
     buffers (for the errors that say a name is one)."""
 
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap(model)  # names as the model inside a DDP/torch.compile wrapper has them
         self.parameters: dict[str, nn.Parameter] = {}
         canonical: dict[int, str] = {}
         for name, param in model.named_parameters():
-            name = strip_ddp_prefix(name)
             if name not in self.parameters:
                 self.parameters[name] = param
                 canonical.setdefault(id(param), name)
         self.aliases: dict[str, str] = {}
         """The other names of tied parameters: alias → canonical name."""
         for name, param in model.named_parameters(remove_duplicate=False):
-            name = strip_ddp_prefix(name)
             first = canonical.get(id(param))
             if first is not None and name != first and name not in self.parameters:
                 self.aliases.setdefault(name, first)
@@ -94,8 +93,7 @@ class ModelIndex:
             self.ties[name] = (*self.ties.get(name, ()), alias)
         self.modules: dict[str, nn.Module] = {}
         for name, module in model.named_modules(remove_duplicate=False):
-            name = strip_ddp_prefix(name)
-            if name and name != "module":
+            if name:
                 self.modules.setdefault(name, module)
         # modules that hold a parameter called `weight` themselves: what a module name stands for
         self.weighted: dict[str, str] = {}
@@ -103,13 +101,13 @@ class ModelIndex:
             weight = module._parameters.get("weight")
             if isinstance(weight, torch.Tensor) and id(weight) in canonical:
                 self.weighted[name] = canonical[id(weight)]
-        self.buffers: set[str] = {strip_ddp_prefix(n) for n, _ in model.named_buffers()}
+        self.buffers: set[str] = {n for n, _ in model.named_buffers()}
         self.order = {name: i for i, name in enumerate(self.parameters)}
         # the module that holds each parameter itself, and the parameter's name there: its layout's key
         self.owners: dict[str, tuple[nn.Module, str]] = {}
         for module_name, module in model.named_modules():
             for leaf, param in module._parameters.items():
-                full = strip_ddp_prefix(f"{module_name}.{leaf}" if module_name else leaf)
+                full = f"{module_name}.{leaf}" if module_name else leaf
                 if param is not None and self.parameters.get(full) is param:
                     self.owners.setdefault(full, (module, leaf))
         # every name a parameter answers to: its own and its aliases, and the module owning each

@@ -13,14 +13,31 @@ Each plugin is checked on its own as it is registered: an entry point that canno
 hook pluggy does not know (``lcdsl_register_operator``, a letter short), or a hook implementation
 with an argument the specification lacks makes that plugin a broken one (a :class:`PluginProblem`),
 and the others keep working. :mod:`lcdsl.plugins.registry` then calls the hooks.
+
+Plugins are identified by distribution: only lcdsl's own distribution may provide ``builtin``.
+Another distribution declaring an entry point ``builtin`` is a broken plugin, named by that
+distribution, and is never imported (so ``LCDSL_ALLOW_PLUGINS``, which always allows
+``builtin``, cannot let it in either). A name in ``LCDSL_BLOCK_PLUGINS`` or
+``LCDSL_ALLOW_PLUGINS`` that no installed entry point has is a :class:`UserWarning`
+("… names 'pwo2', which no installed plugin has; did you mean 'pow2'?").
+
+Plugin code runs inside :func:`plugin_code`: a ``BaseException`` that is not an ``Exception``
+(``SystemExit``, a ``KeyboardInterrupt`` the plugin raises itself, a ``BaseException``
+subclass) comes out as a :class:`PluginRaised`, an ``Exception``, so it is reported like any
+other broken plugin. A ``KeyboardInterrupt`` from a real Ctrl-C is told apart by the SIGINT
+handler :func:`plugin_code` wraps around the call (in the main thread) and passes through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import os
-from collections.abc import Iterable
+import signal
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -32,7 +49,8 @@ from lcdsl.plugins import hookspecs
 
 __all__ = [
     "GROUP", "BUILTIN", "BUILTIN_MODULE", "BLOCK_ENV", "ALLOW_ENV", "REGISTER_OPERATORS", "REGISTER_LAYOUTS",
-    "PluginProblem", "BlockedPlugin", "PluginManager", "get_plugin_manager", "blocked_plugins",
+    "PluginProblem", "BlockedPlugin", "PluginManager", "get_plugin_manager", "blocked_plugins", "PluginRaised",
+    "plugin_code", "OWN_DISTRIBUTION",
 ]  # fmt: skip
 
 GROUP = hookspecs.PROJECT
@@ -41,6 +59,8 @@ BUILTIN = "builtin"
 """The entry-point name of lcdsl's own operators."""
 BUILTIN_MODULE = "lcdsl.operators.builtin"
 """The module the built-in entry point names."""
+OWN_DISTRIBUTION = "lcdsl"
+"""The one distribution whose ``builtin`` entry point is the built-ins."""
 BLOCK_ENV = "LCDSL_BLOCK_PLUGINS"
 """Comma-separated entry-point names never to load."""
 ALLOW_ENV = "LCDSL_ALLOW_PLUGINS"
@@ -51,6 +71,57 @@ REGISTER_LAYOUTS = "lcdsl_register_layouts"
 """The hook that declares the layouts of module types."""
 
 _UNKNOWN = "unknown"
+
+
+class PluginRaised(Exception):
+    """Plugin code raised a ``BaseException`` that is not an ``Exception`` (``SystemExit``, its
+    own ``KeyboardInterrupt``, …); the original is the ``__cause__``."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}" if str(original) else type(original).__name__)
+        self.original = original
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[None]:
+    """Run plugin code (an import, a hook, an operator's constructor, ``resolve``, ``storage``,
+    ``view``): a non-``Exception`` ``BaseException`` it raises is re-raised as
+    :class:`PluginRaised`, except a ``KeyboardInterrupt`` that a real SIGINT (the user's Ctrl-C)
+    caused while it ran, which passes through as it is. Off the main thread no handler can be
+    wrapped, and every ``KeyboardInterrupt`` passes through."""
+    interrupted = False
+    previous = None
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            nonlocal interrupted
+            interrupted = True
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not allowed here (an embedded interpreter): leave the handler be
+            main = False
+    try:
+        yield
+    except Exception:
+        raise
+    except KeyboardInterrupt as exc:
+        if interrupted or not main:
+            raise
+        raise PluginRaised(exc) from exc
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        raise PluginRaised(exc) from exc
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 @attrs.frozen
@@ -128,7 +199,7 @@ class PluginManager(pluggy.PluginManager):
         """Record that plugin ``name`` is broken, with ``cause`` chained."""
         distribution, version = self.source(name)
         error = PluginError(f"plugin '{name}' ({distribution} {version}): {message}")
-        error.__cause__ = cause
+        error.__cause__ = cause.original if isinstance(cause, PluginRaised) else cause
         self.problems.append(PluginProblem(name, distribution, version, error))
 
     def block(self, name: str, reason: str = "blocked") -> None:
@@ -166,13 +237,15 @@ class PluginManager(pluggy.PluginManager):
 
         Raises:
             KeyError: no plugin of that name is registered.
-            Exception: whatever the implementation raises.
+            Exception: whatever the implementation raises (:class:`PluginRaised` for a
+                ``SystemExit`` or the like, see :func:`plugin_code`).
         """
         plugin = self.get_plugin(plugin_name)
         if plugin is None:
             raise KeyError(f"no plugin '{plugin_name}' is registered")
         others = [p for p in self.get_plugins() if p is not plugin]
-        return self.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+        with plugin_code():
+            return self.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
 
 
 def _names(value: Iterable[str] | None, env: str, argument: str) -> tuple[frozenset[str] | None, str]:
@@ -193,6 +266,19 @@ def _distribution(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]
     if dist is None:
         return _UNKNOWN, _UNKNOWN
     return str(getattr(dist, "name", None) or _UNKNOWN), str(getattr(dist, "version", None) or _UNKNOWN)
+
+
+def _is_own_builtin(entry_point: importlib.metadata.EntryPoint) -> bool:
+    """Whether ``entry_point`` is lcdsl's own ``builtin``: that name, from lcdsl's distribution."""
+    distribution = _distribution(entry_point)[0].lower().replace("_", "-")
+    return entry_point.name == BUILTIN and distribution == OWN_DISTRIBUTION and entry_point.value == BUILTIN_MODULE
+
+
+def _warn_unknown(names: frozenset[str] | None, by: str, installed: set[str]) -> None:
+    """A warning for each name of a block/allow list that no installed entry point has."""
+    for name in sorted((names or frozenset()) - installed - {BUILTIN}):
+        hint = did_you_mean(name, sorted(installed))
+        warnings.warn(f"lcdsl: {by} names '{name}', which no installed plugin has{hint}", UserWarning, stacklevel=3)
 
 
 def _own_version() -> str:
@@ -223,24 +309,36 @@ def get_plugin_manager(
     pm = PluginManager()
     for name in sorted(blocked or ()):
         pm.block(name, f"by {blocked_by}")
-    # the built-ins first, then the others in a fixed order, whatever order the installer left
+    # lcdsl's built-ins first, then the others in a fixed order, whatever order the installer left
     found = sorted(
         importlib.metadata.entry_points(group=GROUP),
-        key=lambda ep: (ep.name != BUILTIN, ep.name, _distribution(ep)),
+        key=lambda ep: (not _is_own_builtin(ep), ep.name, _distribution(ep)),
     )
-    builtin_seen = any(ep.name == BUILTIN and ep.value == BUILTIN_MODULE for ep in found)
+    _warn_unknown(blocked, blocked_by, {ep.name for ep in found})
+    _warn_unknown(allowed, allowed_by, {ep.name for ep in found})
+    builtin_seen = any(_is_own_builtin(ep) for ep in found)
     if not builtin_seen:
         # running from a source tree without installed metadata: the built-ins still work
         pm.sources[BUILTIN] = ("lcdsl", _own_version())
         if not pm.is_blocked(BUILTIN):
             try:
-                plugin = importlib.import_module(BUILTIN_MODULE)
+                with plugin_code():
+                    plugin = importlib.import_module(BUILTIN_MODULE)
             except Exception as exc:
                 pm.add_problem(BUILTIN, f"cannot import {BUILTIN_MODULE}", exc)
             else:
                 _register(pm, plugin, BUILTIN)
     for entry_point in found:
         name = entry_point.name
+        if name == BUILTIN and not _is_own_builtin(entry_point):
+            distribution, version = _distribution(entry_point)
+            error = PluginError(
+                f"plugin '{name}' ({distribution} {version}): only lcdsl itself provides the built-in operators; "
+                f"{distribution} declares an entry point '{BUILTIN}' = {entry_point.value!r}, which is not loaded "
+                "(the plugin must use another entry-point name)"
+            )
+            pm.problems.append(PluginProblem(name, distribution, version, error))
+            continue  # never imported, whatever the allow list says
         if allowed is not None and name not in allowed and not pm.is_blocked(name):
             pm.block(name, f"not in {allowed_by}")
         if pm.is_blocked(name):
@@ -257,7 +355,8 @@ def get_plugin_manager(
             continue
         pm.sources[name] = _distribution(entry_point)
         try:
-            plugin = entry_point.load()
+            with plugin_code():
+                plugin = entry_point.load()
         except Exception as exc:  # any failure inside a third-party import
             pm.add_problem(name, f"cannot import {entry_point.value}", exc)
             continue

@@ -40,8 +40,18 @@ from lcdsl.language.grammar import identifier_pattern
 from lcdsl.operators.base import Operator
 from lcdsl.operators.layout import Layout, LayoutRule, find_layout, layout_key
 from lcdsl.plugins.manager import (
-    ALLOW_ENV, BLOCK_ENV, BUILTIN, BUILTIN_MODULE, GROUP, REGISTER_LAYOUTS, REGISTER_OPERATORS, BlockedPlugin,
-    PluginManager, PluginProblem, blocked_plugins, get_plugin_manager,
+    ALLOW_ENV,
+    BLOCK_ENV,
+    BUILTIN,
+    BUILTIN_MODULE,
+    GROUP,
+    REGISTER_LAYOUTS,
+    REGISTER_OPERATORS,
+    BlockedPlugin,
+    PluginManager,
+    PluginProblem,
+    blocked_plugins,
+    get_plugin_manager,
 )  # fmt: skip
 
 __all__ = [
@@ -117,6 +127,11 @@ def _layouts_of(result: Any) -> dict[Any, LayoutRule]:
     return dict(result)
 
 
+def _to_block(first: PluginInfo, second: PluginInfo) -> str:
+    """The plugin a name-clash message suggests blocking: never the built-ins, else the later one."""
+    return first.name if second.name == BUILTIN else second.name
+
+
 def _collect_layouts(pm: PluginManager, infos: list[PluginInfo]) -> dict[Any, LayoutRule]:
     """Call each plugin's layouts hook separately; its module types are added to its info."""
     layouts: dict[Any, LayoutRule] = {}
@@ -140,7 +155,7 @@ def _collect_layouts(pm: PluginManager, infos: list[PluginInfo]) -> dict[Any, La
             if other is not None and layouts[key] != rule:
                 raise PluginError(
                     f"the layout of {layout_key(key)} is declared by {other.label()} and by {info.label()}, "
-                    f"differently; uninstall one, or block one with {BLOCK_ENV}={name}"
+                    f"differently; uninstall one, or block one with {BLOCK_ENV}={_to_block(other, info)}"
                 )
             layouts[key] = rule
             declared_by[key] = info
@@ -172,7 +187,7 @@ def _collect(pm: PluginManager) -> tuple[dict[str, type[Operator]], list[PluginI
                 where = "twice" if other.name == name else f"by {other.label()} and by {info.label()}"
                 raise PluginError(
                     f"operator '{cls.name}' is provided {where}; uninstall one, or block one with "
-                    f"{BLOCK_ENV}={other.name if other.name != name else name}"
+                    f"{BLOCK_ENV}={_to_block(other, info)}"
                 )
             operators[cls.name] = cls
             providers[cls.name] = info

@@ -197,6 +197,11 @@ def train_epochs(
         loss_fn: a user's ``(outputs, batch) -> loss``.
         schedule: the learning rate within these epochs (None: constant).
     """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError(
+            f"{description}: the model has no trainable parameter (every one has requires_grad=False), "
+            "so there is nothing to train; unfreeze some (p.requires_grad_(True)) before training"
+        )
     model.train()
     n_batches = batches.count_of(data)
     scheduled = schedule is not None and schedule.kind != "constant"
