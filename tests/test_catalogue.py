@@ -7,6 +7,7 @@ issue lists them: specs, models and data, numerics, plugins.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from typing import ClassVar
@@ -836,3 +837,124 @@ def test_a_model_with_nothing_trainable_stops_before_training(odd_models, capsys
                         capsys)  # fmt: skip
     assert code == 1
     assert "the model has no trainable parameter (every one has requires_grad=False)" in err
+
+
+# ---------------------------------------------------------------- nothing stale is reused
+
+
+def test_a_sweep_reruns_a_variant_whose_spec_changed(work, reference, capsys):
+    spec = work / "sweep-base.lc"
+    spec.write_text("fc* : quant(k=2)\n")
+    out = work / "sweep"
+    argv = ["sweep", spec, "--vary", "fc* : quant.k = 2", "--out", out, "--reference", reference,
+            "--steps", "1", "--epochs", "1", "--first-epochs", "1"]  # fmt: skip
+    assert run_cli(argv, capsys)[0] == 0
+    spec.write_text("lr = 0.05\nfc* : quant(k=2)\n")  # the same variant label, another spec
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "stale (the spec text changed)" in printed and "run again" in printed and "done before, kept" not in printed
+    (variant,) = [d for d in out.iterdir() if d.is_dir()]
+    assert json.loads((variant / "report.json").read_text())["spec"]["text"].startswith("lr = 0.05")
+    capsys.readouterr()
+    assert main([str(a) for a in [*argv, "--lr-decay", "0.5"]]) == 0  # other settings
+    assert "stale (the settings changed)" in " ".join(capsys.readouterr().out.split())
+    (variant / "made-from.json").unlink()  # results of unknown origin are not trusted either
+    assert main([str(a) for a in [*argv, "--lr-decay", "0.5"]]) == 0
+    assert "of unknown origin" in " ".join(capsys.readouterr().out.split())
+    assert main([str(a) for a in [*argv, "--lr-decay", "0.5"]]) == 0
+    assert "done before, kept" in capsys.readouterr().out
+
+
+def test_a_cached_reference_trained_otherwise_is_refused(work, capsys):
+    out = work / "cached-ref"
+    out.mkdir()
+    assert main(["train", "--out", str(out / "reference.pt"), "--epochs", "1", "--seed", "0"]) == 0
+    argv = ["compress", work / "quant.lc", "--out", out, "--reference-epochs", "1", "--seed", "3", *TINY]
+    code, err = run_cli(argv, capsys)
+    flat = " ".join(err.split())
+    assert code == 1 and f"{out / 'reference.pt'} was trained with other settings" in flat
+    assert "seed 0 → 3" in flat and f"give --reference {out / 'reference.pt'}" in flat
+    fake_reference(out / "reference.pt", LeNet300(in_features=64).state_dict())  # records no recipe
+    code, err = run_cli(argv, capsys)
+    assert code == 1 and "it records nothing of what it was made from" in " ".join(err.split())
+
+
+def test_resume_checks_the_model_and_data_names(work, reference, capsys):
+    out = work / "resume-names"
+    assert run_cli(["compress", work / "quant.lc", "--reference", reference, "--out", out, *TINY], capsys)[0] == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    state["data_name"] = "mnist"
+    torch.save(state, out / "checkpoint.pt")
+    code, err = run_cli(["compress", work / "quant.lc", "--reference", reference, "--out", out, "--resume", *TINY],
+                        capsys)  # fmt: skip
+    assert code == 1 and "it was made for data 'mnist', not 'digits'" in err
+
+
+# ---------------------------------------------------------- write, check, then replace
+
+
+def test_an_export_that_fails_its_check_leaves_the_good_file(work, reference, capsys):
+    from lcdsl.store.atomic import save_atomic
+
+    run = work / "export-run"
+    assert run_cli(["compress", work / "quant.lc", "--reference", reference, "--out", run, *TINY], capsys)[0] == 0
+    out = work / "good.lcz"
+    assert run_cli(["export", run, "--out", out], capsys)[0] == 0
+    good = out.read_bytes()
+    state = load_checkpoint(run / "compressed.pt")
+    state["probe"]["outputs"] = state["probe"]["outputs"] + 1.0  # the check now fails
+    save_atomic(state, run / "compressed.pt")
+    code, err = run_cli(["export", run, "--out", out], capsys)
+    flat = " ".join(err.split())
+    assert code == 1 and "differs from the compressed model" in flat and "the file already there is as it was" in flat
+    assert out.read_bytes() == good
+    assert [p.name for p in work.iterdir() if p.name.startswith(".good.lcz")] == []
+
+
+def test_fmt_write_formats_a_links_target_and_keeps_the_link_and_mode(tmp_path, capsys):
+    target = tmp_path / "real" / "spec.lc"
+    target.parent.mkdir()
+    target.write_text("fc*   :   quant( k = 2 )\n")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.lc"
+    link.symlink_to(target)
+    assert run_cli(["fmt", "--write", link], capsys)[0] == 0
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() == "fc* : quant(k=2)\n" and (target.stat().st_mode & 0o777) == 0o640
+
+
+LOCK_HOLDER = """
+import sys, time
+from lcdsl.store.atomic import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_run_folder_is_locked_and_a_killed_holder_does_not_block(work, reference, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from lcdsl.store.atomic import run_lock
+
+    out = work / "locked"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for argv in (["compress", work / "quant.lc", "--reference", reference, "--out", out, *TINY],
+                     ["sweep", work / "quant.lc", "--vary", "fc* : quant.k = 2", "--reference", reference,
+                      "--out", out, *TINY]):  # fmt: skip
+            code, err = run_cli(argv, capsys)
+            flat = " ".join(err.split())
+            assert code == 1 and f"{out} is in use by another lcdsl run (pid {holder.pid})" in flat
+        assert not (out / "report.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    with run_lock(out):  # the kernel released the killed holder's lock; the .lock file stays, harmless
+        assert (out / ".lock").read_text().strip() == str(os.getpid())

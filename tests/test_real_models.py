@@ -85,7 +85,9 @@ def test_gpt2_with_a_tied_embedding_and_conv1d_rows_through_compress_and_export(
     argv = ["compress", str(folder / "gpt.lc"), "--model", f"{MODULE}:gpt2", "--data", f"{MODULE}:tokens",
             "--out", str(run), *TINY]  # fmt: skip
     assert main(argv) == 0
-    assert main(["export", str(run), "--out", str(run / "model.lcz")]) == 0
+    # the run used module:function factories: export imports them only when the command line names them
+    assert main(["export", str(run), "--out", str(run / "model.lcz"), "--model", f"{MODULE}:gpt2",
+                 "--data", f"{MODULE}:tokens"]) == 0  # fmt: skip
     factories = importlib.import_module(MODULE)
 
     compressed = factories.gpt2()

@@ -346,3 +346,86 @@ def test_a_real_ctrl_c_during_a_plugin_import_still_interrupts(installed):
     with pytest.raises(KeyboardInterrupt):
         Registry.load()
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+# ------------------------------------------------------------------- files never choose code
+
+EVIL_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+
+def fn(**kwargs):
+    from lcdsl.training.zoo import LeNet300
+    return LeNet300(in_features=64)
+
+def data(**kwargs):
+    from lcdsl.training.data import load_data
+    return load_data("digits")
+"""
+
+
+@pytest.fixture
+def evil_run(tmp_path, monkeypatch):
+    """A run folder whose compressed.pt names ``evil_module:fn``, shipped with ``evil_module.py``
+    (in the current folder, on ``sys.path``) that writes a marker file when imported."""
+    import lcdsl
+    from lcdsl.engine.core import Engine
+    from lcdsl.store.atomic import save_atomic
+    from lcdsl.store.model import compressed_state
+    from lcdsl.training.zoo import LeNet300
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_module.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_module", raising=False)
+    torch.manual_seed(0)
+    model = LeNet300(in_features=64)
+    spec = lcdsl.parse("fc1 : quant(k=2)\n")
+    plan = spec.bind(model)
+    engine = Engine(model, plan)
+    engine.direct_compression()
+    run = tmp_path / "run"
+    run.mkdir()
+    state = compressed_state(model, plan, engine.finalize(), spec_text=spec.source, model_name="evil_module:fn")
+    save_atomic(state, run / "compressed.pt")
+    yield run, marker
+    sys.modules.pop("evil_module", None)
+
+
+def test_export_never_imports_a_model_a_file_names(evil_run, capsys):
+    run, marker = evil_run
+    out = run.parent / "m.lcz"
+    assert main(["export", str(run), "--out", str(out)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "records model 'evil_module:fn', which is not built in" in err and "Traceback" not in err
+    assert f"lcdsl export {run} --model evil_module:fn --data digits --out {out}" in err
+    assert not marker.exists() and "evil_module" not in sys.modules and not out.exists()
+    # named on the command line it is the user's choice, and runs
+    assert main(["export", str(run), "--out", str(out), "--model", "evil_module:fn"]) == 0
+    assert marker.exists() and out.is_file()
+
+
+def test_export_never_imports_a_data_set_report_json_names(evil_run, capsys):
+    run, marker = evil_run
+    (run / "report.json").write_text(json.dumps({"data": "evil_module:data"}))
+    assert main(["export", str(run), "--model", "lenet300"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "records data 'evil_module:data', which is not built in" in err
+    assert "--model lenet300 --data evil_module:data" in err and not marker.exists()
+
+
+@pytest.mark.parametrize("recorded", [["os:system"], {"a": 1}, 3], ids=["list", "dict", "int"])
+def test_export_refuses_a_recorded_name_that_is_not_a_string(evil_run, capsys, recorded):
+    run, marker = evil_run
+    state = torch.load(run / "compressed.pt", weights_only=True)
+    state["model"] = recorded
+    torch.save(state, run / "compressed.pt")
+    assert main(["export", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "not built in" in err and "Traceback" not in err and not marker.exists()
+
+
+def test_the_docs_say_no_file_chooses_code():
+    text = " ".join((PACKAGE.parent / "docs" / "guarantees.md").read_text().split())
+    assert "never imports code a file names" in text

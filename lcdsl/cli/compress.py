@@ -8,6 +8,10 @@ The output folder (``--out``, default ``runs/<spec name>``) gets:
 - ``compressed.pt``: ``θ`` per task, the dense parameters, the buffers, and the compressed model's
   outputs on a probe batch for ``lcdsl export``'s check (:func:`lcdsl.store.model.load_compressed`);
 - ``report.json`` and ``curves.png``: every step's numbers, the plan, the sizes, the errors.
+
+The run holds the lock on the folder (``.lock``, :func:`~lcdsl.store.atomic.run_lock`) from before
+any data is loaded to the end: a second run into the same folder is refused at once. A cached
+``reference.pt`` is reused only when it was trained with the recipe this run would train it with.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from lcdsl.report.console import console
 from lcdsl.report.plan import plan_table
 from lcdsl.report.progress import CStepProgress
 from lcdsl.report.run import StepPrinter, build_report, plot_curves, size_table, write_report
-from lcdsl.store.atomic import check_writable, remove_stale_temporaries, save_atomic
-from lcdsl.store.checkpoint import read_run_checkpoint, restore_run_checkpoint, run_checkpoint
+from lcdsl.store.atomic import check_writable, remove_stale_temporaries, run_lock, save_atomic
+from lcdsl.store.checkpoint import check_reuse, read_run_checkpoint, restore_run_checkpoint, run_checkpoint
 from lcdsl.store.model import compressed_state
 from lcdsl.store.probe import probe_outputs
 from lcdsl.training.batch import LossFn
@@ -175,13 +179,15 @@ def prepare_reference(
         meta["path"] = str(args.reference)
     else:
         cached = folder / "reference.pt"
+        recipe = default_recipe(
+            data.name, epochs=args.reference_epochs, seed=settings.seed, weight_decay=settings.weight_decay or None
+        )
         if cached.exists():
             meta = load_reference(cached, model, model_name=args.model, data_name=data.name)
+            hint = f"delete it to train a new one, or give --reference {cached} to use it as it is"
+            check_reuse(cached, "trained", meta.get("recipe"), attrs.asdict(recipe), hint=hint)
             out.print(f"reference: {cached} (cached; delete it to train a new one)")
         else:
-            recipe = default_recipe(
-                data.name, epochs=args.reference_epochs, seed=settings.seed, weight_decay=settings.weight_decay or None
-            )
             out.print(f"training the reference ({recipe.epochs} epochs) into {cached}")
             meta = train(model, args.model, data, recipe, cached, loss_fn)
         meta["path"] = str(cached)
@@ -208,11 +214,17 @@ def _test_number(reference: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one compression; returns the exit code."""
-    out = console()
+    """Run one compression, holding the lock on its folder (:func:`~lcdsl.store.atomic.run_lock`);
+    returns the exit code."""
     spec = load(args.spec)
     settings = settings_with_overrides(spec, args)
     folder = check_writable(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem)
+    with run_lock(folder):  # one run at a time writes a folder: a second one is refused at once
+        return _run(args, spec, settings, folder)
+
+
+def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path) -> int:
+    out = console()
     remove_stale_temporaries(folder, _OUTPUTS)  # left by a run killed while saving
     data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
     loss_fn = load_loss(args.loss)

@@ -1,7 +1,9 @@
 """``lcdsl export DIR --out model.lcz``: the compressed model of a run as one compact file.
 
 Reads ``DIR/compressed.pt`` (and ``DIR/report.json`` for the data set's name), rebuilds the
-model, writes the ``.lcz`` file (:mod:`lcdsl.store.lcz`) to a temporary file beside ``--out``,
+model (from ``--model`` / ``--data``, or from the names the run recorded when they are built-ins:
+a ``module:function`` recorded in a file is never imported, the command refuses and prints the
+command line that names it), writes the ``.lcz`` file (:mod:`lcdsl.store.lcz`) to a temporary file beside ``--out``,
 loads it back into a fresh model and checks that model's outputs on the probe batch against those
 ``lcdsl compress`` recorded from the model it evaluated (:mod:`lcdsl.store.probe`); only then is
 the file renamed to ``--out``, so a file that fails the check never replaces a good one. A
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import statistics
 import time
 import uuid
@@ -34,7 +37,8 @@ from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
 from lcdsl.store.model import bind_saved_spec, load_compressed, read_compressed
 from lcdsl.store.probe import PROBE_SIZE, check_probe, model_outputs
 from lcdsl.training.batch import forward
-from lcdsl.training.data import Dataset, load_data
+from lcdsl.training.data import DATASETS, Dataset, load_data
+from lcdsl.training.zoo import MODELS
 
 __all__ = ["add_parser", "run", "size_table", "median_latency"]
 
@@ -51,8 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("dir", metavar="DIR", help="the output folder of 'lcdsl compress' (holds compressed.pt)")
     parser.add_argument("--out", metavar="PATH", help="the file to write (default DIR/model.lcz)")
-    parser.add_argument("--model", metavar="M", help="the model (default: the one the run names)")
-    parser.add_argument("--data", metavar="D", help="the data set that sizes the model (default: the run's)")
+    parser.add_argument(
+        "--model", metavar="M",
+        help="the model: built-in, or module:function (runs that module's code); default: the run's, if built in",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", metavar="D",
+        help="the data set that sizes the model (module:function runs that module's code); default: the run's, "
+        "if built in",
+    )  # fmt: skip
     parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files for fashion-mnist / mnist")
     parser.add_argument(
         "--deploy", action="store_true",
@@ -150,17 +161,50 @@ def _check_file(path: Path, out: Path, state: dict[str, Any], model: torch.nn.Mo
     return "loaded back: outputs equal those of compressed.pt (it records no outputs of the model compress evaluated)"
 
 
+def recorded_names(
+    folder: Path, args: argparse.Namespace, *, recorded_model: Any, recorded_data: Any
+) -> tuple[str, str]:
+    """The model and data set to rebuild: ``--model`` / ``--data`` when given, else the names the
+    run folder records, when they are built-ins (a file never chooses code to import).
+
+    Raises:
+        ModelError: a recorded name is not a built-in and the command line gives none; the message
+            is the command line to give instead."""
+    model = args.model or (recorded_model if recorded_model is not None else "lenet300")
+    data = args.data or (recorded_data if recorded_data is not None else "digits")
+    foreign = [
+        f"{what} {name!r}" for what, name, given, builtins in (
+            ("model", model, args.model, MODELS), ("data", data, args.data, DATASETS),
+        ) if not given and not (isinstance(name, str) and name in builtins)
+    ]  # fmt: skip
+    if foreign:
+        words = ["lcdsl", "export", str(folder), "--model", str(model), "--data", str(data)]
+        for option, value in (("--out", args.out), ("--data-dir", args.data_dir)):
+            words += [option, str(value)] if value else []
+        words += [flag for flag, on in (("--deploy", args.deploy), ("--deflate", args.deflate)) if on]
+        raise ModelError(
+            f"{folder} records {' and '.join(foreign)}, which {'is' if len(foreign) == 1 else 'are'} not built in; "
+            "lcdsl never imports code a file names. If you trust that code, name it yourself:\n"
+            f"  {shlex.join(words)}"
+        )
+    return str(model), str(data)
+
+
 def run(args: argparse.Namespace) -> int:
     """Export a run's compressed model; returns the exit code."""
     show = console()
     folder = Path(args.dir)
     compressed_path = folder / "compressed.pt"
     state = read_compressed(compressed_path)
-    report: dict[str, Any] = {}
+    report: Any = {}
     if (folder / "report.json").is_file():
-        report = json.loads((folder / "report.json").read_text())
-    model_name = args.model or state.get("model") or "lenet300"
-    data = load_data(args.data or report.get("data") or "digits", data_dir=args.data_dir)
+        with contextlib.suppress(ValueError, OSError):
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    model_name, data_name = recorded_names(
+        folder, args, recorded_model=state.get("model"),
+        recorded_data=report.get("data") if isinstance(report, dict) else None,
+    )  # fmt: skip
+    data = load_data(data_name, data_dir=args.data_dir)
     model = build_model(model_name, data, seed=0)
     thetas = load_compressed(model, compressed_path)
     spec_text = str(state["spec"])

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
                 changed += 1
         elif args.write:
             if canonical != spec.source:
-                write_atomic(path, lambda fh: fh.write(canonical.encode("utf-8")))
+                # a link is followed: its target is formatted (mode kept), the link stays a link
+                write_atomic(path.resolve(), lambda fh: fh.write(canonical.encode("utf-8")))
                 print(f"{name}: reformatted", file=sys.stderr)
         else:
             sys.stdout.write(canonical)

@@ -3,13 +3,18 @@
 Runs ``lcdsl compress`` once per variant (every combination of the ``--vary`` values), all from
 one reference (``--reference``, or one trained into ``OUT/reference.pt`` and reused), each into
 ``OUT/NN-…/``; then writes ``OUT/sweep.json`` and ``OUT/sweep.png`` (test error against size,
-the reference marked). Variants that finished are not run again unless ``--rerun`` is given.
+the reference marked). A variant that finished is kept on a rerun when it was made from the same
+spec text, settings, model, data and reference (``made-from.json``, :func:`lcdsl.report.sweep.reusable`),
+and run again, saying why, when anything differs; ``--rerun`` runs every variant again. The sweep
+holds the lock on ``OUT`` (:func:`lcdsl.store.atomic.run_lock`), each variant's run the lock on its
+own folder.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -18,8 +23,20 @@ from lcdsl.cli.train import add_model_data_arguments, load_model_data
 from lcdsl.errors import EngineError
 from lcdsl.language.parser import load
 from lcdsl.report.console import console, human_bits
-from lcdsl.report.sweep import canonical, collect, parse_variation, plot_tradeoff, slug, variants, write_result
-from lcdsl.store.atomic import check_writable, write_atomic
+from lcdsl.report.sweep import (
+    MADE_FROM,
+    canonical,
+    collect,
+    made_from,
+    parse_variation,
+    plot_tradeoff,
+    reusable,
+    slug,
+    variants,
+    write_made_from,
+    write_result,
+)  # fmt: skip
+from lcdsl.store.atomic import check_writable, run_lock, write_atomic
 
 __all__ = ["add_parser", "run"]
 
@@ -48,14 +65,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every variant and draw the trade-off; returns the exit code."""
-    from lcdsl.cli import main
-
-    show = console()
     spec = load(args.spec)
     variations = canonical(spec, [parse_variation(text) for text in args.vary])
     todo = variants(spec, variations)
     settings = settings_with_overrides(spec, args)
     folder = check_writable(args.out)
+    with run_lock(folder):
+        return _sweep(args, variations, todo, settings, folder)
+
+
+def _sweep(args: argparse.Namespace, variations: list, todo: list, settings: Any, folder: Path) -> int:
+    from lcdsl.cli import main
+
+    show = console()
     data, model = load_model_data(args, settings.seed)
     for variant in todo:  # every variant must bind before anything is trained
         variant.spec.bind(model)
@@ -70,9 +92,15 @@ def run(args: argparse.Namespace) -> int:
         spec_path = run_dir / "spec.lc"
         write_atomic(spec_path, lambda fh, text=variant.spec.source: fh.write(text.encode("utf-8")))
         runs.append((variant, run_dir))
-        if (run_dir / "report.json").is_file() and (run_dir / "compressed.pt").is_file() and not args.rerun:
+        record = made_from(variant, settings=settings_argv(args), model=args.model, data=data.name,
+                           data_dir=args.data_dir, loss=args.loss, reference=reference_path)  # fmt: skip
+        keep, why = reusable(run_dir, record)
+        if keep and not args.rerun:
             show.print(f"[{index + 1}/{len(todo)}] {variant.label}: done before, kept ({run_dir})")
             continue
+        if why and not args.rerun:
+            show.print(f"[{index + 1}/{len(todo)}] {variant.label}: the results in {run_dir} are {why}: run again")
+        (run_dir / MADE_FROM).unlink(missing_ok=True)  # until this run finishes, nothing there is reusable
         show.rule(f"[{index + 1}/{len(todo)}] {variant.label}")
         argv = ["compress", str(spec_path), "--model", args.model, "--data", args.data, "--device", args.device,
                 "--reference", reference_path, "--out", str(run_dir), *settings_argv(args)]  # fmt: skip
@@ -83,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         code = main(argv)
         if code != 0:
             raise EngineError(f"the run of '{variant.label}' failed (exit code {code}); see its messages above")
+        write_made_from(run_dir, record)
 
     result = collect(runs, reference, spec_path=str(args.spec), variations=variations)
     write_result(folder / "sweep.json", result)

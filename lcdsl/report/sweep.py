@@ -13,10 +13,16 @@ The selector is compared with each rule's selectors in canonical form, whitespac
 combination). Each variant is a whole spec, run by ``lcdsl compress`` against one shared
 reference; :func:`collect` gathers their reports and :func:`plot_tradeoff` draws test error
 against size, with the reference model marked.
+
+A finished variant's folder keeps ``made-from.json`` (:func:`made_from`): its spec text, the
+settings given on the command line, the model, data and loss names, the reference file's sha256
+and the lcdsl version. A variant is kept on a rerun only when all of them are the same
+(:func:`reusable`); otherwise it runs again, and the sweep says what differs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -26,6 +32,7 @@ from typing import Any
 
 import attrs
 
+from lcdsl._version import __version__
 from lcdsl.errors import Diagnostic, EngineError, SpecError
 from lcdsl.formats import SWEEP_FORMAT
 from lcdsl.language.fmt import format_selector, format_value
@@ -45,7 +52,14 @@ __all__ = [
     "collect",
     "plot_tradeoff",
     "write_result",
+    "MADE_FROM",
+    "made_from",
+    "reusable",
+    "write_made_from",
 ]
+
+MADE_FROM = "made-from.json"
+"""The file in a variant's folder that records what its results were made from."""
 
 _HEAD = re.compile(r"^\s*(?P<selector>.+?)\s*:\s*(?P<op>[A-Za-z_]\w*)\.(?P<arg>[A-Za-z_]\w*)\s*$")
 
@@ -272,3 +286,53 @@ def write_result(path: str | Path, result: dict[str, Any]) -> None:
     """Write sweep.json, atomically."""
     text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
     write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def made_from(variant: Variant, *, settings: Sequence[str], model: str, data: str, data_dir: str | None,
+              loss: str | None, reference: str | Path) -> dict[str, Any]:  # fmt: skip
+    """What a variant's results are made from: the record :func:`reusable` compares.
+
+    Args:
+        settings: the settings options given on the command line, as words (``["--lr", "0.1"]``).
+        reference: the reference file; its content counts (sha256), not its name."""
+    return {
+        "spec": variant.spec.source, "settings": list(settings), "model": model, "data": data,
+        "data_dir": data_dir, "loss": loss, "reference_sha256": _sha256(reference), "lcdsl": __version__,
+    }  # fmt: skip
+
+
+def reusable(folder: Path, ours: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the variant results in ``folder`` were made from ``ours`` (and are whole).
+
+    Returns:
+        ``(True, "")`` to keep them; ``(False, why)`` to run the variant again, ``why`` empty
+        when there is nothing to keep."""
+    if not (folder / "report.json").is_file() or not (folder / "compressed.pt").is_file():
+        return False, ""
+    try:
+        saved = json.loads((folder / MADE_FROM).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        return False, f"of unknown origin (no readable {MADE_FROM})"
+    changed = [key for key in ours if saved.get(key) != ours[key]]
+    if changed:
+        names = {"spec": "the spec text", "settings": "the settings", "model": "the model", "data": "the data",
+                 "data_dir": "--data-dir", "loss": "--loss", "reference_sha256": "the reference weights",
+                 "lcdsl": "the lcdsl version"}  # fmt: skip
+        return False, f"stale ({' and '.join(names.get(k, k) for k in changed)} changed)"
+    return True, ""
+
+
+def write_made_from(folder: Path, record: dict[str, Any]) -> None:
+    """Write ``made-from.json`` after the variant's run finished."""
+    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(folder / MADE_FROM, lambda fh: fh.write(text.encode("utf-8")))

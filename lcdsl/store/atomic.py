@@ -5,6 +5,10 @@ the target, so a crash (or a full disk) mid-write leaves the previous file whole
 loads with ``torch.load(weights_only=True)``: tensors and plain data only, no pickled code.
 
 A crash can be injected at the ``save`` point (:mod:`lcdsl.faults`).
+
+A run folder is written by one run at a time: :func:`run_lock` holds an exclusive ``flock`` on
+``FOLDER/.lock`` for the whole run. The kernel releases it when the process ends, however it
+ends, so a run killed with ``kill -9`` never blocks the next one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +26,13 @@ import torch
 from lcdsl.errors import EngineError, LcdslError
 from lcdsl.faults import fault_point
 
-__all__ = ["save_atomic", "write_atomic", "load_checkpoint", "check_writable", "remove_stale_temporaries"]
+__all__ = [
+    "save_atomic", "write_atomic", "load_checkpoint", "check_writable", "remove_stale_temporaries", "run_lock",
+    "LOCK_NAME",
+]  # fmt: skip
+
+LOCK_NAME = ".lock"
+"""The file in a run folder that :func:`run_lock` locks."""
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 """Free space :func:`check_writable` asks for by default."""
@@ -150,3 +160,42 @@ def check_writable(folder: str | os.PathLike[str], *, min_free_bytes: int = MIN_
             f"{folder} has only {free / 2**20:.1f} MiB free; a run needs at least {min_free_bytes / 2**20:.0f} MiB"
         )
     return folder
+
+
+@contextlib.contextmanager
+def run_lock(
+    folder: str | os.PathLike[str], *, hint: str = "wait for it to finish, or choose another --out"
+) -> Iterator[Path]:
+    """Hold an exclusive lock on the run folder ``folder`` (``folder/.lock``) while the block runs.
+
+    The lock is an ``flock``, released by the kernel when the process exits or is killed, so a
+    stale lock file never blocks. The file keeps the holder's pid, for the message only. Where
+    ``fcntl`` does not exist (Windows) nothing is locked.
+
+    Raises:
+        EngineError: another process holds the lock (``hint`` says what to do), or the lock file
+            cannot be opened.
+    """
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield folder
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise EngineError(f"cannot lock {folder}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise EngineError(f"{folder} is in use by another lcdsl run{who}: {hint}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

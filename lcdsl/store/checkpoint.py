@@ -42,6 +42,7 @@ from lcdsl.store.atomic import load_checkpoint
 __all__ = [
     "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "Stateful", "model_weights", "run_checkpoint", "read_run_checkpoint",
     "restore_run_checkpoint", "reference_record", "load_reference", "validate_reference", "validate_run_checkpoint",
+    "differences", "check_reuse",
 ]  # fmt: skip
 
 
@@ -259,3 +260,26 @@ def load_reference(
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: the weights do not fit model '{model_name}': {exc}") from exc
     return {k: v for k, v in state.items() if k != "state_dict"}
+
+
+def differences(saved: Any, ours: dict[str, Any]) -> list[str]:
+    """What differs between what a file was made from (``saved``) and what this run asks for
+    (``ours``), one ``key X → Y`` a difference; a ``saved`` that is not a dict differs whole."""
+    if not isinstance(saved, dict) or not saved:
+        return ["it records nothing of what it was made from"]
+    return [
+        f"{key} {saved.get(key, '(none)')!r} → {ours.get(key, '(none)')!r}"
+        for key in sorted(set(saved) | set(ours), key=str)
+        if saved.get(key) != ours.get(key)
+    ]
+
+
+def check_reuse(path: str | os.PathLike[str], verb: str, saved: Any, ours: dict[str, Any], *, hint: str) -> None:
+    """Refuse to reuse the file ``path`` when what it was made from differs from what this run asks for.
+
+    Raises:
+        ModelError: ``{path} was {verb} with other settings than this run asks for (seed 0 → 1): {hint}``.
+    """
+    changed = differences(saved, ours)
+    if changed:
+        raise ModelError(f"{path} was {verb} with other settings than this run asks for ({'; '.join(changed)}): {hint}")
