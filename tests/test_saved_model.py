@@ -387,3 +387,24 @@ def test_the_run_checkpoint_layout_lives_in_the_store(tmp_path):
     save_atomic({**state, "format": 99}, tmp_path / "other.pt")
     with pytest.raises(EngineError, match="not an lcdsl checkpoint of format 1"):
         read_run_checkpoint(tmp_path / "other.pt")
+
+
+# ------------------------------------------------------------------------------ damaged θ
+
+
+@pytest.mark.parametrize("kind", ["compressed.pt", ".lcz"])
+def test_an_out_of_range_theta_is_refused_before_any_weight_is_written(tmp_path, kind):
+    net = trained_net()
+    plan, thetas = compressed(net)
+    conv = next(t.name for t in plan.tasks if t.name.startswith("conv"))
+    bad = {**thetas, conv: {**thetas[conv], "assignments": thetas[conv]["assignments"].clone().fill_(7)}}  # k=2
+    path = tmp_path / ("compressed.pt" if kind == "compressed.pt" else "model.lcz")
+    if kind == "compressed.pt":
+        save_atomic(compressed_state(net, plan, bad, spec_text=SPEC, model_name="bn"), path)
+    else:
+        export_model(net, plan, bad, path, spec_text=SPEC)
+    fresh = fresh_net()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ModelError, match=r"θ of task conv.weight does not fit the model: .*assignments"):
+        load_compressed(fresh, path) if kind == "compressed.pt" else load_lcz(path, fresh)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # nothing written

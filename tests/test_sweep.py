@@ -147,3 +147,13 @@ def test_cli_sweep_checks_every_variant_before_training(tmp_path, capsys):
     assert code == 2
     assert "rank=500 is above min(m, n)" in capsys.readouterr().err
     assert not (out / "reference.pt").exists()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{\"size\": 3}", "{\"size\": {}, \"final\": {}}", "not json"])
+def test_a_variant_report_that_is_not_a_run_report_is_an_engine_error(tmp_path, text):
+    spec = lcdsl.parse("fc1 : prune(l0=5%)")
+    variation = parse_variation("fc1: prune.l0=[5%]")
+    (variant,) = variants(spec, [variation])
+    (tmp_path / "report.json").write_text(text)
+    with pytest.raises(EngineError, match="report.json"):
+        collect([(variant, tmp_path)], {}, spec_path="base.lc", variations=[variation])

@@ -207,12 +207,32 @@ def _json_value(value: Value) -> Any:
     return value if isinstance(value, (int, float, str, bool)) else format_value(value)
 
 
+_REPORT_KEYS = {"size": ("bits_before", "bits_after", "ratio"), "final": ("test_error", "train_error")}
+"""What :func:`collect` reads of each variant's report.json."""
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    """A variant's report.json, checked to hold what :func:`collect` reads.
+
+    Raises:
+        EngineError: it is not JSON, or not an object with those keys."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"{path}: cannot read it as JSON: {exc}") from exc
+    for section, keys in _REPORT_KEYS.items():
+        part = report.get(section) if isinstance(report, dict) else None
+        if not isinstance(part, dict) or any(key not in part for key in keys):
+            raise EngineError(f"{path}: not the report.json of an lcdsl run ('{section}' lacks {', '.join(keys)})")
+    return report
+
+
 def collect(runs: Sequence[tuple[Variant, Path]], reference: dict[str, Any], *, spec_path: str,
             variations: Sequence[Variation]) -> dict[str, Any]:  # fmt: skip
     """sweep.json's content from the variants' ``report.json`` files.
 
     Raises:
-        EngineError: a variant's report is missing.
+        EngineError: a variant's report is missing or malformed.
     """
     rows = []
     bits_before = None
@@ -220,7 +240,7 @@ def collect(runs: Sequence[tuple[Variant, Path]], reference: dict[str, Any], *, 
         path = folder / "report.json"
         if not path.is_file():
             raise EngineError(f"{path}: missing (did the run of '{variant.label}' fail?)")
-        report = json.loads(path.read_text())
+        report = _read_report(path)
         size, final = report["size"], report["final"]
         bits_before = size["bits_before"]
         rows.append({

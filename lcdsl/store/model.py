@@ -46,7 +46,7 @@ from torch import nn
 from lcdsl.errors import ModelError
 from lcdsl.formats import COMPRESSED_FORMAT
 from lcdsl.language.parser import parse
-from lcdsl.operators.base import Operator, Theta, describe
+from lcdsl.operators.base import Operator, Theta, check_saved_theta, describe
 from lcdsl.operators.bitpack import decode_tensor, encode_tensor
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import buffers_by_name, parameters_by_name
@@ -137,18 +137,29 @@ def check_operator(
 
 
 @torch.no_grad()
-def write_theta(task: Task, params: list[torch.Tensor], theta: Theta, *, where: str) -> Theta:
-    """Set a task's parameters to ``Δ(θ)``; returns ``θ`` on the parameters' device.
-
-    Raises:
-        ModelError: ``θ`` does not decompress to the task's shape (``where`` names the file).
-    """
-    theta = {k: v.to(params[0].device) for k, v in theta.items()}
+def _checked(task: Task, theta: Any, device: torch.device, where: str) -> tuple[Theta, torch.Tensor]:
+    """A θ read from a file, on ``device``, and its ``Δ(θ)`` in the task's view, after
+    :func:`~lcdsl.operators.base.check_saved_theta` (named finite tensors the operator accepts,
+    e.g. no codebook assignment past k, decompressing to the task's view)."""
+    if not isinstance(theta, dict) or not all(isinstance(v, torch.Tensor) for v in theta.values()):
+        raise ModelError(f"{where}: θ of task {task.name} is not a dict of named tensors")
+    theta = {k: v.to(device) for k, v in theta.items()}
     try:
-        view = task.view
-        view.scatter(task.operator.decompress(theta, view.shape), params)
+        return theta, check_saved_theta(task.operator, theta, task.view.shape)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise ModelError(f"{where}: θ of task {task.name} does not fit the model: {exc}") from exc
+
+
+@torch.no_grad()
+def write_theta(task: Task, params: list[torch.Tensor], theta: Theta, *, where: str) -> Theta:
+    """Set a task's parameters to ``Δ(θ)`` of a θ read from a file (checked first, see
+    :func:`_checked`); returns ``θ`` on the parameters' device.
+
+    Raises:
+        ModelError: ``θ`` is malformed or does not decompress to the task's shape (``where`` names the file).
+    """
+    theta, delta = _checked(task, theta, params[0].device, where)
+    task.view.scatter(delta, params)
     return theta
 
 
@@ -175,8 +186,10 @@ def restore_model(
 ) -> dict[str, Theta]:
     """Write a saved model into ``model``: ``Δ(θ)`` per task, the dense parameters, the buffers.
 
-    The names and shapes of the dense parameters and buffers are checked before anything is
-    written. ``buffers=None`` (a format 1 file) leaves the model's buffers as they are.
+    Everything is checked before anything is written: the names and shapes of the dense parameters
+    and buffers, and every task's θ (decompressed once, so a load holds Δ(θ) of the compressed
+    tensors beside the model for a moment). ``buffers=None`` (a format 1 file) leaves the model's
+    buffers as they are.
 
     Args:
         plan: the saved spec bound to ``model`` (:func:`bind_saved_spec`); every task's operator
@@ -196,15 +209,17 @@ def restore_model(
     _check_tensors("dense parameter", dense, params, plan.dense, where)
     if buffers is not None:
         _check_tensors("buffer", buffers, own_buffers, list(own_buffers), where)
-    out: dict[str, Theta] = {}
+    checked = {
+        task.name: _checked(task, thetas[task.name], params[task.parameters[0]].device, where) for task in plan.tasks
+    }
     with torch.no_grad():
         for task in plan.tasks:
-            out[task.name] = write_theta(task, [params[n] for n in task.parameters], thetas[task.name], where=where)
+            task.view.scatter(checked[task.name][1], [params[n] for n in task.parameters])
         for name, value in dense.items():
             params[name].copy_(value)
         for name, value in (buffers or {}).items():
             own_buffers[name].copy_(value)
-    return out
+    return {name: theta for name, (theta, _) in checked.items()}
 
 
 def pack_theta(theta: Theta) -> tuple[Theta, dict[str, dict[str, Any]]]:
