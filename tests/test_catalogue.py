@@ -406,7 +406,7 @@ def evil_registry(monkeypatch):
             pm.add_plugin(lcdsl.operators.builtin, "builtin", info.distribution, info.version)
     pm.add_plugin(_EvilPlugin(), "evil", "lcdsl-evil", "6.6.6")
     registry = Registry.load(plugin_manager=pm)
-    for user in ("lcdsl.plan.binder", "lcdsl.plugins.origin"):  # where the default registry is asked for
+    for user in ("lcdsl.plan.calls", "lcdsl.plugins.origin"):  # where the default registry is asked for
         monkeypatch.setattr(f"{user}.default_registry", lambda: registry)
     return registry
 
@@ -736,7 +736,7 @@ def broken_ops_registry(monkeypatch):
     pm.add_plugin(lcdsl.operators.builtin, "builtin", "lcdsl", "0")
     pm.add_plugin(_BrokenOpsPlugin(), "bugs", "lcdsl-bugs", "0.1")
     registry = Registry.load(plugin_manager=pm)
-    for user in ("lcdsl.plan.binder", "lcdsl.plugins.origin"):
+    for user in ("lcdsl.plan.calls", "lcdsl.plugins.origin"):
         monkeypatch.setattr(f"{user}.default_registry", lambda: registry)
     return registry
 
