@@ -15,6 +15,7 @@ the previous file is left as it was::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from lcdsl.errors import ModelError
 
-__all__ = ["PROBE_SIZE", "PROBE_VALUES", "PROBE_TOLERANCE", "model_outputs", "probe_outputs", "check_probe"]
+__all__ = ["PROBE_SIZE", "PROBE_VALUES", "PROBE_TOLERANCE", "field_of", "logits_of", "model_outputs", "probe_outputs", "check_probe"]
 
 PROBE_SIZE = 16
 """How many test inputs the probe batch holds at most (the first ones of the test split)."""
@@ -37,18 +38,35 @@ the same θ, dense parameters and buffers give the same outputs on one device; t
 another device's kernels. A lost BatchNorm statistic moves the outputs by far more."""
 
 
+def field_of(outputs: Any, name: str) -> Any:
+    """``outputs[name]`` of a mapping (a dict, a ``ModelOutput``), else the attribute, else None."""
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def logits_of(outputs: Any) -> torch.Tensor | None:
+    """The class scores of a model's outputs: the tensor itself, ``.logits``/``["logits"]``, or None."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = field_of(outputs, "logits")
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    return None
+
+
 def model_outputs(out: Any) -> torch.Tensor:
-    """The tensor of a forward's result: the tensor itself, or the ``logits`` of a Hugging Face
-    ``ModelOutput`` or a dict.
+    """The tensor of a forward's result (:func:`logits_of`: the tensor itself, the ``logits`` of a
+    Hugging Face ``ModelOutput`` or a dict, a tuple's first tensor).
 
     Raises:
         ModelError: the result holds no such tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise ModelError(f"the model returned {type(out).__name__}, not a tensor or something with logits")
+    logits = logits_of(out)
+    if logits is None:
+        raise ModelError(f"the model returned {type(out).__name__}, not a tensor or something with logits")
+    return logits
 
 
 def _digest(x: torch.Tensor) -> str:

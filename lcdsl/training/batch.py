@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcdsl.errors import ModelError
+from lcdsl.store.probe import field_of as _field
+from lcdsl.store.probe import logits_of
 
 __all__ = [
     "Batch", "LossFn", "to_device", "forward", "labels_of", "logits_of", "batch_loss", "batch_len", "is_classification",
@@ -71,24 +73,6 @@ def labels_of(batch: Batch) -> torch.Tensor | None:
         return None
     if isinstance(batch, (tuple, list)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
         return batch[1]
-    return None
-
-
-def _field(outputs: Any, name: str) -> Any:
-    if isinstance(outputs, Mapping):
-        return outputs.get(name)
-    return getattr(outputs, name, None)
-
-
-def logits_of(outputs: Any) -> torch.Tensor | None:
-    """The class scores of a model's outputs: the tensor itself, ``.logits``/``["logits"]``, or None."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    logits = _field(outputs, "logits")
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
-        return outputs[0]
     return None
 
 
