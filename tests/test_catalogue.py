@@ -396,19 +396,22 @@ class _EvilPlugin:
         return [Raises, WrongShape, WrongDtype, NonFinite, NotTensors]
 
 
-@pytest.fixture
-def evil_registry(monkeypatch):
-    pm = PluginManager()
-    for info in default_registry().plugins:
-        if info.name == "builtin":
-            import lcdsl.operators.builtin
+def _default_registry_with(monkeypatch, plugin: object, name: str, distribution: str, version: str) -> Registry:
+    """The built-ins and ``plugin``, made the default registry where lcdsl asks for it."""
+    import lcdsl.operators.builtin
 
-            pm.add_plugin(lcdsl.operators.builtin, "builtin", info.distribution, info.version)
-    pm.add_plugin(_EvilPlugin(), "evil", "lcdsl-evil", "6.6.6")
+    pm = PluginManager()
+    pm.add_plugin(lcdsl.operators.builtin, "builtin", "lcdsl", lcdsl.__version__)
+    pm.add_plugin(plugin, name, distribution, version)
     registry = Registry.load(plugin_manager=pm)
     for user in ("lcdsl.plan.calls", "lcdsl.plugins.origin"):  # where the default registry is asked for
         monkeypatch.setattr(f"{user}.default_registry", lambda: registry)
     return registry
+
+
+@pytest.fixture
+def evil_registry(monkeypatch):
+    return _default_registry_with(monkeypatch, _EvilPlugin(), "evil", "lcdsl-evil", "6.6.6")
 
 
 PLUGIN_CASES = [
@@ -730,15 +733,7 @@ class _BrokenOpsPlugin:
 
 @pytest.fixture
 def broken_ops_registry(monkeypatch):
-    import lcdsl.operators.builtin
-
-    pm = PluginManager()
-    pm.add_plugin(lcdsl.operators.builtin, "builtin", "lcdsl", "0")
-    pm.add_plugin(_BrokenOpsPlugin(), "bugs", "lcdsl-bugs", "0.1")
-    registry = Registry.load(plugin_manager=pm)
-    for user in ("lcdsl.plan.calls", "lcdsl.plugins.origin"):
-        monkeypatch.setattr(f"{user}.default_registry", lambda: registry)
-    return registry
+    return _default_registry_with(monkeypatch, _BrokenOpsPlugin(), "bugs", "lcdsl-bugs", "0.1")
 
 
 BROKEN_OPERATOR_CASES = [

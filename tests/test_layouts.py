@@ -347,6 +347,19 @@ def test_the_builtins_declare_their_layouts_through_the_hook():
 # ---------------------------------------------------------------- the engine on a Conv1D
 
 
+def assert_in_place_gradient_is_autograds(engine, params) -> None:
+    """``add_penalty_grad`` gives each parameter the gradient autograd gives ``penalty()``."""
+    for p in params:
+        p.grad = None
+    engine.penalty().backward()
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    engine.add_penalty_grad()
+    for p, want in zip(params, expected):
+        assert torch.allclose(p.grad, want, atol=1e-6)
+
+
 @pytest.mark.parametrize("operator", ["lowrank(rank=3)", "prune(l0=40%, by=rows)", "prune(l0=50%, by=channels)"])
 @pytest.mark.parametrize("penalty", ["augmented-lagrangian", "quadratic"])
 def test_the_penalty_gradient_on_a_conv1d_equals_autograds(operator, penalty):
@@ -362,26 +375,10 @@ def test_the_penalty_gradient_on_a_conv1d_equals_autograds(operator, penalty):
     engine.c_step()
     engine.multiplier_step()
     params = engine.parameters
-    for p in params:
-        p.grad = None
-    engine.penalty().backward()
-    expected = [p.grad.clone() for p in params]
-    for p in params:
-        p.grad = None
-    engine.add_penalty_grad()
-    for p, want in zip(params, expected):
-        assert torch.allclose(p.grad, want, atol=1e-6)
+    assert_in_place_gradient_is_autograds(engine, params)
     # λ is updated in place: the cached per-parameter views see it without a copy
     engine.multiplier_step()
-    for p in params:
-        p.grad = None
-    engine.penalty().backward()
-    expected = [p.grad.clone() for p in params]
-    for p in params:
-        p.grad = None
-    engine.add_penalty_grad()
-    for p, want in zip(params, expected):
-        assert torch.allclose(p.grad, want, atol=1e-6)
+    assert_in_place_gradient_is_autograds(engine, params)
 
 
 def test_project_takes_a_layout():
