@@ -55,11 +55,15 @@ from lcdsl.plugins.origin import versions
 from lcdsl.store.atomic import write_atomic
 from lcdsl.store.fields import ExportSizes, Field, decode_field, decode_theta, encode_model, field_limit
 from lcdsl.store.model import bind_saved_spec, check_operator, restore_model
+from lcdsl.store.safetensors_file import export_safetensors
 
 if TYPE_CHECKING:
     from lcdsl.plugins.registry import Registry
 
-__all__ = ["MAGIC", "LCZ_FORMAT", "ExportSizes", "export_model", "read_manifest", "load_lcz"]
+__all__ = ["MAGIC", "LCZ_FORMAT", "EXPORT_FORMATS", "ExportSizes", "export_model", "read_manifest", "load_lcz"]
+
+EXPORT_FORMATS = ("lcz", "safetensors")
+"""The files :func:`export_model` writes."""
 
 _READABLE = (1, LCZ_FORMAT)
 """The manifest formats :func:`read_manifest` accepts (format 1: operators by ``repr``, no buffers)."""
@@ -98,8 +102,11 @@ def export_model(
     extra: dict[str, Any] | None = None,
     deflate: bool = False,
     registry: Registry | None = None,
+    format: str = "lcz",
 ) -> ExportSizes:
-    """Write ``θ`` of every task of ``plan``, ``model``'s dense parameters and its buffers to a ``.lcz`` file.
+    """Write ``θ`` of every task of ``plan``, ``model``'s dense parameters and its buffers to a
+    ``.lcz`` file, or with ``format="safetensors"`` to a ``.safetensors`` file
+    (:func:`~lcdsl.store.safetensors_file.export_safetensors`; the same fields, one tensor each).
 
     Args:
         model: the model (only its parameters that no task compresses, and its buffers, are read).
@@ -112,13 +119,22 @@ def export_model(
         deflate: deflate each field where that makes it smaller (the payload then no longer
             matches the plan's bits).
         registry: where the plan's operators came from (default: the installed plugins).
+        format: ``"lcz"`` or ``"safetensors"``.
 
     Returns:
-        The sizes; they are in the manifest too.
+        The sizes; they are in the manifest (the metadata) too.
 
     Raises:
-        ModelError: ``thetas`` lacks a task, or an operator's ``encode`` gives a bad field.
+        ModelError: ``thetas`` lacks a task, an operator's ``encode`` gives a bad field, the
+            format is unknown, or ``deflate`` is asked of a safetensors file.
     """
+    if format == "safetensors":
+        if deflate:
+            raise ModelError("deflate applies to .lcz files: a safetensors file's tensors are read as they are")
+        return export_safetensors(model, plan, thetas, path, spec_text=spec_text, model_name=model_name,
+                                  extra=extra, registry=registry)  # fmt: skip
+    if format != "lcz":
+        raise ModelError(f"unknown export format {format!r} (known: {', '.join(EXPORT_FORMATS)})")
     encoded = encode_model(model, plan, thetas, spec_text=spec_text, registry=registry)
     payload = _Payload(deflate)
     tasks = [
