@@ -275,7 +275,7 @@ def refused(path: Path, match: str) -> None:
         load_safetensors(path, LeNet300())
 
 
-def test_broken_frames_are_model_errors(good, tmp_path):
+def test_broken_frames_are_model_errors(good, lenet_files, tmp_path):
     path, _, _ = good
     blob = path.read_bytes()
     bad = tmp_path / "frame.safetensors"
@@ -290,6 +290,9 @@ def test_broken_frames_are_model_errors(good, tmp_path):
         bad.write_bytes(data)
         refused(bad, message)
     refused(tmp_path / "missing.safetensors", "cannot read")
+    refused(lenet_files["lenet300-mixed"][-1].with_suffix(".lcz"), "an .lcz file, not a safetensors one")
+    with pytest.raises(ModelError, match="a safetensors file, not an .lcz one"):
+        load_lcz(path, LeNet300())
     plain = tmp_path / "plain.safetensors"
     plain.write_bytes(safetensors.torch.save({"fc1.weight": torch.zeros(300, 784)}))
     refused(plain, "no text metadata")

@@ -203,6 +203,8 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
         raise ModelError(f"{path}: not an .lcz file (too short)")
     magic, length = _HEADER.unpack_from(blob)
     if magic != MAGIC:
+        if blob[8:10] == b'{"':  # a safetensors file: an 8-byte header length, then its JSON
+            raise ModelError(f"{path}: a safetensors file, not an .lcz one: load it with load_safetensors")
         raise ModelError(f"{path}: not an .lcz file (it starts with {magic!r}, not {MAGIC!r})")
     if _HEADER.size + length > len(blob):
         raise ModelError(f"{path}: truncated (the manifest runs past the end of the file)")

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from lcdsl.errors import ModelError
-from lcdsl.formats import SAFETENSORS_FORMAT
+from lcdsl.formats import MAGIC, SAFETENSORS_FORMAT
 from lcdsl.operators.base import FLOAT_BITS, Theta
 from lcdsl.operators.bitpack import decode_tensor, encode_raw
 from lcdsl.plan.model import Plan
@@ -190,6 +190,8 @@ def _read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str
             start = fh.read(_LENGTH.size)
             if len(start) < _LENGTH.size:
                 raise ModelError(f"{path}: not a safetensors file (too short)")
+            if start.startswith(MAGIC):
+                raise ModelError(f"{path}: an .lcz file, not a safetensors one: load it with load_lcz")
             (length,) = _LENGTH.unpack(start)
             if length > MAX_HEADER_BYTES:
                 raise ModelError(f"{path}: not an lcdsl safetensors file (its header would take {length:,} bytes, "
