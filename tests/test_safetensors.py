@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lcdsl
 from lcdsl.cli import main
@@ -383,3 +385,82 @@ def test_cli_export_format_safetensors_writes_and_checks(tmp_path, capsys):
     assert main(["export", str(run)]) == 0  # the default stays .lcz
     load_lcz(run / "model.lcz", lcz)
     assert torch.equal(lcz.fc1.weight, fresh.fc1.weight)
+
+
+# --------------------------------------------------------------------------- fuzzing the loader
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory):
+    """A 64-input LeNet300 under the demo's mix (additive terms, low rank, codebooks), as bytes."""
+    torch.manual_seed(0)
+    model = LeNet300(in_features=64)
+    plan, thetas, spec = compressed(model, "fc1 : quant(k=2) + prune(l0=1%)\nfc2 : lowrank(rank=6)\nfc3 : quant(k=2)\n")
+    path = tmp_path_factory.mktemp("fuzz") / "small.safetensors"
+    export_model(model, plan, thetas, path, spec_text=spec.source, format="safetensors")
+    return path  # a path, not its bytes: hypothesis prints the arguments of a failing example
+
+
+def loads_or_refuses(tmp_path: Path, data: bytes) -> None:
+    """Reading and loading ``data`` either work or raise an lcdsl error; nothing else escapes."""
+    path = tmp_path / "fuzzed.safetensors"
+    path.write_bytes(data)
+    for read in (read_safetensors_manifest, lambda p: load_safetensors(p, LeNet300(in_features=64))):
+        try:
+            read(path)
+        except LcdslError:
+            pass
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_flipped_bytes_are_loaded_or_refused_never_a_crash(small_file, tmp_path_factory, data):
+    blob = bytearray(small_file.read_bytes())
+    (length,) = struct.unpack_from("<Q", blob)
+    # mostly the header, where a flip changes what the loader is told; sometimes the data
+    end = data.draw(st.sampled_from([8 + length, len(blob)]), label="region")
+    for at in data.draw(st.lists(st.integers(0, end - 1), min_size=1, max_size=4), label="positions"):
+        blob[at] = data.draw(st.integers(0, 255), label="byte")
+    loads_or_refuses(tmp_path_factory.mktemp("flip"), bytes(blob))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+"""Any JSON value: what a hostile file can put where the loader expects a number, list or table."""
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_hostile_metadata_values_are_loaded_or_refused_never_a_crash(small_file, tmp_path_factory, data):
+    """One value anywhere in the ``plan`` or ``codecs`` metadata, or in safetensors' own table of
+    tensors, replaced by any JSON value."""
+    blob = small_file.read_bytes()
+    (length,) = struct.unpack_from("<Q", blob)
+    header = json.loads(blob[8 : 8 + length])
+    key = data.draw(st.sampled_from(["plan", "codecs", "table"]), label="key")
+    tree = header if key == "table" else json.loads(header["__metadata__"][key])
+    node, path = tree, []
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans(), label="deeper"):
+        choices = sorted(k for k in node if k != "__metadata__") if isinstance(node, dict) else range(len(node))
+        if not choices:
+            break
+        step = data.draw(st.sampled_from(choices), label="step")
+        path.append(step)
+        node = node[step]
+    replacement = data.draw(JSON_VALUES, label="value")
+    if not path:
+        tree = {"__metadata__": header["__metadata__"]} if key == "table" else replacement
+    else:
+        parent = tree
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = replacement
+    if key != "table":
+        header["__metadata__"] = {**header["__metadata__"], key: json.dumps(tree)}
+        tree = header
+    text = json.dumps(tree).encode()
+    fuzzed = struct.pack("<Q", len(text)) + text + blob[8 + length :]
+    loads_or_refuses(tmp_path_factory.mktemp("meta"), fuzzed)

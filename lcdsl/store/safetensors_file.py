@@ -256,8 +256,13 @@ def read_safetensors_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         entry = header.get(name)
         if not isinstance(entry, dict):
             raise ModelError(f"{where}: the metadata names a tensor '{name}' that the file lacks")
-        dtype = _DTYPE_NAMES.get(entry.get("dtype"), entry.get("dtype"))
-        codec = codecs.get(name) or {"codec": "raw", "dtype": dtype, "shape": entry.get("shape")}
+        dtype = entry.get("dtype")
+        dtype = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        codec = codecs.get(name)
+        if codec is None:  # stored as it is
+            codec = {"codec": "raw", "dtype": dtype, "shape": entry.get("shape")}
+        elif not isinstance(codec, dict):
+            raise ModelError(f"{where}: damaged metadata: the codec of '{name}' is {type(codec).__name__}, not a table")
         return {"tensor": name, **codec, "length": _length(entry)}
 
     def numel(entry: dict[str, Any]) -> int:
@@ -276,7 +281,7 @@ def read_safetensors_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
                  "params_after": t["params"], "bits_after": t["bits"]} for t in tasks]  # fmt: skip
         compressed = sum(math.prod(s) for t in tasks for s in t["shapes"])
         dense_params = sum(numel(entry) for entry in dense.values())
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ModelError(f"{where}: damaged metadata: {exc!r}") from exc
     buffer_bytes = sum(entry["length"] for entry in buffers.values())
     known = all(isinstance(row["bits_after"], int) for row in rows)
@@ -352,7 +357,7 @@ def load_safetensors(
     saved_tasks = _json(metadata, "plan", list, where)
     codecs = _json(metadata, "codecs", dict, where)
     plan = bind_saved_spec(metadata.get("spec"), model, where=where, registry=registry)
-    by_name = {t.get("name"): t for t in saved_tasks if isinstance(t, dict)}
+    by_name = {t["name"]: t for t in saved_tasks if isinstance(t, dict) and isinstance(t.get("name"), str)}
     if len(by_name) != len(saved_tasks) or set(by_name) != {task.name for task in plan.tasks}:
         ours = ", ".join(t.name for t in plan.tasks) or "none"
         raise ModelError(f"{where}: the tasks saved ({', '.join(map(str, by_name)) or 'none'}) are not those the "
