@@ -114,7 +114,8 @@ def test_the_manifest_matches_the_lcz_one(lenet_files):
     for ours, theirs in zip(manifest["tasks"], twin["tasks"]):
         assert ours["operator"] == theirs["operator"] and ours["plugin"] == theirs["plugin"] == "builtin"
         for key, field in ours["fields"].items():
-            assert field["length"] == theirs["fields"][key]["length"] and field["codec"] == theirs["fields"][key]["codec"]
+            twin_field = theirs["fields"][key]
+            assert field["length"] == twin_field["length"] and field["codec"] == twin_field["codec"]
     for key in ("bits_after", "dense_params", "dense"):
         assert manifest["plan"][key] == twin["plan"][key]
     for key in ("dense_bytes", "predicted_bytes", "payload_bytes", "buffer_bytes"):

@@ -122,7 +122,8 @@ def export_model(
         format: ``"lcz"`` or ``"safetensors"``.
 
     Returns:
-        The sizes; they are in the manifest (the metadata) too.
+        The sizes (an ``.lcz`` manifest records them;
+        :func:`~lcdsl.store.safetensors_file.read_safetensors_manifest` derives them).
 
     Raises:
         ModelError: ``thetas`` lacks a task, an operator's ``encode`` gives a bad field, the
