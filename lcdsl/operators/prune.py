@@ -6,10 +6,10 @@ Every form is an exact projection:
 - ``prune(l1=κ)``: Euclidean projection on the L1 ball of radius κ (Duchi et al., 2008);
 - ``prune(l0_penalty=α)``: hard threshold ``√(2α/μ)``;
 - ``prune(l1_penalty=α)``: soft threshold ``α/μ``;
-
-  (the penalty forms keep nothing at μ = 0, the limit μ → 0⁺: see
-  :meth:`lcdsl.operators.base.Operator.project`);
 - ``prune(l0=κ, by=rows|filters|channels)``: keep the κ groups of largest L2 norm.
+
+The two penalty forms keep nothing at μ = 0, the limit μ → 0⁺ (the convention of
+:meth:`lcdsl.operators.base.Operator.project`).
 """
 
 from __future__ import annotations
