@@ -4,9 +4,10 @@ Under DDP every rank holds the same ``w`` and ``λ``, so any rank can solve any 
 same ``θ``; under FSDP every rank can gather any task's whole target. Repeating every C step on
 every rank wastes ``world − 1`` ranks' time; :class:`SharedCSteps` gives each task to one rank:
 
-1. **cost** (:func:`c_step_cost`): the task's weights × its operator's cost per weight — an
-   operator's own ``c_step_cost(shape)`` when it has one, else ``n·min(rows, cols)`` for a
-   ``"matrix"`` view (an SVD) and ``n·log₂ n`` for the others (sorts, the k-means DP);
+1. **cost** (:func:`c_step_cost`): the task's weights × its operator's cost per weight, in
+   units of sorting one weight — an operator's own ``c_step_cost(shape)`` when it has one
+   (``quant``: ``n·log₂ n·log₂ k``), else ``n·min(rows, cols)/32`` for a ``"matrix"`` view (a
+   truncated SVD) and ``n·log₂ n`` for the others (selections and sorts);
 2. **assignment** (:func:`assign_tasks`): longest-processing-time first: tasks by falling cost
    (ties: plan order), each to the rank with the least load so far (ties: the lower rank). Plain
    arithmetic on the plan's shapes, so every rank computes the same assignment with no message;
@@ -56,7 +57,9 @@ def c_step_cost(task: Task) -> float:
         return float(custom(shape))
     n = math.prod(shape)
     if task.view.kind == "matrix":
-        return float(n * min(shape))  # a (truncated) SVD of a rows × cols matrix
+        # a truncated SVD through the Gram matrix: n·min(rows, cols) multiply-adds, in BLAS, which
+        # does ~32 of them in the time the sort-like kernels take a step (bench/cstep_ranks.py)
+        return float(n * min(shape)) / 32
     return float(n * max(1.0, math.log2(max(n, 1))))  # sorting the weights
 
 
