@@ -243,26 +243,30 @@ class Engine(EngineState, EngineLoop):
                 target = self._c_step_target(state, mu)  # a collective: every rank takes part
                 if solves[index]:
                     gathered[index] = target  # only the task's solver keeps it
-        solved: dict[int, tuple[Theta, torch.Tensor]] = {}
+        solved: dict[int, tuple[Theta, torch.Tensor]] = {}  # kept for the sharing's broadcasts
         for index, state in enumerate(self._tasks):
             if not solves[index]:
                 continue
             self.events.emit("c_step_task", engine=self, step=step, index=index + 1, total=len(self._tasks),
                              task=state.task)  # fmt: skip
             target = gathered.pop(index) if index in gathered else self._c_step_target(state, mu)
-            solved[index] = _checked_projection(state, target, mu)  # Δ(θ): the whole view
+            theta, delta = _checked_projection(state, target, mu)  # Δ(θ): the whole view
             del target
             fault_point("c_step")
+            self._adopt(state, theta, delta)
+            if sharing is not None:
+                solved[index] = (theta, delta)
         if sharing is not None:
-            solved = sharing.exchange(self, solved)
-        for index, state in enumerate(self._tasks):
-            theta, delta = solved[index]
-            state.theta = theta
-            state.delta = state.tensors.shard(delta)
-            if state.lam is None:
-                state.lam = torch.zeros_like(state.delta)
-            self.thetas[state.task.name] = theta
+            sharing.exchange(self, solved, lambda index, theta, delta: self._adopt(self._tasks[index], theta, delta))
         self._targets = self._param_views = None
+
+    def _adopt(self, state: _TaskState, theta: Theta, delta: torch.Tensor) -> None:
+        """A task's new ``θ`` and whole view-shaped ``Δ(θ)``, kept in the task's state layout."""
+        state.theta = theta
+        state.delta = state.tensors.shard(delta)
+        if state.lam is None:
+            state.lam = torch.zeros_like(state.delta)
+        self.thetas[state.task.name] = theta
 
     def _c_step_target(self, state: _TaskState, mu: float) -> torch.Tensor:
         """``w − λ/μ`` (``w`` while ``μ = 0`` or in quadratic mode) as the whole view-shaped

@@ -59,7 +59,8 @@ def broadcast_state(engine: Engine, src: int = 0) -> None:
     rank, world = rank_and_world()
     if world == 1:
         return
-    box = [engine.state_dict() if rank == src else None]
+    state = engine.state_dict()  # on every rank: for sharded tasks it all-gathers λ
+    box = [state if rank == src else None]
     dist.broadcast_object_list(box, src=src)
     if rank != src:
         engine.load_state_dict(box[0])

@@ -187,7 +187,6 @@ def task_tensors(task_name: str, view: View, params: Sequence[nn.Parameter]) -> 
             "shard all of a joint task's modules, or none"
         )
     import torch.distributed as dist
-
     from torch.distributed.tensor import Shard
 
     world = dist.get_world_size() if dist.is_initialized() else 1

@@ -20,7 +20,7 @@ every rank wastes ``world − 1`` ranks' time; :class:`SharedCSteps` gives each 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -43,10 +43,14 @@ class CStepSharing(Protocol):
         """Per task, in plan order: whether this rank solves it."""
 
     def exchange(
-        self, engine: Engine, solved: dict[int, tuple[Theta, torch.Tensor]]
-    ) -> dict[int, tuple[Theta, torch.Tensor]]:
-        """This rank's solved tasks (index → θ and the whole view-shaped Δ(θ)) in, every task's
-        out (collective)."""
+        self,
+        engine: Engine,
+        solved: dict[int, tuple[Theta, torch.Tensor]],
+        receive: Callable[[int, Theta, torch.Tensor], None],
+    ) -> None:
+        """Send this rank's solved tasks (index → θ and the whole view-shaped Δ(θ)) to the
+        others, and call ``receive(index, θ, Δ(θ))`` for each task another rank solved, one at
+        a time (collective)."""
 
 
 def c_step_cost(task: Task) -> float:
@@ -107,25 +111,26 @@ class SharedCSteps:
         return [owner == self.rank for owner in self.owners]
 
     def exchange(
-        self, engine: Engine, solved: dict[int, tuple[Theta, torch.Tensor]]
-    ) -> dict[int, tuple[Theta, torch.Tensor]]:
+        self,
+        engine: Engine,
+        solved: dict[int, tuple[Theta, torch.Tensor]],
+        receive: Callable[[int, Theta, torch.Tensor], None],
+    ) -> None:
         if self.world == 1:
-            return solved
+            return
         # what each owner will send: θ's keys, shapes and dtypes (Δ(θ)'s are the view's)
         mine = {
-            index: [(key, tuple(theta[key].shape), str(theta[key].dtype).removeprefix("torch.")) for key in sorted(theta)]
+            index: [(key, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in sorted(theta.items())]
             for index, (theta, _) in solved.items()
         }
         everyone: list[dict[int, list[tuple[str, tuple[int, ...], str]]] | None] = [None] * self.world
         dist.all_gather_object(everyone, mine)
         layouts = {index: layout for part in everyone for index, layout in (part or {}).items()}
-        result: dict[int, tuple[Theta, torch.Tensor]] = {}
         for index, (state, owner) in enumerate(zip(engine._tasks, self.owners)):
             if owner == self.rank:
                 theta, delta = solved[index]
                 buffer = torch.cat([_as_bytes(theta[key]) for key, _, _ in layouts[index]] + [_as_bytes(delta)])
                 dist.broadcast(buffer, src=owner)
-                result[index] = (theta, delta)
                 continue
             device = state.tensors.local_params(state.params)[0].device
             dtype = state.params[0].dtype
@@ -138,6 +143,5 @@ class SharedCSteps:
                 chunk.clone().view(dt).reshape(shape)  # a copy: its own storage, aligned for `dt`
                 for chunk, (_, shape, dt) in zip(torch.split(buffer, sizes), parts)
             ]
-            theta = {key: t for (key, _, _), t in zip(parts[:-1], tensors[:-1])}
-            result[index] = (theta, tensors[-1])
-        return result
+            del buffer
+            receive(index, {key: t for (key, _, _), t in zip(parts[:-1], tensors[:-1])}, tensors[-1])
