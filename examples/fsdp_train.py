@@ -26,7 +26,6 @@ import argparse
 import os
 from pathlib import Path
 
-import attrs
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -104,8 +103,9 @@ def main() -> None:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         dist.init_process_group(args.backend)
     rank, world = rank_and_world()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if args.backend == "nccl" else torch.device("cpu")
-    if device.type == "cuda":
+    device = torch.device("cpu")
+    if args.backend == "nccl":  # one GPU a process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
 
     model = tiny_gpt2()

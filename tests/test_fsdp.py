@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from test_ddp import env, torchrun  # noqa: E402  (the torchrun command and the environment)
+from test_ddp import env, torchrun  # the torchrun command and the environment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "fsdp_train.py"

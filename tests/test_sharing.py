@@ -156,3 +156,35 @@ def test_a_joint_task_half_sharded_is_refused(one_rank) -> None:
     fully_shard(model.fc1)  # fc2 stays a plain module: its bias is not a DTensor
     with pytest.raises(EngineError, match=r"task \[fc1.bias, fc2.bias\]: some of its parameters are sharded"):
         Engine(model, parse(SPEC).bind(network()))
+
+
+def test_a_sharded_checkpoint_loads_into_plain_modules_and_refuses_another_plan(one_rank, tmp_path) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    from lcdsl.store.sharded import load_sharded, save_sharded
+
+    sharded = network()
+    fully_shard(sharded.fc1)
+    fully_shard(sharded)
+    plan = parse(SPEC).bind(network())
+    engine = run(sharded, plan)
+    save_sharded(tmp_path / "ck", sharded, engine)
+    save_sharded(tmp_path / "ck", sharded, engine)  # again at the same step: replaces its data folder
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["data-2", "manifest.pt"]
+
+    plain = network()
+    restored = Engine(plain, plan)
+    manifest = load_sharded(tmp_path / "ck", plain, restored)
+    assert manifest["world_size"] == 1 and restored.step == engine.step == 2
+    for a, b in zip(plain.parameters(), sharded.parameters()):
+        assert torch.equal(a, b.full_tensor())
+    ours, theirs = restored.state_dict(), engine.state_dict()
+    for task in ours["lambdas"]:
+        assert torch.equal(ours["lambdas"][task], theirs["lambdas"][task])
+        assert all(torch.equal(v, theirs["thetas"][task][k]) for k, v in ours["thetas"][task].items())
+
+    other = network()
+    with pytest.raises(EngineError, match="cannot resume: the checkpoint was made for other tasks"):
+        load_sharded(tmp_path / "ck", other, Engine(other, parse("fc1 : quant(k=3)").bind(other)))
+    with pytest.raises(EngineError, match="no such file"):
+        load_sharded(tmp_path / "nothing", other, Engine(other, plan))
