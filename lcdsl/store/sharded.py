@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lcdsl.engine.core import Engine
+from lcdsl.engine.distributed import rank_and_world
 from lcdsl.errors import EngineError
 from lcdsl.formats import SHARDED_FORMAT
 from lcdsl.plan.names import parameters_by_name
@@ -40,12 +41,6 @@ __all__ = ["SHARDED_FORMAT", "MANIFEST", "save_sharded", "load_sharded"]
 
 MANIFEST = "manifest.pt"
 """The file of a sharded checkpoint folder that says what the checkpoint is."""
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _barrier() -> None:
@@ -75,7 +70,7 @@ def save_sharded(folder: str | os.PathLike[str], model: nn.Module, engine: Engin
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     folder = Path(folder)
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     state = engine.state_dict(shards=True)
     lambdas = state.pop("lambdas")
     data = f"data-{engine.step}"
