@@ -38,7 +38,7 @@ from lcdsl.store.atomic import save_atomic
 from lcdsl.store.sharded import load_sharded, save_sharded
 
 SPEC = """
-mu         = geometric(start=1e-3, factor=2.0, steps=4)
+mu         = geometric(start=0.05, factor=3.0, steps=4)
 lr         = 0.05
 batch_size = 16
 epochs     = 1
