@@ -366,7 +366,7 @@ def show(results: dict[str, Any], plain: dict[str, Any], console: Console) -> No
 
 def _over_seeds(runs: list[dict[str, Any]], seeds: list[int | None]) -> dict[str, Any]:
     """One row from its runs: the first run's record, with the median final error over seeds and
-    every seed's final error beside it."""
+    every seed's final error and final distortion beside it."""
     if len(runs) == 1:
         return runs[0]
     finals = [r["final_error"] for r in runs]
@@ -375,6 +375,7 @@ def _over_seeds(runs: list[dict[str, Any]], seeds: list[int | None]) -> dict[str
         "final_error": float(np.median(finals)),
         "seeds": seeds,
         "final_errors": finals,
+        "distortions_last": [r["distortion_last"] for r in runs],
         "seconds": float(np.mean([r["seconds"] for r in runs])),
     }
 
