@@ -22,6 +22,11 @@ constant                  the file, what it holds, who writes and reads it
                           data order, the reference's metadata, history.
                           :mod:`lcdsl.store.checkpoint` writes it after every LC step and reads
                           it back for ``--resume``.
+:data:`SHARDED_FORMAT`    ``manifest.pt`` of a sharded checkpoint folder: the engine state
+                          without λ, the world size that wrote it, the name of the
+                          ``torch.distributed.checkpoint`` folder beside it that holds the
+                          model's and λ's tensors (one per parameter, resharded on load).
+                          :mod:`lcdsl.store.sharded` writes and reads it.
 :data:`REFERENCE_FORMAT`  ``reference.pt`` (``lcdsl train``, or cached by ``lcdsl compress``):
                           model and data names, the model's ``state_dict``, recipe, per-epoch
                           history, test and train error. :mod:`lcdsl.store.checkpoint`.
@@ -48,7 +53,7 @@ plan, sizes and versions as text. :mod:`lcdsl.store.safetensors_file` writes and
 from __future__ import annotations
 
 __all__ = [
-    "STATE_FORMAT", "DRIVER_FORMAT", "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "COMPRESSED_FORMAT",
+    "STATE_FORMAT", "DRIVER_FORMAT", "CHECKPOINT_FORMAT", "SHARDED_FORMAT", "REFERENCE_FORMAT", "COMPRESSED_FORMAT",
     "LCZ_FORMAT", "MAGIC", "SAFETENSORS_FORMAT", "REPORT_FORMAT", "SWEEP_FORMAT",
 ]  # fmt: skip
 
@@ -61,6 +66,9 @@ DRIVER_FORMAT = 2
 
 CHECKPOINT_FORMAT = 1
 """``checkpoint.pt``, the run checkpoint of ``lcdsl compress``."""
+
+SHARDED_FORMAT = 1
+"""``manifest.pt`` of a sharded (FSDP) checkpoint folder (:mod:`lcdsl.store.sharded`)."""
 
 REFERENCE_FORMAT = 1
 """``reference.pt``, a reference model's weights and record."""

@@ -6,7 +6,9 @@
 - :mod:`.state`: ``state_dict`` / ``load_state_dict`` and the plan's fingerprint;
 - :mod:`.events`: the event bus and the per-step record;
 - :mod:`.driver`: the schedule for trainers that own the loop (Lightning, Hugging Face);
-- :mod:`.distributed`: DDP helpers.
+- :mod:`.distributed`: DDP helpers, and sharing C steps across ranks;
+- :mod:`.shards`: where a task's Δ(θ) and λ live (whole, or a rank's shards of FSDP2 parameters);
+- :mod:`.sharing`: the tasks' costs, their assignment to ranks, the θ broadcast.
 """
 
 from lcdsl.engine.core import Engine

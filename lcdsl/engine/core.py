@@ -22,6 +22,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 
 from lcdsl.engine.events import EventBus, StepRecord
 from lcdsl.engine.loop import EngineLoop
+from lcdsl.engine.shards import TaskTensors, local_of, reshard, sum_over_ranks, task_tensors
 from lcdsl.engine.state import EngineState, plan_fingerprint
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.faults import fault_point
@@ -38,6 +40,9 @@ from lcdsl.plan.names import parameters_by_name
 from lcdsl.plan.settings import Settings
 from lcdsl.plugins.manager import PluginRaised, plugin_code
 from lcdsl.plugins.origin import operator_origin
+
+if TYPE_CHECKING:
+    from lcdsl.engine.sharing import CStepSharing
 
 __all__ = ["Engine"]
 
@@ -49,9 +54,10 @@ class _TaskState:
     task: Task
     params: list[nn.Parameter]
     view: View
+    tensors: TaskTensors  # the state layout: the view's shape, or this rank's shards (FSDP)
     theta: Theta | None = None
-    delta: torch.Tensor | None = None  # Δ(θ), shape = view shape, no grad
-    lam: torch.Tensor | None = None  # λ, shape = view shape
+    delta: torch.Tensor | None = None  # Δ(θ) in the state layout, no grad
+    lam: torch.Tensor | None = None  # λ in the state layout
 
 
 def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
@@ -135,6 +141,9 @@ class Engine(EngineState, EngineLoop):
         self._step_started = time.perf_counter()
         self._mu_before_step = 0.0
         self._tasks = self._bind(model, plan)
+        self.c_step_sharing: CStepSharing | None = None
+        """Who solves which task's C step and how the others receive its θ and Δ(θ); None: this
+        process solves every task (see :func:`lcdsl.engine.distributed.share_c_steps`)."""
 
     @staticmethod
     def _bind(model: nn.Module, plan: Plan) -> list[_TaskState]:
@@ -162,7 +171,7 @@ class Engine(EngineState, EngineLoop):
                 view = task.view  # an unknown view, or shapes the view cannot take
             except ValueError as exc:
                 raise EngineError(f"task {task.name}: {exc}") from exc
-            states.append(_TaskState(task, params, view))
+            states.append(_TaskState(task, params, view, task_tensors(task.name, view, params)))
         return states
 
     # ----------------------------------------------------------------- state
@@ -215,32 +224,63 @@ class Engine(EngineState, EngineLoop):
         self.history = []
         for state in self._tasks:
             state.theta = None
-            state.lam = torch.zeros_like(state.view.gather(state.params))
+            state.lam = torch.zeros_like(state.tensors.local(state.params))
         self.thetas = {}
         self.c_step()
 
     @torch.no_grad()
     def c_step(self) -> None:
         """``θ ← Π(w − λ/μ)`` per task (target ``w`` while ``μ = 0``), warm-started from the
-        previous ``θ``; then ``Δ(θ)`` is recomputed."""
+        previous ``θ``; then ``Δ(θ)`` is recomputed.
+
+        With :attr:`c_step_sharing` set, this rank solves only the tasks assigned to it and the
+        sharing hands every rank the others' ``θ`` and ``Δ(θ)``. A sharded (FSDP) task's target
+        is all-gathered first, by every rank in task order, before any rank solves."""
         mu = self._mu
         step = self.step + 1 if mu > 0 else self.step  # the LC step this C step ends (0: direct)
-        for index, state in enumerate(self._tasks, start=1):
-            self.events.emit("c_step_task", engine=self, step=step, index=index, total=len(self._tasks),
+        sharing = self.c_step_sharing
+        solves = sharing.assignment(self) if sharing is not None else [True] * len(self._tasks)
+        gathered: dict[int, torch.Tensor] = {}
+        for index, state in enumerate(self._tasks):
+            if state.tensors.sharded:
+                target = self._c_step_target(state, mu)  # a collective: every rank takes part
+                if solves[index]:
+                    gathered[index] = target  # only the task's solver keeps it
+        solved: dict[int, tuple[Theta, torch.Tensor]] = {}  # kept for the sharing's broadcasts
+        for index, state in enumerate(self._tasks):
+            if not solves[index]:
+                continue
+            self.events.emit("c_step_task", engine=self, step=step, index=index + 1, total=len(self._tasks),
                              task=state.task)  # fmt: skip
-            w = state.view.gather(state.params)
-            if mu > 0 and state.lam is not None and not self.quadratic:
-                target = w - state.lam / mu
-            else:
-                target = w.clone()  # the operator must never alias a live parameter
-            theta, delta = _checked_projection(state, target, mu)
+            target = gathered.pop(index) if index in gathered else self._c_step_target(state, mu)
+            theta, delta = _checked_projection(state, target, mu)  # Δ(θ): the whole view
+            del target
             fault_point("c_step")
-            state.theta = theta
-            state.delta = delta
-            if state.lam is None:
-                state.lam = torch.zeros_like(w)
-            self.thetas[state.task.name] = theta
+            self._adopt(state, theta, delta)
+            if sharing is not None:
+                solved[index] = (theta, delta)
+        if sharing is not None:
+            sharing.exchange(self, solved, lambda index, theta, delta: self._adopt(self._tasks[index], theta, delta))
         self._targets = self._param_views = None
+
+    def _adopt(self, state: _TaskState, theta: Theta, delta: torch.Tensor) -> None:
+        """A task's new ``θ`` and whole view-shaped ``Δ(θ)``, kept in the task's state layout."""
+        state.theta = theta
+        state.delta = state.tensors.shard(delta)
+        if state.lam is None:
+            state.lam = torch.zeros_like(state.delta)
+        self.thetas[state.task.name] = theta
+
+    def _c_step_target(self, state: _TaskState, mu: float) -> torch.Tensor:
+        """``w − λ/μ`` (``w`` while ``μ = 0`` or in quadratic mode) as the whole view-shaped
+        tensor: a fresh tensor (the operator must never alias a live parameter), all-gathered
+        from the shards of a sharded task."""
+        w = state.tensors.local(state.params)
+        if mu > 0 and state.lam is not None and not self.quadratic:
+            target = w - state.lam / mu
+        else:
+            target = w.clone()
+        return state.tensors.full(target)
 
     @torch.no_grad()
     def multiplier_step(self) -> None:
@@ -249,25 +289,26 @@ class Engine(EngineState, EngineLoop):
         if self.quadratic or self._mu == 0:
             return
         for state in self._tasks:
-            state.lam.sub_(self._mu * (state.view.gather(state.params) - state.delta))
+            state.lam.sub_(self._mu * (state.tensors.local(state.params) - state.delta))
         self._targets = None
 
     def penalty(self) -> torch.Tensor:
         """``Σ_tasks μ/2 ‖w − Δ(θ) − λ/μ‖²``: add it to the L step's loss.
 
         Differentiable in ``w``: its gradient is ``μ (w − Δ(θ)) − λ``. A 0-dim tensor on the
-        parameters' device; 0 while ``μ = 0``.
+        parameters' device; 0 while ``μ = 0``. For sharded (FSDP) tasks it is this rank's share
+        of the sum (over its shards), which gives the right gradient on those shards.
         """
         fault_point("l_step")
         start = time.perf_counter()
         mu = self._mu
         if mu == 0 or not self._tasks:
-            device = self._tasks[0].params[0].device if self._tasks else None
+            device = local_of(self._tasks[0].params[0]).device if self._tasks else None
             return torch.zeros((), device=device)
         self._require_theta("penalty()")
         total = None
         for state, target in zip(self._tasks, self._penalty_targets()):
-            term = (state.view.gather(state.params) - target).pow(2).sum()  # one flat op per task
+            term = (state.tensors.local(state.params) - target).pow(2).sum()  # one flat op per task
             total = term if total is None else total + term
         out = (mu / 2) * total
         self._penalty_seconds += time.perf_counter() - start
@@ -294,7 +335,7 @@ class Engine(EngineState, EngineLoop):
             self._param_views = [
                 (p, delta, lam)
                 for s in self._tasks
-                for p, delta, lam in zip(s.params, s.view.split(s.delta), s.view.split(s.lam))
+                for p, delta, lam in zip(s.params, s.tensors.split(s.delta), s.tensors.split(s.lam))
             ]
         views = [v for v in self._param_views if v[0].requires_grad]  # frozen ones: only compressed
         if not views:
@@ -302,9 +343,9 @@ class Engine(EngineState, EngineLoop):
         for p, _, _ in views:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p, _, _ in views]
+        grads = [local_of(p.grad) for p, _, _ in views]  # a sharded parameter: its local shard only
         # three fused passes and no temporaries: the engine keeps Δ(θ) and λ, nothing more
-        torch._foreach_add_(grads, [p for p, _, _ in views], alpha=mu)  # + μ w
+        torch._foreach_add_(grads, [local_of(p) for p, _, _ in views], alpha=mu)  # + μ w
         torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
         if not self.quadratic:
             torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
@@ -321,11 +362,17 @@ class Engine(EngineState, EngineLoop):
 
     @torch.no_grad()
     def distortion(self) -> float:
-        """``Σ_tasks ‖w − Δ(θ)‖²`` (one device sync)."""
+        """``Σ_tasks ‖w − Δ(θ)‖²`` (one device sync; one all-reduce when tasks are sharded)."""
         self._require_theta("distortion()")
         if not self._tasks:
             return 0.0
-        total = sum((s.view.gather(s.params) - s.delta).double().pow(2).sum() for s in self._tasks)
+
+        def squares(s: _TaskState) -> torch.Tensor:
+            return (s.tensors.local(s.params) - s.delta).double().pow(2).sum()
+
+        total = sum(squares(s) for s in self._tasks if not s.tensors.sharded)
+        if any(s.tensors.sharded for s in self._tasks):
+            total = total + sum_over_ranks(sum(squares(s) for s in self._tasks if s.tensors.sharded))
         return float(total)
 
     @contextlib.contextmanager
@@ -338,24 +385,33 @@ class Engine(EngineState, EngineLoop):
         """
         self._require_theta("compressed()")
         with torch.no_grad():
-            saved = [[p.detach().clone() for p in s.params] for s in self._tasks]
+            self._before_writing_shards()
+            saved = [[p.detach().clone() for p in s.tensors.local_params(s.params)] for s in self._tasks]
             for state in self._tasks:
-                state.view.scatter(state.delta, state.params)
+                state.tensors.scatter(state.delta, state.params)
         try:
             yield
         finally:
             with torch.no_grad():
+                self._before_writing_shards()
                 for state, copies in zip(self._tasks, saved):
-                    for p, copy in zip(state.params, copies):
+                    for p, copy in zip(state.tensors.local_params(state.params), copies):
                         p.copy_(copy)
 
     @torch.no_grad()
     def finalize(self) -> dict[str, Theta]:
         """``w ← Δ(θ)`` for good. Returns ``θ`` by task name (what gets stored)."""
         self._require_theta("finalize()")
+        self._before_writing_shards()
         for state in self._tasks:
-            state.view.scatter(state.delta, state.params)
+            state.tensors.scatter(state.delta, state.params)
         return dict(self.thetas)
+
+    def _before_writing_shards(self) -> None:
+        """FSDP keeps a module's gathered parameters after a forward without backward; free them,
+        so that the next forward gathers what the engine writes into the shards."""
+        if any(s.tensors.sharded for s in self._tasks):
+            reshard(self.model)
 
     def storage(self) -> list[tuple[Task, Storage | None]]:
         """Per task, the size of its ``θ`` (the predicted size before any C step)."""

@@ -13,6 +13,13 @@ whose results are not bit-reproducible (some GPU kernels), and a bug. For those:
 
 Every function is a no-op (or returns 0) without an initialised process group, so the same
 script runs with and without ``torchrun``.
+
+:func:`share_c_steps` (opt-in) makes the ranks share the C steps instead of each repeating
+them all: each task is solved by one rank, chosen by cost, and its ``θ`` and ``Δ(θ)`` are
+broadcast (:mod:`lcdsl.engine.sharing`). Every rank still ends each C step with the bits one
+process computes. FSDP2-sharded parameters (``fully_shard``) need nothing more: the engine keeps
+their ``Δ(θ)`` and ``λ`` as local shards (:mod:`lcdsl.engine.shards`) and gathers a task's
+whole tensor only for its C step.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import torch.distributed as dist
 from torch import nn
 
 from lcdsl.engine.core import Engine
+from lcdsl.engine.shards import is_sharded
+from lcdsl.engine.sharing import SharedCSteps
 from lcdsl.errors import EngineError
 from lcdsl.plan.names import unwrap
 
-__all__ = ["broadcast_state", "check_same", "rank_and_world", "sync_engine"]
+__all__ = ["broadcast_state", "check_same", "rank_and_world", "share_c_steps", "sync_engine"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -50,15 +59,38 @@ def broadcast_state(engine: Engine, src: int = 0) -> None:
     rank, world = rank_and_world()
     if world == 1:
         return
-    box = [engine.state_dict() if rank == src else None]
+    state = engine.state_dict()  # on every rank: for sharded tasks it all-gathers λ
+    box = [state if rank == src else None]
     dist.broadcast_object_list(box, src=src)
     if rank != src:
         engine.load_state_dict(box[0])
 
 
+def share_c_steps(engine: Engine) -> SharedCSteps:
+    """From the next C step on, each of ``engine``'s tasks is solved by one rank and its ``θ``
+    and ``Δ(θ)`` broadcast to the others. Call it on every rank, after building the engine.
+
+    Returns:
+        The sharing: ``.owners`` (the rank solving each task, in plan order) and ``.costs``.
+
+    Raises:
+        EngineError: the ranks' engines were built for different plans.
+    """
+    rank, world = rank_and_world()
+    if world > 1:
+        fingerprints: list[str | None] = [None] * world
+        dist.all_gather_object(fingerprints, engine.fingerprint)
+        if len(set(fingerprints)) != 1:
+            raise EngineError("cannot share C steps: the ranks' engines were built for different plans")
+    sharing = SharedCSteps(engine.tasks, rank, world)
+    engine.c_step_sharing = sharing
+    return sharing
+
+
 def _named_tensors(model: nn.Module, engine: Engine | None) -> Iterator[tuple[str, torch.Tensor]]:
     for name, p in unwrap(model).named_parameters():
-        yield name, p.detach()
+        if not is_sharded(p):  # a shard differs between ranks by design
+            yield name, p.detach()
     if engine is not None:
         for task, theta in engine.thetas.items():
             for key in sorted(theta):

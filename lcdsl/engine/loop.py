@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lcdsl.engine.events import StepRecord
+from lcdsl.engine.shards import is_sharded, local_of, sum_over_ranks
 from lcdsl.errors import EngineError
 from lcdsl.plan.names import unwrap
 
@@ -32,8 +33,11 @@ class EngineLoop:
             raise EngineError(f"{where}: the L step's loss is {loss}; lower the learning rate or μ")
         with torch.no_grad():
             named = list(unwrap(self.model).named_parameters())
-            finite = [torch.isfinite(p).all() for _, p in named]
-            if named and bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
+            finite = [torch.isfinite(local_of(p)).all() for _, p in named]  # a shard: this rank's numbers
+            everywhere = bool(torch.stack([f.to(finite[0].device) for f in finite]).all()) if named else True
+            if any(is_sharded(p) for _, p in named):  # every rank must stop together, or none
+                everywhere = bool(sum_over_ranks(torch.tensor(float(not everywhere))) == 0)
+            if everywhere:
                 return  # one device sync when all is well
             for (name, _), ok in zip(named, finite):
                 if not bool(ok):
@@ -41,6 +45,7 @@ class EngineLoop:
                         f"{where}: parameter '{name}' has non-finite values; "
                         "lower the learning rate or μ"
                     )
+            raise EngineError(f"{where}: another rank's shards have non-finite values; lower the learning rate or μ")
 
     def _evaluate(self, evaluate: Callable[[Engine], dict[str, float]] | None) -> dict[str, float]:
         if evaluate is None:

@@ -84,10 +84,16 @@ class EngineState:
         """Each task's name, operator and plugin: what a saved state must match to be loaded."""
         return [_task_entry(s.task) for s in self._tasks]
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, shards: bool = False) -> dict[str, Any]:
         """The whole LC state as tensors and plain data (``torch.save`` /
         ``torch.load(weights_only=True)``). The model's weights and the optimizer are not in it:
-        save them beside it."""
+        save them beside it.
+
+        A sharded (FSDP) task's ``λ`` is all-gathered into its whole view (a collective: call it
+        on every rank), so the state is the same as one process's. With ``shards=True`` every
+        task's ``λ`` is instead a list of one tensor a parameter (a ``DTensor`` for a sharded
+        task: no communication), what a sharded checkpoint (:mod:`lcdsl.store.sharded`) saves;
+        ``load_state_dict`` takes either form, whichever way the tasks are sharded now."""
         return {
             "format": STATE_FORMAT,
             "fingerprint": self.fingerprint,
@@ -99,12 +105,38 @@ class EngineState:
             "step": self.step,
             "mu": self._mu,
             "converged": self.converged,
-            "lambdas": {s.task.name: s.lam.detach().clone() for s in self._tasks if s.lam is not None},
+            "lambdas": {s.task.name: self._saved_lambda(s, shards) for s in self._tasks if s.lam is not None},
             "thetas": {
                 name: {k: v.detach().clone() for k, v in theta.items()} for name, theta in self.thetas.items()
             },
             "history": [r.to_dict() for r in self.history],
         }
+
+    def _saved_lambda(self, s: Any, shards: bool) -> torch.Tensor | list[torch.Tensor]:
+        """A task's ``λ`` as :meth:`state_dict` saves it: the whole view-shaped tensor, or with
+        ``shards`` one tensor a parameter (a DTensor for a sharded task)."""
+        if not shards:
+            return s.tensors.full(s.lam).detach().clone()
+        pieces = s.tensors.pieces(s.lam) if s.tensors.sharded else s.view.split(s.lam)
+        return [piece.detach().clone() for piece in pieces]
+
+    def _loaded_lambda(self, s: Any, lam: Any) -> torch.Tensor:
+        """A saved ``λ`` (the whole view, or one tensor a parameter) in the task's state layout."""
+        name = s.task.name
+        if isinstance(lam, (list, tuple)):
+            try:
+                if s.tensors.sharded:
+                    return s.tensors.from_pieces(lam)
+                shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in lam]
+                if shapes != [tuple(shape) for shape in s.view.shapes]:
+                    raise ValueError(f"pieces of shapes {shapes}, expected {list(s.view.shapes)}")
+                return s.view.gather(lam).clone()
+            except ValueError as exc:
+                raise EngineError(f"cannot resume: engine.lambdas['{name}']: {exc}") from None
+        if not isinstance(lam, torch.Tensor) or tuple(lam.shape) != s.view.shape:
+            found = f"shape {tuple(lam.shape)}" if isinstance(lam, torch.Tensor) else type(lam).__name__
+            raise EngineError(f"cannot resume: engine.lambdas['{name}'] has {found}, expected shape {s.view.shape}")
+        return s.tensors.shard(lam)
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -178,13 +210,8 @@ class EngineState:
                 if name not in thetas:
                     s.theta = s.delta = s.lam = None
                     continue
-                device = s.params[0].device
-                lam = lambdas[name]
-                if not isinstance(lam, torch.Tensor) or tuple(lam.shape) != s.view.shape:
-                    found = f"shape {tuple(lam.shape)}" if isinstance(lam, torch.Tensor) else type(lam).__name__
-                    raise EngineError(
-                        f"cannot resume: engine.lambdas['{name}'] has {found}, expected shape {s.view.shape}"
-                    )
+                device = s.tensors.local_params(s.params)[0].device
+                lam = self._loaded_lambda(s, lambdas[name])
                 if not lam.is_floating_point() or not bool(torch.isfinite(lam).all()):
                     raise EngineError(f"cannot resume: engine.lambdas['{name}'] is not finite floating-point numbers")
                 try:
@@ -193,7 +220,7 @@ class EngineState:
                     raise EngineError(f"cannot resume: engine.thetas['{name}']: {exc}") from None
                 s.theta = {k: v.to(device) for k, v in thetas[name].items()}
                 s.lam = lam.to(device=device, dtype=s.params[0].dtype)
-                s.delta = s.task.operator.decompress(s.theta, s.view.shape).detach()
+                s.delta = s.tensors.shard(s.task.operator.decompress(s.theta, s.view.shape).detach())
         self.thetas = {s.task.name: s.theta for s in self._tasks if s.theta is not None}
         self.step = step
         self._mu = mu

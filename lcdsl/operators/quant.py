@@ -99,6 +99,14 @@ class Quant(Operator):
         """Whether the codebook is learned (``k``/``bits``) rather than given."""
         return self.codebook is None
 
+    def c_step_cost(self, shape: tuple[int, ...]) -> float:
+        """The C step's cost, in units of sorting one weight (``n·log₂ n`` for ``n`` weights),
+        for sharing C steps across ranks: the k-means DP's layers add about one ``log₂ k``
+        factor (measured on the CPU kernel for k = 2 … 16, ``bench/cstep_ranks.py``)."""
+        n = math.prod(shape)
+        sort = n * max(1.0, math.log2(max(n, 1)))
+        return sort * max(1.0, math.log2(self.size)) if self.adaptive else sort
+
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the flat target ``w`` (``(n,)``); ``mu`` and ``warm`` do not change the answer
         and are not used."""

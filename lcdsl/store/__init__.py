@@ -8,7 +8,8 @@ the run checkpoint and reference file.
 - :mod:`.lcz`: the compact ``.lcz`` file;
 - :mod:`.safetensors_file`: the same fields as a ``.safetensors`` file;
 - :mod:`.probe`: the compressed model's outputs on a probe batch, which ``lcdsl export`` checks;
-- :mod:`.checkpoint`: ``checkpoint.pt`` (resuming a run) and ``reference.pt``.
+- :mod:`.checkpoint`: ``checkpoint.pt`` (resuming a run) and ``reference.pt``;
+- :mod:`.sharded`: checkpoints of FSDP2-sharded runs (each rank's shards and a manifest).
 
 Every layout's version is in :mod:`lcdsl.formats`. Everything loads with
 ``torch.load(weights_only=True)`` or from plain bytes: no pickled code.
