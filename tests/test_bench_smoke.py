@@ -79,10 +79,10 @@ def test_overhead_pieces_on_digits() -> None:
     assert plain["seconds"] > 0 and lc["cpu_seconds"] > 0
     assert 0 < lc["c_step_seconds"] < lc["seconds"] and 0 < lc["penalty_seconds"] < lc["l_step_seconds"]
     counted = lc["engine_bytes"]
-    # the LC state beside w: Δ(θ) and λ, one copy each of the compressed weights; the in-place
-    # penalty gradient caches no target
-    assert counted["delta"] == counted["lambda"] == counted["weights"] > 0
-    assert counted["penalty_target"] == 0
+    # the LC state beside w: λ, one copy of the compressed weights; Δ(θ) of quant(k=2) is rebuilt
+    # from θ where it is used (delta = "auto"), and the in-place penalty gradient caches no target
+    assert counted["lambda"] == counted["weights"] > 0
+    assert counted["delta"] == counted["penalty_target"] == 0
 
 
 def test_resnet_quick_runs_and_writes_its_numbers(tmp_path: Path) -> None:

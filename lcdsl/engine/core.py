@@ -1,9 +1,10 @@
 """The LC engine: the Learning-Compression algorithm's pieces, for any trainer to drive.
 
 The engine keeps, per task of a :class:`~lcdsl.plan.Plan`: its :class:`~lcdsl.operators.View`,
-``Δ(θ)`` and ``λ`` as tensors of the view's shape, and ``θ``. The weights ``w`` are never copied:
-each use gathers the view from the model's live parameters. Everything stays on the parameters'
-device.
+``λ`` as a tensor of the view's shape, ``θ``, and ``Δ(θ)`` unless it rebuilds it from ``θ`` where
+it is used (:mod:`lcdsl.engine.memory`: the ``delta`` and ``lambda_dtype`` settings). The weights
+``w`` are never copied: each use reads the model's live parameters. Everything stays on the
+parameters' device.
 
 The pieces (see ``docs/engine.md`` for a training loop that uses them):
 
@@ -29,10 +30,11 @@ from torch import nn
 
 from lcdsl.engine.events import EventBus, StepRecord
 from lcdsl.engine.loop import EngineLoop
+from lcdsl.engine.memory import TaskState, keeps_delta, lambda_dtype, nbytes, state_bytes
 from lcdsl.engine.state import EngineState, plan_fingerprint
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.faults import fault_point
-from lcdsl.operators.base import Storage, Theta, View
+from lcdsl.operators.base import Storage, Theta
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
 from lcdsl.plan.settings import Settings
@@ -42,19 +44,7 @@ from lcdsl.plugins.origin import operator_origin
 __all__ = ["Engine"]
 
 
-@attrs.define
-class _TaskState:
-    """A task, its live parameters, and its engine state (all tensors in the task's view)."""
-
-    task: Task
-    params: list[nn.Parameter]
-    view: View
-    theta: Theta | None = None
-    delta: torch.Tensor | None = None  # Δ(θ), shape = view shape, no grad
-    lam: torch.Tensor | None = None  # λ, shape = view shape
-
-
-def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
+def _checked_projection(state: TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
     """``θ = Π(target)`` and ``Δ(θ)``, refusing what breaks the operator contract.
 
     Raises:
@@ -134,10 +124,10 @@ class Engine(EngineState, EngineLoop):
         self._penalty_seconds = 0.0
         self._step_started = time.perf_counter()
         self._mu_before_step = 0.0
-        self._tasks = self._bind(model, plan)
+        self._tasks = self._bind(model, plan, self.settings)
 
     @staticmethod
-    def _bind(model: nn.Module, plan: Plan) -> list[_TaskState]:
+    def _bind(model: nn.Module, plan: Plan, settings: Settings) -> list[TaskState]:
         by_name = parameters_by_name(model)
         claimed: dict[str, str] = {}
         states = []
@@ -162,7 +152,8 @@ class Engine(EngineState, EngineLoop):
                 view = task.view  # an unknown view, or shapes the view cannot take
             except ValueError as exc:
                 raise EngineError(f"task {task.name}: {exc}") from exc
-            states.append(_TaskState(task, params, view))
+            lam = lambda_dtype(settings.lambda_dtype, params[0].dtype)
+            states.append(TaskState(task, params, view, keeps_delta(settings.delta, task), lam))
         return states
 
     # ----------------------------------------------------------------- state
@@ -211,8 +202,8 @@ class Engine(EngineState, EngineLoop):
         self.converged = False
         self.history = []
         for state in self._tasks:
-            state.theta = None
-            state.lam = torch.zeros_like(state.view.gather(state.params))
+            state.set_theta(None)
+            state.zero_lambda()
         self.thetas = {}
         self.c_step()
 
@@ -225,17 +216,15 @@ class Engine(EngineState, EngineLoop):
         for index, state in enumerate(self._tasks, start=1):
             self.events.emit("c_step_task", engine=self, step=step, index=index, total=len(self._tasks),
                              task=state.task)  # fmt: skip
-            w = state.view.gather(state.params)
-            if mu > 0 and state.lam is not None and not self.quadratic:
-                target = w - state.lam / mu
-            else:
-                target = w.clone()  # the operator must never alias a live parameter
+            # w − λ/μ (w at μ = 0), a new tensor: the operator must never alias a live parameter
+            target = state.target(mu, use_lambda=mu > 0 and state.lam is not None and not self.quadratic)
             theta, delta = _checked_projection(state, target, mu)
+            del target
             fault_point("c_step")
-            state.theta = theta
-            state.delta = delta
+            state.set_theta(theta, delta)  # Δ(θ) kept, or dropped to be rebuilt per use
+            del delta
             if state.lam is None:
-                state.lam = torch.zeros_like(w)
+                state.zero_lambda()
             self.thetas[state.task.name] = theta
         self._targets = self._param_views = None
 
@@ -246,7 +235,7 @@ class Engine(EngineState, EngineLoop):
         if self.quadratic or self._mu == 0:
             return
         for state in self._tasks:
-            state.lam.sub_(self._mu * (state.view.gather(state.params) - state.delta))
+            state.multiplier_step(self._mu)  # block by block: no task-sized temporaries
         self._targets = None
 
     def penalty(self) -> torch.Tensor:
@@ -287,34 +276,48 @@ class Engine(EngineState, EngineLoop):
             return
         self._require_theta("add_penalty_grad()")
         start = time.perf_counter()
-        if self._param_views is None:
+        for p in self.parameters:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self._param_views is None:  # the tasks that keep Δ(θ): whole parameters at once
             self._param_views = [
                 (p, delta, lam)
                 for s in self._tasks
+                if s.delta is not None
                 for p, delta, lam in zip(s.params, s.view.split(s.delta), s.view.split(s.lam))
             ]
         views = [v for v in self._param_views if v[0].requires_grad]  # frozen ones: only compressed
-        if not views:
-            return
-        for p, _, _ in views:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p, _, _ in views]
-        # three fused passes and no temporaries: the engine keeps Δ(θ) and λ, nothing more
-        torch._foreach_add_(grads, [p for p, _, _ in views], alpha=mu)  # + μ w
-        torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
-        if not self.quadratic:
-            torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
+        if views:
+            grads = [p.grad for p, _, _ in views]
+            # three fused passes and no temporaries beside what the engine keeps
+            torch._foreach_add_(grads, [p for p, _, _ in views], alpha=mu)  # + μ w
+            torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
+            if not self.quadratic:
+                torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
+        for state in self._tasks:
+            if state.delta is None:  # Δ(θ) rebuilt from θ a block at a time, the same passes on each
+                for block, w, delta in state.pieces_to_train():
+                    grad = block.of_param(state.params[block.param].grad)
+                    grad.add_(w, alpha=mu)  # + μ w
+                    grad.add_(delta, alpha=-mu)  # − μ Δ(θ)
+                    if not self.quadratic:
+                        grad.sub_(block.of_view(state.lam))  # − λ
         self._penalty_seconds += time.perf_counter() - start
 
     def _penalty_targets(self) -> list[torch.Tensor]:
         """``Δ(θ) + λ/μ`` per task (``Δ(θ)`` in quadratic mode), view-shaped, for :meth:`penalty`;
-        cached until θ, λ or μ change."""
-        if self._targets is None:
-            mu = self._mu
-            with torch.no_grad():
-                self._targets = [s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks]
-        return self._targets
+        cached until θ, λ or μ change, unless a task rebuilds Δ(θ) (then made anew each call, so
+        the memory stays what the ``delta`` setting asked for)."""
+        if self._targets is not None:
+            return self._targets
+        mu = self._mu
+        with torch.no_grad():
+            targets = [
+                s.full_delta() if self.quadratic else s.full_delta() + s.lam.to(s.dtype) / mu for s in self._tasks
+            ]
+        if all(s.delta is not None for s in self._tasks):
+            self._targets = targets
+        return targets
 
     @torch.no_grad()
     def distortion(self) -> float:
@@ -322,8 +325,7 @@ class Engine(EngineState, EngineLoop):
         self._require_theta("distortion()")
         if not self._tasks:
             return 0.0
-        total = sum((s.view.gather(s.params) - s.delta).double().pow(2).sum() for s in self._tasks)
-        return float(total)
+        return float(sum(s.distortion() for s in self._tasks))  # float64 sums per block, one sync
 
     @contextlib.contextmanager
     def compressed(self) -> Iterator[None]:
@@ -337,7 +339,7 @@ class Engine(EngineState, EngineLoop):
         with torch.no_grad():
             saved = [[p.detach().clone() for p in s.params] for s in self._tasks]
             for state in self._tasks:
-                state.view.scatter(state.delta, state.params)
+                state.write_delta()
         try:
             yield
         finally:
@@ -351,12 +353,18 @@ class Engine(EngineState, EngineLoop):
         """``w ← Δ(θ)`` for good. Returns ``θ`` by task name (what gets stored)."""
         self._require_theta("finalize()")
         for state in self._tasks:
-            state.view.scatter(state.delta, state.params)
+            state.write_delta()
         return dict(self.thetas)
 
     def storage(self) -> list[tuple[Task, Storage | None]]:
         """Per task, the size of its ``θ`` (the predicted size before any C step)."""
         return [(s.task, s.task.operator.storage(s.view.shape, s.theta)) for s in self._tasks]
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes the engine keeps beside the model, by component: ``lambda``, ``delta`` (0 where
+        Δ(θ) is rebuilt from θ), ``theta``, ``penalty_target`` (cached by :meth:`penalty` only),
+        and ``weights``, the compressed parameters themselves, to divide by."""
+        return state_bytes(self._tasks, {"penalty_target": sum(nbytes(t) for t in self._targets or [])})
 
     def _total_storage(self) -> tuple[int | None, int | None]:
         sizes = [size for _, size in self.storage()]
