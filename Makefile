@@ -33,6 +33,7 @@ bench: venv
 	$(BIN)/python bench/overhead.py $(if $(FULL),,--quick)
 	$(BIN)/python bench/quality.py $(if $(FULL),,--quick)
 	$(BIN)/python bench/resnet.py $(if $(FULL),,--quick --repeats 1 --batches 4)
+	$(BIN)/python bench/memory.py $(if $(FULL),,--quick)
 	$(if $(FULL),$(BIN)/python bench/quality.py --model lenet5,)
 
 clean:

@@ -110,7 +110,7 @@ def same_run(a: tuple[Engine, list], b: tuple[Engine, list]) -> None:
 @pytest.mark.parametrize("spec", sorted(SPECS))
 def test_recomputing_delta_changes_no_number_of_a_run(spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     kept = run(mlp(), SPECS[spec], mlp_l_step(), delta="keep")
-    monkeypatch.setattr(memory, "BLOCK_ELEMENTS", 5)  # many blocks, most of them a few rows of a layer
+    monkeypatch.setattr(memory, "BLOCK_ELEMENTS", 40)  # a few blocks a layer, cut between rows
     rebuilt = run(mlp(), SPECS[spec], mlp_l_step(), delta="recompute")
     same_run(kept, rebuilt)
     assert rebuilt[0].state_bytes()["delta"] == 0 < kept[0].state_bytes()["delta"]
@@ -121,7 +121,7 @@ def test_recomputing_delta_on_conv1d_layers_of_a_gpt2(monkeypatch: pytest.Monkey
     text = "transformer.h.*.mlp.c_fc : quant(k=4)\ntransformer.h.0.attn.c_attn : prune(l0=5%)\n"
     text += "transformer.h.1.attn.c_proj : prune(l0=20%, by=rows)\n"
     kept = run(tiny_gpt2(), text, gpt2_l_step(), steps=3, delta="keep")
-    monkeypatch.setattr(memory, "BLOCK_ELEMENTS", 100)
+    monkeypatch.setattr(memory, "BLOCK_ELEMENTS", 1000)
     rebuilt = run(tiny_gpt2(), text, gpt2_l_step(), steps=3, delta="recompute")
     same_run(kept, rebuilt)
 
@@ -238,9 +238,9 @@ def test_resume_with_rebuilt_delta_and_bfloat16_lambda_is_bit_for_bit() -> None:
 
 def test_bfloat16_lambda_stays_close_to_float32() -> None:
     """A 6-step LC run of a quantized and pruned MLP: with λ in bfloat16 the final compressed
-    weights are within 1 % (relative, in norm) of the float32 run's, and the final distortion
-    within 5 %: the bound of docs/memory.md (a C-step target moved by at most u·g/(g − 1) of the
-    largest |w − Δ| seen, u = 2⁻⁸, g = 1.8) is ≈ 0.9 % here."""
+    weights are within 0.1 % (relative, in norm) of the float32 run's (measured: 4·10⁻⁵), and the
+    final distortion within 1 % (measured: 0.03 %). docs/memory.md bounds the C-step target's move
+    per step by u/(g − 1) of the largest |w − Δ| seen: u = 2⁻⁸, g = 1.8, so 0.5 %."""
     text = "0.weight : quant(k=4)\n2.weight : prune(l0=20)\n"
     full = run(mlp(), text, mlp_l_step(iterations=12), steps=6)
     half = run(mlp(), text, mlp_l_step(iterations=12), steps=6, lambda_dtype="bfloat16")
@@ -248,9 +248,9 @@ def test_bfloat16_lambda_stays_close_to_float32() -> None:
         engine.finalize()
     for a, b in zip(full[0].model.parameters(), half[0].model.parameters()):
         a, b = a.detach(), b.detach()
-        assert float((a - b).norm() / a.norm()) < 0.01
+        assert float((a - b).norm() / a.norm()) < 1e-3
     d_full, d_half = full[1][-1].distortion, half[1][-1].distortion
-    assert abs(d_half - d_full) <= 0.05 * d_full + 1e-9
+    assert abs(d_half - d_full) <= 0.01 * d_full
 
 
 # ------------------------------------------------------------------ settings
