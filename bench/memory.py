@@ -203,6 +203,48 @@ def measure(row: str, quick: bool, steps: int, count: int, batch_size: int, seq:
     return out
 
 
+def penalty_timing(quick: bool, repeats: int, batch_size: int, seq: int) -> dict[str, Any]:
+    """The penalty gradient with Δ(θ) kept against rebuilt from θ, in one process, alternating.
+
+    ``quant(k=4)`` on the Conv1D layers of the first two blocks (14.2M weights; the cost is per
+    weight, and a C step of them is quick), the same model and θ for both engines. Also a
+    forward and backward pass of one batch, to put the penalty's seconds in proportion."""
+    import transformers
+
+    from lcdsl.engine.core import Engine
+    from lcdsl.language.parser import parse
+    from lcdsl.plan import bind
+
+    cfg = config(quick)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    plan = bind(parse("transformer.h.0.*.c_*, transformer.h.1.*.c_* : quant(k=4)\n"), model)  # 8 matrices
+    engines = {}
+    for mode in ("keep", "recompute"):
+        engine = Engine(model, plan, settings=attrs.evolve(plan.settings, delta=mode))
+        engine.direct_compression()
+        engine.mu = 1e-3
+        engines[mode] = engine
+    tokens = batches(cfg, 1, batch_size, seq)[0]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    seconds: dict[str, list[float]] = {"keep": [], "recompute": [], "forward_backward": []}
+    for _ in range(repeats):
+        for mode, engine in engines.items():
+            start = time.perf_counter()
+            engine.add_penalty_grad()
+            seconds[mode].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model(tokens, labels=tokens).loss.backward()
+        seconds["forward_backward"].append(time.perf_counter() - start)
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    weights = sum(t.numel for t in plan.tasks)
+    return {"weights": weights, "seconds": seconds, "median_s": median,
+            "recompute_over_keep": median["recompute"] / median["keep"],
+            "extra_ns_per_weight": 1e9 * (median["recompute"] - median["keep"]) / weights,
+            "extra_share_of_forward_backward": (median["recompute"] - median["keep"]) / median["forward_backward"]}  # fmt: skip
+
+
 def _child(argv: list[str], row: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", row, *argv]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -213,6 +255,8 @@ def _child(argv: list[str], row: str) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     """The markdown table docs/memory.md shows."""
     rows = {r["row"]: r for r in result["rows"]}
+    if not rows:
+        return ""
     plain = rows.get("plain")
     plain_batch = statistics.median(plain["batch_seconds"]) if plain else None
     lines = [
@@ -255,10 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default all)")
     parser.add_argument("--quick", action="store_true", help="a 2-layer, 64-wide GPT-2, rows in this process")
     parser.add_argument("--out", help=f"JSON path (default {RESULTS.relative_to(ROOT)}; --quick: runs/bench/memory-quick.json)")
-    parser.add_argument("--child", choices=tuple(ROWS), help=argparse.SUPPRESS)
+    parser.add_argument("--timing-repeats", type=int, default=7,
+                        help="alternating repeats of the penalty-gradient timing, Δ(θ) kept vs rebuilt (0: skip)")
+    parser.add_argument("--merge", action="store_true", help="update the rows and timing of an existing --out file")
+    parser.add_argument("--child", choices=(*ROWS, "timing"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = (args.quick, args.steps, args.batches, args.batch_size, args.seq)
+    if args.child == "timing":
+        print(json.dumps(penalty_timing(args.quick, args.timing_repeats, args.batch_size, args.seq)))
+        return 0
     if args.child:
         print(json.dumps(measure(args.child, *sizes)))
         return 0
@@ -279,8 +329,20 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps, "batches": args.batches, "batch_size": args.batch_size, "seq": args.seq,
         "rows": results,
     }  # fmt: skip
-    result["table"] = table(result)
+    if args.timing_repeats > 0:
+        timing = (penalty_timing(args.quick, args.timing_repeats, args.batch_size, args.seq) if args.quick
+                  else _child(passed, "timing"))  # fmt: skip
+        result["penalty_timing"] = timing
+        print(f"penalty timing: {json.dumps(timing['median_s'])}", flush=True)
     out = Path(args.out) if args.out else (ROOT / "runs" / "bench" / "memory-quick.json" if args.quick else RESULTS)
+    if args.merge and out.exists():  # keep the rows (and timing) this run did not measure
+        old = json.loads(out.read_text())
+        measured = {r["row"] for r in results}
+        result["rows"] = [r for r in old["rows"] if r["row"] not in measured] + results
+        result["rows"].sort(key=lambda r: list(ROWS).index(r["row"]))
+        result.setdefault("penalty_timing", old.get("penalty_timing"))
+        result["command"] = old["command"] + " ; " + result["command"]
+    result["table"] = table(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(result["table"])
