@@ -34,6 +34,7 @@ bench: venv
 	$(BIN)/python bench/quality.py $(if $(FULL),,--quick)
 	$(BIN)/python bench/resnet.py $(if $(FULL),,--quick --repeats 1 --batches 4)
 	$(BIN)/python bench/cstep_ranks.py $(if $(FULL),,--smoke --repeats 2 --out runs/bench/cstep_ranks-smoke.json)
+	$(BIN)/python bench/memory.py $(if $(FULL),,--quick)
 	$(if $(FULL),$(BIN)/python bench/quality.py --model lenet5,)
 
 clean:

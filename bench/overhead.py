@@ -81,20 +81,9 @@ def run_plain(data: Dataset, steps: int) -> dict[str, float]:
 
 
 def engine_bytes(engine: Engine) -> dict[str, int]:
-    """Bytes of the engine's tensors: Δ(θ), λ, the cached penalty targets, θ."""
-
-    def size(t: torch.Tensor | None) -> int:
-        return 0 if t is None else t.numel() * t.element_size()
-
-    states = engine._tasks  # the per-task state; read only, to count it
-    targets = engine._targets or []  # only penalty() fills it; the in-place gradient needs none
-    return {
-        "delta": sum(size(s.delta) for s in states),
-        "lambda": sum(size(s.lam) for s in states),
-        "penalty_target": sum(size(t) for t in targets),
-        "theta": sum(size(v) for s in states for v in (s.theta or {}).values()),
-        "weights": sum(size(p) for s in states for p in s.params),
-    }
+    """Bytes of the engine's tensors: Δ(θ) (0 where it is rebuilt from θ), λ, the cached penalty
+    targets, θ, and the compressed weights (:meth:`Engine.state_bytes`)."""
+    return engine.state_bytes()
 
 
 def run_lc(data: Dataset, steps: int) -> dict[str, Any]:

@@ -177,6 +177,24 @@ class _Checker:
             raise self.fail("Δ(θ) shares memory with w (return a new tensor)")
         return delta
 
+    def ranges(self, theta: Theta, delta: torch.Tensor) -> None:
+        """``decompress_range`` gives exactly the entries of ``Δ(θ)`` it names, for the whole
+        range, an empty one, and ranges cut at a few places."""
+        flat = delta.reshape(-1)
+        n = flat.numel()
+        cuts = sorted({0, n, n // 3, n // 2, (2 * n) // 3, max(n - 1, 0), min(1, n)})
+        ranges = [(0, n), (n // 2, n // 2)] + list(zip(cuts, cuts[1:]))
+        for start, stop in ranges:
+            try:
+                part = self.op.decompress_range(theta, self.shape, start, stop)
+            except Exception as exc:
+                raise self.fail(f"decompress_range(θ, {start}, {stop}) raised {type(exc).__name__}: {exc}") from exc
+            if not isinstance(part, torch.Tensor) or tuple(part.shape) != (stop - start,):
+                found = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
+                raise self.fail(f"decompress_range(θ, {start}, {stop}) returned {found}, expected shape ({stop - start},)")
+            if part.dtype != delta.dtype or not torch.equal(part, flat[start:stop]):
+                raise self.fail(f"decompress_range(θ, {start}, {stop}) is not Δ(θ)'s entries {start}:{stop}")
+
     def same(self, a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         diff = float((a.to(torch.float64) - b.to(torch.float64)).abs().max()) if a.numel() else 0.0
         if diff > self.atol:
@@ -247,7 +265,8 @@ def check_operator(
 
     Checked, in order: ``project`` does not modify ``w`` and returns named tensors on ``w``'s
     device that do not share its memory; ``decompress`` does not modify ``θ`` and returns a new,
-    finite tensor of ``w``'s shape, dtype and device; projecting again, and projecting with the
+    finite tensor of ``w``'s shape, dtype and device; ``decompress_range`` gives exactly the
+    entries of ``Δ(θ)`` it names; projecting again, and projecting with the
     previous ``θ`` as a warm start, give the same ``Δ``; ``storage(shape, θ)`` is a
     :class:`Storage` of integers ≥ 0, counts no more parameters than ``θ`` holds and no more
     than ``storage(shape)`` predicts. For constraint forms also: the answer does not depend on
@@ -297,6 +316,7 @@ def check_operator(
 
     theta = c.project(w)
     delta = c.decompress(theta)
+    c.ranges(theta, delta)
     c.same(c.decompress(c.project(w, what="a second project")), delta, "project is not deterministic")
     warm = c.decompress(c.project(w, warm=theta, what="project with warm=θ"))
     c.same(warm, delta, "a warm start changed the answer")

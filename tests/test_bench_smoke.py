@@ -79,10 +79,10 @@ def test_overhead_pieces_on_digits() -> None:
     assert plain["seconds"] > 0 and lc["cpu_seconds"] > 0
     assert 0 < lc["c_step_seconds"] < lc["seconds"] and 0 < lc["penalty_seconds"] < lc["l_step_seconds"]
     counted = lc["engine_bytes"]
-    # the LC state beside w: Δ(θ) and λ, one copy each of the compressed weights; the in-place
-    # penalty gradient caches no target
-    assert counted["delta"] == counted["lambda"] == counted["weights"] > 0
-    assert counted["penalty_target"] == 0
+    # the LC state beside w: λ, one copy of the compressed weights; Δ(θ) of quant(k=2) is rebuilt
+    # from θ where it is used (delta = "auto"), and the in-place penalty gradient caches no target
+    assert counted["lambda"] == counted["weights"] > 0
+    assert counted["delta"] == counted["penalty_target"] == 0
 
 
 def test_resnet_quick_runs_and_writes_its_numbers(tmp_path: Path) -> None:
@@ -107,3 +107,21 @@ def test_export_sizes_quick_writes_every_format_and_reloads(tmp_path: Path) -> N
         assert row["safetensors_outputs_equal"]
         assert row["lcz"] < row["dense"] and row["safetensors"] < row["dense"]
         assert row["safetensors"] - row["safetensors_header"] <= row["lcz"]  # the same payload, a longer header
+
+
+def test_memory_quick_counts_the_lc_state_per_weight(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    rows = "plain,quant-keep,quant-bf16,lowrank-mlp-bf16"
+    assert _load("memory").main(["--quick", "--steps", "1", "--batches", "1", "--rows", rows, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    by_row = {r["row"]: r for r in result["rows"]}
+    assert list(by_row) == rows.split(",")
+    keep, bf16 = by_row["quant-keep"]["bytes_per_weight"], by_row["quant-bf16"]["bytes_per_weight"]
+    # float32 λ and Δ(θ) kept: 4 + 4 bytes a weight; Δ rebuilt from θ and λ in bfloat16: 2 + 0
+    assert keep["lambda"] == keep["delta"] == 4.0 and bf16["lambda"] == 2.0 and bf16["delta"] == 0.0
+    assert 1.0 <= keep["theta"] < 1.01  # uint8 codes and a 4-entry codebook per matrix
+    mixed = by_row["lowrank-mlp-bf16"]
+    assert set(mixed["by_operator"]) == {"lowrank", "quant"}
+    assert 0 < mixed["bytes_per_weight"]["delta"] < 4.0  # low-rank keeps Δ(θ), quant rebuilds it
+    assert all(s > 0 for r in result["rows"][1:] for s in r["c_step_seconds"])
+    assert "| quant-bf16 |" in result["table"]

@@ -1,9 +1,10 @@
 """The LC engine: the Learning-Compression algorithm's pieces, for any trainer to drive.
 
 The engine keeps, per task of a :class:`~lcdsl.plan.Plan`: its :class:`~lcdsl.operators.View`,
-``Δ(θ)`` and ``λ`` as tensors of the view's shape, and ``θ``. The weights ``w`` are never copied:
-each use gathers the view from the model's live parameters. Everything stays on the parameters'
-device.
+``λ`` as a tensor of the view's shape, ``θ``, and ``Δ(θ)`` unless it rebuilds it from ``θ`` where
+it is used (:mod:`lcdsl.engine.memory`: the ``delta`` and ``lambda_dtype`` settings). The weights
+``w`` are never copied: each use reads the model's live parameters. Everything stays on the
+parameters' device.
 
 The pieces (see ``docs/engine.md`` for a training loop that uses them):
 
@@ -30,11 +31,12 @@ from torch import nn
 
 from lcdsl.engine.events import EventBus, StepRecord
 from lcdsl.engine.loop import EngineLoop
-from lcdsl.engine.shards import TaskTensors, local_of, reshard, sum_over_ranks, task_tensors
+from lcdsl.engine.memory import TaskState, keeps_delta, lambda_dtype, nbytes, state_bytes
+from lcdsl.engine.shards import local_of, reshard, sum_over_ranks, task_tensors
 from lcdsl.engine.state import EngineState, plan_fingerprint
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.faults import fault_point
-from lcdsl.operators.base import Storage, Theta, View
+from lcdsl.operators.base import Storage, Theta
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
 from lcdsl.plan.settings import Settings
@@ -47,20 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 
-@attrs.define
-class _TaskState:
-    """A task, its live parameters, and its engine state (all tensors in the task's view)."""
-
-    task: Task
-    params: list[nn.Parameter]
-    view: View
-    tensors: TaskTensors  # the state layout: the view's shape, or this rank's shards (FSDP)
-    theta: Theta | None = None
-    delta: torch.Tensor | None = None  # Δ(θ) in the state layout, no grad
-    lam: torch.Tensor | None = None  # λ in the state layout
-
-
-def _checked_projection(state: _TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
+def _checked_projection(state: TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
     """``θ = Π(target)`` and ``Δ(θ)``, refusing what breaks the operator contract.
 
     Raises:
@@ -140,13 +129,13 @@ class Engine(EngineState, EngineLoop):
         self._penalty_seconds = 0.0
         self._step_started = time.perf_counter()
         self._mu_before_step = 0.0
-        self._tasks = self._bind(model, plan)
+        self._tasks = self._bind(model, plan, self.settings)
         self.c_step_sharing: CStepSharing | None = None
         """Who solves which task's C step and how the others receive its θ and Δ(θ); None: this
         process solves every task (see :func:`lcdsl.engine.distributed.share_c_steps`)."""
 
     @staticmethod
-    def _bind(model: nn.Module, plan: Plan) -> list[_TaskState]:
+    def _bind(model: nn.Module, plan: Plan, settings: Settings) -> list[TaskState]:
         by_name = parameters_by_name(model)
         claimed: dict[str, str] = {}
         states = []
@@ -171,7 +160,10 @@ class Engine(EngineState, EngineLoop):
                 view = task.view  # an unknown view, or shapes the view cannot take
             except ValueError as exc:
                 raise EngineError(f"task {task.name}: {exc}") from exc
-            states.append(_TaskState(task, params, view, task_tensors(task.name, view, params)))
+            tensors = task_tensors(task.name, view, params)
+            keep = keeps_delta(settings.delta, task) or tensors.sharded  # shards keep Δ(θ): see TaskState
+            lam = lambda_dtype(settings.lambda_dtype, params[0].dtype)
+            states.append(TaskState(task, params, view, keep, lam, tensors=tensors))
         return states
 
     # ----------------------------------------------------------------- state
@@ -223,8 +215,8 @@ class Engine(EngineState, EngineLoop):
         self.converged = False
         self.history = []
         for state in self._tasks:
-            state.theta = None
-            state.lam = torch.zeros_like(state.tensors.local(state.params))
+            state.set_theta(None)
+            state.zero_lambda()
         self.thetas = {}
         self.c_step()
 
@@ -259,28 +251,24 @@ class Engine(EngineState, EngineLoop):
             self._adopt(state, theta, delta)
             if sharing is not None:
                 solved[index] = (theta, delta)
+            del delta
         if sharing is not None:
             sharing.exchange(self, solved, lambda index, theta, delta: self._adopt(self._tasks[index], theta, delta))
         self._targets = self._param_views = None
 
-    def _adopt(self, state: _TaskState, theta: Theta, delta: torch.Tensor) -> None:
-        """A task's new ``θ`` and whole view-shaped ``Δ(θ)``, kept in the task's state layout."""
-        state.theta = theta
-        state.delta = state.tensors.shard(delta)
+    def _adopt(self, state: TaskState, theta: Theta, delta: torch.Tensor) -> None:
+        """A task's new ``θ`` and whole view-shaped ``Δ(θ)``: ``Δ(θ)`` kept in the task's state
+        layout, or dropped to be rebuilt per use."""
+        state.set_theta(theta, delta)
         if state.lam is None:
-            state.lam = torch.zeros_like(state.delta)
+            state.zero_lambda()
         self.thetas[state.task.name] = theta
 
-    def _c_step_target(self, state: _TaskState, mu: float) -> torch.Tensor:
+    def _c_step_target(self, state: TaskState, mu: float) -> torch.Tensor:
         """``w − λ/μ`` (``w`` while ``μ = 0`` or in quadratic mode) as the whole view-shaped
         tensor: a fresh tensor (the operator must never alias a live parameter), all-gathered
         from the shards of a sharded task."""
-        w = state.tensors.local(state.params)
-        if mu > 0 and state.lam is not None and not self.quadratic:
-            target = w - state.lam / mu
-        else:
-            target = w.clone()
-        return state.tensors.full(target)
+        return state.target(mu, use_lambda=mu > 0 and state.lam is not None and not self.quadratic)
 
     @torch.no_grad()
     def multiplier_step(self) -> None:
@@ -289,7 +277,7 @@ class Engine(EngineState, EngineLoop):
         if self.quadratic or self._mu == 0:
             return
         for state in self._tasks:
-            state.lam.sub_(self._mu * (state.tensors.local(state.params) - state.delta))
+            state.multiplier_step(self._mu)  # block by block: no task-sized temporaries
         self._targets = None
 
     def penalty(self) -> torch.Tensor:
@@ -331,34 +319,48 @@ class Engine(EngineState, EngineLoop):
             return
         self._require_theta("add_penalty_grad()")
         start = time.perf_counter()
-        if self._param_views is None:
+        for p in self.parameters:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self._param_views is None:  # the tasks that keep Δ(θ): whole parameters at once
             self._param_views = [
                 (p, delta, lam)
                 for s in self._tasks
+                if s.delta is not None
                 for p, delta, lam in zip(s.params, s.tensors.split(s.delta), s.tensors.split(s.lam))
             ]
         views = [v for v in self._param_views if v[0].requires_grad]  # frozen ones: only compressed
-        if not views:
-            return
-        for p, _, _ in views:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [local_of(p.grad) for p, _, _ in views]  # a sharded parameter: its local shard only
-        # three fused passes and no temporaries: the engine keeps Δ(θ) and λ, nothing more
-        torch._foreach_add_(grads, [local_of(p) for p, _, _ in views], alpha=mu)  # + μ w
-        torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
-        if not self.quadratic:
-            torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
+        if views:
+            grads = [local_of(p.grad) for p, _, _ in views]  # a sharded parameter: its local shard only
+            # three fused passes and no temporaries beside what the engine keeps
+            torch._foreach_add_(grads, [local_of(p) for p, _, _ in views], alpha=mu)  # + μ w
+            torch._foreach_add_(grads, [d for _, d, _ in views], alpha=-mu)  # − μ Δ(θ)
+            if not self.quadratic:
+                torch._foreach_sub_(grads, [lam for _, _, lam in views])  # − λ
+        for state in self._tasks:
+            if state.delta is None:  # Δ(θ) rebuilt from θ a block at a time, the same passes on each
+                for block, w, delta in state.pieces_to_train():
+                    grad = block.of_param(state.params[block.param].grad)
+                    grad.add_(w, alpha=mu)  # + μ w
+                    grad.add_(delta, alpha=-mu)  # − μ Δ(θ)
+                    if not self.quadratic:
+                        grad.sub_(block.of_view(state.lam))  # − λ
         self._penalty_seconds += time.perf_counter() - start
 
     def _penalty_targets(self) -> list[torch.Tensor]:
         """``Δ(θ) + λ/μ`` per task (``Δ(θ)`` in quadratic mode), view-shaped, for :meth:`penalty`;
-        cached until θ, λ or μ change."""
-        if self._targets is None:
-            mu = self._mu
-            with torch.no_grad():
-                self._targets = [s.delta if self.quadratic else s.delta + s.lam / mu for s in self._tasks]
-        return self._targets
+        cached until θ, λ or μ change, unless a task rebuilds Δ(θ) (then made anew each call, so
+        the memory stays what the ``delta`` setting asked for)."""
+        if self._targets is not None:
+            return self._targets
+        mu = self._mu
+        with torch.no_grad():
+            targets = [
+                s.full_delta() if self.quadratic else s.full_delta() + s.lam.to(s.dtype) / mu for s in self._tasks
+            ]
+        if all(s.delta is not None for s in self._tasks):
+            self._targets = targets
+        return targets
 
     @torch.no_grad()
     def distortion(self) -> float:
@@ -366,14 +368,10 @@ class Engine(EngineState, EngineLoop):
         self._require_theta("distortion()")
         if not self._tasks:
             return 0.0
-
-        def squares(s: _TaskState) -> torch.Tensor:
-            return (s.tensors.local(s.params) - s.delta).double().pow(2).sum()
-
-        total = sum(squares(s) for s in self._tasks if not s.tensors.sharded)
+        whole = sum(s.distortion() for s in self._tasks if not s.tensors.sharded)  # float64 sums per block
         if any(s.tensors.sharded for s in self._tasks):
-            total = total + sum_over_ranks(sum(squares(s) for s in self._tasks if s.tensors.sharded))
-        return float(total)
+            whole = whole + sum_over_ranks(sum(s.distortion() for s in self._tasks if s.tensors.sharded))
+        return float(whole)  # one sync
 
     @contextlib.contextmanager
     def compressed(self) -> Iterator[None]:
@@ -388,7 +386,7 @@ class Engine(EngineState, EngineLoop):
             self._before_writing_shards()
             saved = [[p.detach().clone() for p in s.tensors.local_params(s.params)] for s in self._tasks]
             for state in self._tasks:
-                state.tensors.scatter(state.delta, state.params)
+                state.write_delta()
         try:
             yield
         finally:
@@ -404,7 +402,7 @@ class Engine(EngineState, EngineLoop):
         self._require_theta("finalize()")
         self._before_writing_shards()
         for state in self._tasks:
-            state.tensors.scatter(state.delta, state.params)
+            state.write_delta()
         return dict(self.thetas)
 
     def _before_writing_shards(self) -> None:
@@ -416,6 +414,12 @@ class Engine(EngineState, EngineLoop):
     def storage(self) -> list[tuple[Task, Storage | None]]:
         """Per task, the size of its ``θ`` (the predicted size before any C step)."""
         return [(s.task, s.task.operator.storage(s.view.shape, s.theta)) for s in self._tasks]
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes the engine keeps beside the model, by component: ``lambda``, ``delta`` (0 where
+        Δ(θ) is rebuilt from θ), ``theta``, ``penalty_target`` (cached by :meth:`penalty` only),
+        and ``weights``, the compressed parameters themselves, to divide by."""
+        return state_bytes(self._tasks, {"penalty_target": sum(nbytes(t) for t in self._targets or [])})
 
     def _total_storage(self) -> tuple[int | None, int | None]:
         sizes = [size for _, size in self.storage()]

@@ -208,7 +208,8 @@ class EngineState:
             for s in self._tasks:
                 name = s.task.name
                 if name not in thetas:
-                    s.theta = s.delta = s.lam = None
+                    s.set_theta(None)
+                    s.lam = None
                     continue
                 device = s.tensors.local_params(s.params)[0].device
                 lam = self._loaded_lambda(s, lambdas[name])
@@ -218,9 +219,8 @@ class EngineState:
                     check_saved_theta(s.task.operator, thetas[name], s.view.shape)
                 except ValueError as exc:
                     raise EngineError(f"cannot resume: engine.thetas['{name}']: {exc}") from None
-                s.theta = {k: v.to(device) for k, v in thetas[name].items()}
-                s.lam = lam.to(device=device, dtype=s.params[0].dtype)
-                s.delta = s.tensors.shard(s.task.operator.decompress(s.theta, s.view.shape).detach())
+                s.set_theta({k: v.to(device) for k, v in thetas[name].items()})  # Δ(θ) made if kept
+                s.set_lambda(lam)  # in the lambda_dtype setting's dtype
         self.thetas = {s.task.name: s.theta for s in self._tasks if s.theta is not None}
         self.step = step
         self._mu = mu

@@ -189,6 +189,24 @@ class Additive(Operator):
             out = delta if out is None else out + delta
         return out
 
+    def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
+        """Σ_i of the terms' entries ``start:stop``, added in term order as :meth:`decompress`
+        does (every term's view orders the entries as the combination's does)."""
+        shape = tuple(shape)
+        parts = _split(theta, len(self.terms))
+        if parts is None:
+            raise ValueError(f"θ does not hold every term of {len(self.terms)}: keys {sorted(theta)}")
+        out = None
+        for term, part, view in zip(self.terms, parts, _term_views(self.terms, shape)):
+            piece = term.decompress_range(part, view.shape, start, stop)
+            out = piece if out is None else out + piece
+        return out
+
+    @property
+    def ranged(self) -> bool:
+        """Whether every term builds its ranges alone."""
+        return all(t.ranged for t in self.terms)
+
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
         """The sum of the terms' sizes; None if any term cannot tell."""
         shape = tuple(shape)

@@ -9,7 +9,9 @@ docstring opens with the problem it solves. It offers:
   penalty forms, which needs ``μ``; ``μ = 0`` is the limit ``μ → 0⁺``, the cheapest ``θ``).
   Pure: the previous ``θ`` may be passed as a warm start, nothing is stored on the operator.
 - :attr:`Operator.penalty_form`: whether the answer depends on ``μ`` (a penalty form).
-- :meth:`Operator.decompress`: ``Δ(θ)``, a tensor of the view's shape.
+- :meth:`Operator.decompress`: ``Δ(θ)``, a tensor of the view's shape; optionally
+  :meth:`Operator.decompress_range`, a range of its entries alone (so the engine can rebuild
+  ``Δ(θ)`` per use rather than keep it).
 - :meth:`Operator.storage`: the size of ``θ`` in parameters and bits.
 - :meth:`Operator.resolve`: relative amounts (``l0=5%``) turned into absolute ones once the
   task's size is known.
@@ -217,6 +219,24 @@ class Operator:
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
         """``Δ(θ)``: the compressed weights as a tensor of the view's ``shape``."""
         raise NotImplementedError
+
+    def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
+        """Entries ``start:stop`` of ``Δ(θ)`` flattened (row-major in the view's ``shape``), as a 1-D
+        tensor: exactly ``decompress(theta, shape).reshape(-1)[start:stop]``, the same numbers.
+
+        The engine uses it to rebuild ``Δ(θ)`` a block at a time instead of keeping it (the
+        ``delta`` setting). The default decompresses everything and cuts the range: right for
+        every operator, cheap for none. An operator whose ``Δ(θ)`` is a lookup per entry (a
+        codebook, signs, kept positions) overrides it to build the range alone, and the engine
+        then recomputes instead of keeping (:attr:`ranged`)."""
+        return self.decompress(theta, shape).reshape(-1)[start:stop]
+
+    @property
+    def ranged(self) -> bool:
+        """Whether :meth:`decompress_range` builds a range without the rest of ``Δ(θ)`` (the
+        operator overrides it), so that rebuilding ``Δ(θ)`` per use costs about as much as reading
+        it: ``delta = "auto"`` then recomputes rather than keeps."""
+        return type(self).decompress_range is not Operator.decompress_range
 
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
         """Parameters and bits of ``θ`` for a task of view ``shape``.

@@ -63,6 +63,11 @@ class Binarize(Operator):
             return theta["scale"] * signs
         return signs.clone()
 
+    def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
+        """``c · signs[start:stop]``."""
+        part = {**theta, "signs": theta["signs"].reshape(-1)[start:stop]}
+        return self.decompress(part, (stop - start,))
+
     def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
         """``n`` signs (bool, or ±1 from earlier versions) and the scale (0-dim) or the dtype."""
         signs = expect(theta, "signs")
@@ -126,6 +131,11 @@ class Ternarize(Operator):
         """``c · t`` in ``shape`` and the scale's dtype."""
         scale = theta["scale"]
         return (scale * theta["ternary"].to(scale.dtype)).reshape(shape)
+
+    def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
+        """``c · t[start:stop]``."""
+        part = {**theta, "ternary": theta["ternary"].reshape(-1)[start:stop]}
+        return self.decompress(part, (stop - start,))
 
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage:
         """Two bits a weight (``⌈log₂ 3⌉``) and one float for ``c``."""

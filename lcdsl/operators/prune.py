@@ -264,6 +264,8 @@ class Prune(Operator):
         expect_codes(indices, "indices", high, what)
         if torch.unique(indices).numel() != indices.numel():
             raise ValueError("indices holds a position twice")
+        if self.by == "weights" and indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+            raise ValueError("indices are not in ascending order")  # decompress_range relies on it
         if tuple(values.shape) != expected:
             raise ValueError(f"values has shape {tuple(values.shape)}, expected {expected}")
 
@@ -276,6 +278,23 @@ class Prune(Operator):
         if self.by != "weights":
             return out.index_copy_(self._group_dim(shape), indices, values)
         return out.reshape(-1).index_copy_(0, indices, values).reshape(shape)
+
+    def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
+        """Entries ``start:stop`` of ``Δ(θ)``: zeros with the kept values whose positions fall in
+        the range (found by binary search in the ascending ``indices``). Groups: the default
+        (the whole ``Δ(θ)``, cut)."""
+        if self.by != "weights":
+            return super().decompress_range(theta, shape, start, stop)
+        values, indices = theta["values"], theta["indices"]
+        bounds = torch.tensor([start, stop], dtype=indices.dtype, device=indices.device)
+        lo, hi = torch.searchsorted(indices, bounds).tolist()  # kept positions in [start, stop)
+        out = torch.zeros(stop - start, dtype=values.dtype, device=values.device)
+        return out.index_copy_(0, (indices[lo:hi] - start).long(), values[lo:hi])
+
+    @property
+    def ranged(self) -> bool:
+        """True for single weights (a range holds its own kept values); False for groups."""
+        return self.by == "weights"
 
 
 OPERATORS: tuple[type[Operator], ...] = (Prune,)

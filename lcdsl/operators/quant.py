@@ -49,6 +49,12 @@ def _check_codebook(inst: Any, attribute: Any, value: Any) -> None:
         raise ValueError(f"codebook entries must be distinct, got {dup:g} twice")
 
 
+def _lookup(codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``codebook[codes]`` for 1-D ``codes`` of any integer dtype: widened to ``int32`` (codes are
+    below 2³¹), which ``index_select`` takes; it copies the codewords, so the numbers are exact."""
+    return codebook.index_select(0, codes.reshape(-1).to(torch.int32))
+
+
 @attrs.frozen
 class Quant(Operator):
     """argmin_θ ‖w − Δ(θ)‖² s.t. every entry of Δ(θ) is one of k codewords (exact).
@@ -142,8 +148,12 @@ class Quant(Operator):
         expect_codes(assignments, "assignments", codebook.numel(), f"codes of quant(k={self.size})")
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
-        """``codebook[assignments]`` in ``shape`` (the codes widened to ``int64`` for the lookup)."""
-        return theta["codebook"][theta["assignments"].long()].reshape(shape)
+        """``codebook[assignments]`` in ``shape``."""
+        return _lookup(theta["codebook"], theta["assignments"]).reshape(shape)
+
+    def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
+        """``codebook[assignments[start:stop]]``: the codes of the range only."""
+        return _lookup(theta["codebook"], theta["assignments"][start:stop])
 
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage:
         """Adaptive: ``k`` floats plus ``⌈log₂ k⌉`` bits a weight; fixed: the index bits only."""

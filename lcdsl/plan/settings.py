@@ -161,6 +161,20 @@ class Settings:
     """Epochs between the drops of ``lr_schedule = "step"``."""
     lr_step_factor: float = attrs.field(default=0.5, validator=_positive_float("lr_step_factor"))
     """The factor of each drop of ``lr_schedule = "step"``."""
+    delta: Literal["auto", "keep", "recompute"] = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "keep", "recompute"))
+    )
+    """Where the engine gets ``Δ(θ)``: ``"keep"`` holds it beside the weights (4 bytes a float32
+    weight); ``"recompute"`` rebuilds it from ``θ`` block by block where it is used (a codebook
+    lookup for ``quant``); ``"auto"`` recomputes for operators that can build a part of ``Δ(θ)``
+    alone (quantization, pruning, binarization) and keeps it for the others (low-rank). The numbers
+    are the same either way; only memory and time differ (``docs/memory.md``)."""
+    lambda_dtype: Literal["weights", "float32", "bfloat16", "float16"] = attrs.field(
+        default="weights", validator=attrs.validators.in_(("weights", "float32", "bfloat16", "float16"))
+    )
+    """The dtype of the multipliers ``λ``: ``"weights"`` (the weights' own), or a narrower one to
+    halve their memory (``"bfloat16"``: the multiplier step then rounds ``λ`` to 8 significant
+    bits, a relative error of at most 2⁻⁸; see ``docs/memory.md`` for when that is harmless)."""
 
 
 _SETTING_NAMES = tuple(a.name for a in attrs.fields(Settings))
