@@ -10,7 +10,8 @@ the file renamed to ``--out``, so a file that fails the check never replaces a g
 ``compressed.pt`` without recorded outputs (written before they were) is checked against the
 model rebuilt from it, and the command says so. ``--deploy`` also writes ``OUT.pt2``: the
 model rebuilt from smaller layers (:mod:`lcdsl.deploy`) as a ``torch.export`` program, and prints
-its speed against the original layers.
+its speed against the original layers. ``--format onnx`` writes the deployed model as one ONNX file
+instead (:mod:`lcdsl.cli.export_onnx`; default ``DIR/model.onnx``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from lcdsl.cli.export_onnx import write_onnx
 from lcdsl.cli.train import build_model
 from lcdsl.deploy import deploy
 from lcdsl.errors import EngineError, LcdslError, ModelError
@@ -73,6 +75,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--deflate", action="store_true", help="deflate each field where that helps (smaller than the reported bits)"
     )
+    parser.add_argument(
+        "--format", choices=("lcz", "onnx"), default="lcz",
+        help="lcz (default): the compact .lcz file; onnx: the deployed model as ONNX (codebook weights as uint8 "
+        "codes and a codebook, low-rank as two layers, pruned units removed), checked in onnxruntime "
+        "(needs pip install 'lcdsl[onnx]')",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -116,12 +124,10 @@ def median_latency(module: torch.nn.Module, x: torch.Tensor, repeats: int = 50) 
 def _deploy(model: torch.nn.Module, plan: Any, thetas: dict, x: torch.Tensor, out: Path) -> None:
     show = console()
     model.eval()
-    deployment = deploy(model, plan, thetas)
+    deployment = deploy(model, plan, thetas, example=x)
     fast = deployment.module.eval()
-    for change in deployment.changes:
-        show.print(f"deploy: {change.module}: {change.before} → {change.after}")
-    for note in deployment.notes:
-        show.print(f"deploy: {note}")
+    for line in deployment.lines():
+        show.print(f"deploy: {line}", highlight=False)
     with torch.inference_mode():
         gap = float((model(x) - fast(x)).abs().max())
     batch = torch.export.Dim("batch", min=1)
@@ -182,6 +188,7 @@ def recorded_names(
         for option, value in (("--out", args.out), ("--data-dir", args.data_dir)):
             words += [option, str(value)] if value else []
         words += [flag for flag, on in (("--deploy", args.deploy), ("--deflate", args.deflate)) if on]
+        words += ["--format", args.format] if getattr(args, "format", "lcz") != "lcz" else []
         raise ModelError(
             f"{folder} records {' and '.join(foreign)}, which {'is' if len(foreign) == 1 else 'are'} not built in; "
             "lcdsl never imports code a file names. If you trust that code, name it yourself:\n"
@@ -209,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     thetas = load_compressed(model, compressed_path)
     spec_text = str(state["spec"])
     plan = bind_saved_spec(spec_text, model, where=str(compressed_path))
+    if getattr(args, "format", "lcz") == "onnx":
+        return write_onnx(model, plan, thetas, data, Path(args.out) if args.out else folder / "model.onnx", spec_text)
 
     out = Path(args.out) if args.out else folder / "model.lcz"
     extra = {"data": data.name, "deploy": bool(args.deploy)}
