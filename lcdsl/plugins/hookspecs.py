@@ -210,7 +210,8 @@ def lcdsl_deploy_layer(
         By :func:`lcdsl.deploy.deploy`, once for each module that owns a parameter of a
         compressed task (a tied parameter: once per owner), in model order, with the model
         holding ``Δ(θ)``. Plugins are asked one at a time, through pluggy: first the plugin
-        that provides the task's operator, then the others, lcdsl's built-ins last; the first
+        that provides the task's operator, then the others, lcdsl's built-ins last (also for
+        their own operators: a plugin may deploy built-in layers its own way); the first
         module returned is used. A hook that raises leaves the layer as it is, and the deploy
         report names the plugin and the error.
 

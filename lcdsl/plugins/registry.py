@@ -287,7 +287,8 @@ class Registry:
         ``lcdsl_deploy_layer``; ``kwargs`` are its arguments), and the name of the plugin that gave it.
 
         Plugins are asked one at a time: the one that provides ``kwargs["operator"]`` first,
-        then the others in load order, the built-ins last; the first module returned wins.
+        then the others in load order, the built-ins last (also for their own operators, so a
+        plugin can deploy built-in layers its own way); the first module returned wins.
 
         Returns:
             ``(module, plugin name)``, or None when no plugin deploys the layer (or the registry
@@ -304,7 +305,9 @@ class Registry:
         implementers = pm.implementers(DEPLOY_LAYER)
         op_name = getattr(kwargs.get("operator"), "name", None)
         owner = next((p.name for p in self.plugins if op_name in p.operators), None)
-        order = sorted(implementers, key=lambda name: (name != owner, name == BUILTIN))
+        # the operator's own plugin, then the others, the built-ins last (even for their own
+        # operators: a plugin may deploy built-in layers its own way)
+        order = sorted(implementers, key=lambda name: (name != owner or name == BUILTIN, name == BUILTIN))
         for name in order:
             distribution, version = pm.source(name)
             try:
