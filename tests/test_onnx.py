@@ -160,3 +160,8 @@ def test_without_the_extra_the_error_says_what_to_install(tmp_path, monkeypatch,
     assert main(["export", str(run), "--format", "onnx"]) == 1
     err = capsys.readouterr().err
     assert "lcdsl: error: ONNX export needs onnxscript" in err and "Traceback" not in err
+
+
+def test_lcz_options_with_the_onnx_format_are_refused(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--format", "onnx", "--deflate"]) == 2
+    assert "--deflate is an option of the .lcz file" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from lcdsl.cli.export_onnx import write_onnx
+from lcdsl.cli.export_onnx import check_options, write_onnx
 from lcdsl.cli.train import build_model
 from lcdsl.deploy import deploy
 from lcdsl.errors import EngineError, LcdslError, ModelError
@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     """Export a run's compressed model; returns the exit code."""
     show = console()
     folder = Path(args.dir)
+    if getattr(args, "format", "lcz") == "onnx":
+        check_options(args)
     compressed_path = folder / "compressed.pt"
     state = read_compressed(compressed_path)
     report: Any = {}

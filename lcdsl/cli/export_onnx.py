@@ -15,11 +15,24 @@ from typing import Any
 import torch
 
 from lcdsl.deploy import export_onnx
+from lcdsl.errors import Diagnostic, SpecError
 from lcdsl.report.console import console
 from lcdsl.store.probe import PROBE_SIZE
 from lcdsl.training.data import Dataset
 
-__all__ = ["example_inputs", "write_onnx"]
+__all__ = ["example_inputs", "write_onnx", "check_options"]
+
+
+def check_options(args: Any) -> None:
+    """Refuse the ``.lcz`` options with ``--format onnx`` rather than ignore them.
+
+    Raises:
+        SpecError: ``--deploy`` or ``--deflate`` is given (code ``bad-option``)."""
+    given = [flag for flag, on in (("--deploy", args.deploy), ("--deflate", args.deflate)) if on]
+    if given:
+        message = (f"{' and '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of the .lcz file; "
+                   "--format onnx writes the deployed model itself")  # fmt: skip
+        raise SpecError(Diagnostic(message, code="bad-option"), filename="command line")
 
 
 def example_inputs(data: Any, count: int = PROBE_SIZE) -> Any:

@@ -222,7 +222,7 @@ def export_onnx(
     """Deploy ``model`` and write it to ``path`` as ONNX, checked in onnxruntime first.
 
     Args:
-        model: the model holding ``Δ(θ)`` (not modified).
+        model: the model holding ``Δ(θ)`` (not modified; it runs in eval mode).
         plan, thetas: as for :func:`lcdsl.deploy.deploy`.
         example: inputs to trace with (the batch axis is dynamic) and to check on: a tensor, or
             a dict of keyword inputs (``labels`` are left out).
@@ -237,7 +237,18 @@ def export_onnx(
             than :data:`ONNX_TOLERANCE` (relative); then nothing is written.
     """
     require_onnx()
+    was_training = model.training
     model.eval()
+    try:
+        return _export(model, plan, thetas, example, path, dense_size, spec_text, deployment)
+    finally:
+        model.train(was_training)
+
+
+def _export(
+    model: nn.Module, plan: Plan | None, thetas: dict[str, Theta] | None, example: Any, path: str | os.PathLike[str],
+    dense_size: bool, spec_text: str | None, deployment: Deployment | None,
+) -> OnnxExport:  # fmt: skip
     if deployment is None:
         deployment = deploy(model, plan, thetas, example=example)
     module = set_cache(deployment.module, False).eval()
