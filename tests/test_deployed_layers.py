@@ -188,3 +188,17 @@ def test_without_plugins_that_deploy_a_layer_it_stays_and_says_why():
     reasons = {k.module: k.reason for k in result.kept}
     assert "no installed plugin deploys 'quant' on a Linear" in reasons["fc1"]
     assert "r·(m + n) ≥ m·n" in reasons["fc3"]
+
+
+@pytest.mark.parametrize(
+    ("text", "k"),
+    [("binarize()", 2), ("binarize(scale=true)", 2), ("ternarize()", 3), ("quant(codebook=[-0.1, 0, 0.1])", 3)],
+)
+def test_binary_ternary_and_fixed_codebooks_deploy_exactly(text, k):
+    torch.manual_seed(0)
+    model = LeNet300(in_features=64)
+    plan, thetas = compressed(model, f"fc2 : {text}\n")
+    result = deploy(model, plan, thetas)
+    fc2 = result.module.fc2
+    assert isinstance(fc2, CodebookLinear) and fc2.k == k and fc2.width == (1 if k == 2 else 2)
+    assert torch.equal(fc2.weight, model.fc2.weight)
