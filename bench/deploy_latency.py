@@ -262,15 +262,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="bench/results/deploy_latency.json")
     parser.add_argument("--only", choices=("factor", "compact"), help="run one table (the other is kept from --out)")
+    parser.add_argument("--repeats", type=int, help="calls per timing (default 300 factor / 200 compact; --quick 50 / 30)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 50 if args.quick else 300
+    repeats = args.repeats or (50 if args.quick else 300)
+    compact_repeats = args.repeats or (30 if args.quick else 200)
     previous = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).is_file() else {}
     console = Console()
     compact = previous.get("compact", [])
     if args.only != "factor":
-        compact = run_compact(30 if args.quick else 200, args.quick)
-        console.print(compact_table(compact, args.threads, 30 if args.quick else 200))
+        compact = run_compact(compact_repeats, args.quick)
+        console.print(compact_table(compact, args.threads, compact_repeats))
         for row in compact:
             if row["batch"] in (1,):
                 console.print(f"{row['model']} {row['spec']}: " + "; ".join(row["changes"] + row["kept"]))
@@ -295,6 +297,7 @@ def main() -> None:
     result = {
         "threads": args.threads,
         "repeats": repeats,
+        "compact_repeats": compact_repeats if args.only != "factor" else previous.get("compact_repeats"),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
