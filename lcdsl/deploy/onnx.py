@@ -4,7 +4,7 @@
 every forward) and writes it with ``torch.onnx.export`` (the ``torch.export``-based exporter, one
 self-contained file). A codebook layer's forward is torch ops on its buffers, so the file holds
 its packed codes (``uint8``, 1, 2, 4 or 8 bits a code) and its codebook as initializers, and the
-graph expands them (``Cast``, ``Div``, ``Mod``, ``Gather``) before the ``Gemm``/``Conv``. Low-rank
+graph expands them (a ``Gather`` of what each byte decodes to) before the ``Gemm``/``Conv``. Low-rank
 layers are two layers, removed units are gone. The file's ``metadata_props`` hold
 ``lcdsl.format`` (:data:`lcdsl.formats.ONNX_FORMAT`) and, when given, ``lcdsl.spec`` (the spec text).
 

@@ -14,9 +14,10 @@ that a plugin's ``lcdsl_deploy_layer`` hook may return (they are part of the plu
 - :func:`factored_linear`, :func:`factored_conv2d`: a rank-``r`` weight ``U·V`` as two layers
   (``in → r → out``), an :class:`nn.Sequential` of plain torch layers.
 
-Every expansion is made of torch ops (integer division, remainder, indexing), so that
-``torch.onnx.export`` writes each weight as its packed codes (``uint8``) and codebook, expanded
-in the graph (``Div``, ``Mod``, ``Gather``) before the layer's ``Gemm``/``Conv``.
+Every expansion is made of torch ops, so that ``torch.onnx.export`` writes each weight as its
+packed codes (``uint8``) and codebook, expanded in the graph before the layer's ``Gemm``/``Conv``:
+the values each of the 256 bytes decodes to (``Range``, ``Div``, ``Mod``, ``Gather`` on 256
+entries), then one ``Gather`` of a row of them per byte of codes.
 
 Packing: codes of ``b = ⌈log₂ k⌉`` bits are stored at a width of 1, 2, 4 or 8 bits (the smallest
 that holds ``b``: 3-bit codes take 4), ``8 / width`` codes a byte, the first code in the lowest bits
