@@ -135,11 +135,11 @@ def reference(model: str, data: str, work: Path, epochs: int | None, log: Path) 
 
 
 def run_row(
-    row: Row, data: str, ref: Path, work: Path, extra: list[str], log: Path, seed: int | None = None
+    row: Row, data: str, ref: Path, work: Path, extra: list[str], log: Path, seed: int | None = None, tag: str = ""
 ) -> dict[str, Any]:
     """``lcdsl compress`` for one row (with another data-order seed than the spec's if given);
-    the table's numbers from its report."""
-    out = work / (row.name if seed is None else f"{row.name}-seed{seed}")
+    the table's numbers from its report. Its run folder is ``<row>[-<tag>][-seed<s>]`` in ``work``."""
+    out = work / (row.name + (f"-{tag}" if tag else "") + ("" if seed is None else f"-seed{seed}"))
     argv = ["compress", _spec_path(row, work), "--model", row.model, "--data", data,
             "--reference", str(ref), "--out", str(out), *extra]  # fmt: skip
     argv += [] if seed is None else ["--seed", str(seed)]
@@ -366,7 +366,7 @@ def show(results: dict[str, Any], plain: dict[str, Any], console: Console) -> No
 
 def _over_seeds(runs: list[dict[str, Any]], seeds: list[int | None]) -> dict[str, Any]:
     """One row from its runs: the first run's record, with the median final error over seeds and
-    every seed's final error beside it."""
+    every seed's final error and final distortion beside it."""
     if len(runs) == 1:
         return runs[0]
     finals = [r["final_error"] for r in runs]
@@ -375,6 +375,9 @@ def _over_seeds(runs: list[dict[str, Any]], seeds: list[int | None]) -> dict[str
         "final_error": float(np.median(finals)),
         "seeds": seeds,
         "final_errors": finals,
+        "distortions_last": [r["distortion_last"] for r in runs],
+        "params_by_seed": [r["params"] for r in runs],  # penalty forms' sizes differ by seed
+        "ratios": [r["ratio"] for r in runs],
         "seconds": float(np.mean([r["seconds"] for r in runs])),
     }
 
@@ -407,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", help="comma-separated data-order seeds: each row runs once per seed and reports the median "
         "final error (default: the spec's seed, once)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tag", default="", help="run folders are <row>-<tag>[-seed<s>] in --work, apart from untagged runs sharing it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     seeds: list[int | None] = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
     if args.threads > 0:
@@ -421,12 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     data_name = "digits" if args.quick else args.data
     work = Path(args.work) / ("quick" if args.quick else "")
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "quality.log"
+    log = work / (f"quality-{args.tag}.log" if args.tag else "quality.log")
     suffix = ("-straightforward" + ("-exact-kmeans" if args.exact_kmeans else "")) if args.straightforward else ""
     global EXACT_KMEANS
     EXACT_KMEANS = args.exact_kmeans
-    tag = "" if data_name == "fashion-mnist" else f"-{data_name}"
-    default_out = (work if args.quick else RESULTS) / f"quality-{args.model}{tag}{suffix}.json"
+    data_tag = "" if data_name == "fashion-mnist" else f"-{data_name}"
+    default_out = (work if args.quick else RESULTS) / f"quality-{args.model}{data_tag}{suffix}.json"
     out = Path(args.out) if args.out else default_out
     epochs = 5 if args.quick else (LENET5_REFERENCE_EPOCHS if args.model == "lenet5" else None)
     extra = ["--steps", "3", "--first-epochs", "1", "--epochs", "1"] if args.quick else []
@@ -462,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [straightforward(row, data, ref, seed) for seed in seeds]
         else:
             try:
-                runs = [run_row(row, data_name, ref, work, extra, log, seed) for seed in seeds]
+                runs = [run_row(row, data_name, ref, work, extra, log, seed, args.tag) for seed in seeds]
             except DoesNotFit as exc:
                 console.print(f"{row.name}: skipped, the spec does not fit {row.model} on {data_name}: {exc}")
                 continue

@@ -36,7 +36,7 @@ from lcdsl.operators import Operator, Storage, Theta, View, describe, hookimpl
 from lcdsl.plan import Explicit, Geometric, Plan, Settings, Task, bind
 from lcdsl.plugins import Registry, default_registry
 from lcdsl.project import Projection, project
-from lcdsl.store import ExportSizes, export_model, load_lcz, read_manifest
+from lcdsl.store import ExportSizes, export_model, load_lcz, load_safetensors, read_manifest
 
 _compat.install()
 
@@ -83,6 +83,7 @@ __all__ = [
     # export (deploy modules: lcdsl.deploy.deploy)
     "export_model",
     "load_lcz",
+    "load_safetensors",
     "read_manifest",
     "ExportSizes",
     # errors

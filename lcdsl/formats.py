@@ -43,13 +43,17 @@ constant                  the file, what it holds, who writes and reads it
                           (uint8 codes), ``NAME.codebook`` and ``NAME.divisors``, expanded in
                           the graph. :mod:`lcdsl.deploy.onnx` writes it; onnxruntime reads it.
 ========================  =====================================================================
+
+:data:`SAFETENSORS_FORMAT`: the ``__metadata__`` of a ``.safetensors`` export (``lcdsl export
+--format safetensors``): the same model as ``.lcz``, each field of θ a tensor, with the spec, the
+plan, sizes and versions as text. :mod:`lcdsl.store.safetensors_file` writes and reads it.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "STATE_FORMAT", "DRIVER_FORMAT", "CHECKPOINT_FORMAT", "REFERENCE_FORMAT", "COMPRESSED_FORMAT",
-    "LCZ_FORMAT", "MAGIC", "REPORT_FORMAT", "SWEEP_FORMAT", "ONNX_FORMAT",
+    "LCZ_FORMAT", "MAGIC", "SAFETENSORS_FORMAT", "REPORT_FORMAT", "SWEEP_FORMAT", "ONNX_FORMAT",
 ]  # fmt: skip
 
 STATE_FORMAT = 2
@@ -77,6 +81,10 @@ operators by ``repr``, no buffers; still read)."""
 
 MAGIC = b"LCZ1"
 """The first four bytes of every ``.lcz`` file (the binary frame, unchanged since format 1)."""
+
+SAFETENSORS_FORMAT = 1
+"""The ``__metadata__`` of a ``.safetensors`` export, under its key ``"format"`` (a string, as
+safetensors metadata values are)."""
 
 REPORT_FORMAT = 1
 """``report.json``."""

@@ -47,7 +47,9 @@ def project(
     Args:
         expression: the right-hand side of a rule, e.g. ``"quant(k=4)"``.
         tensor: the weights; not modified.
-        mu: the penalty parameter (only penalty forms such as ``prune(l0_penalty=…)`` use it).
+        mu: the penalty parameter (only penalty forms such as ``prune(l0_penalty=…)`` use it;
+            at the default 0, the limit μ → 0⁺, they return their cheapest θ: give the μ you
+            mean).
         registry: where operators are looked up; the installed plugins by default.
         layout: which axes of ``tensor`` are a layer's outputs and inputs, for structured
             operators (``Layout(outputs=1, inputs=0)`` for an HF ``Conv1D`` weight); by default

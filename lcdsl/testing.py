@@ -222,6 +222,21 @@ class _Checker:
                     f"predicted {predicted.params} / {predicted.bits}"
                 )
 
+    def distortion_falls_with_mu(self, w: torch.Tensor, mu: float, distortion: float) -> None:
+        """A penalty form's ``‖w − Δ(θ)‖²`` at ``μ = 0``, ``mu`` and ``10·mu + 1`` never grows
+        with ``μ``: for t₁ > t₂ the exact minimisers of D + t·C satisfy D(t₁) ≥ D(t₂)."""
+        mus = sorted({0.0, mu, 10.0 * mu + 1.0})
+        found = [
+            distortion if m == mu else _squared_distance(w, self.decompress(self.project(w, what=f"project with μ = {m:g}", mu=m)))
+            for m in mus
+        ]
+        for (m1, d1), (m2, d2) in zip(zip(mus, found), zip(mus[1:], found[1:])):
+            if d2 > d1 + self.dist_tol:
+                raise self.fail(
+                    f"not optimal for its penalty: ‖w − Δ(θ)‖² grows with μ, {d1:.6g} at μ = {m1:g} but "
+                    f"{d2:.6g} at μ = {m2:g} (μ = 0 is the limit μ → 0⁺: the cheapest θ, not w itself)"
+                )
+
     def feasible(self, delta: torch.Tensor, is_feasible: Feasibility | None) -> None:
         if is_feasible is not None and not is_feasible(delta):
             raise self.fail("Δ(θ) is not feasible (is_feasible returned False)")
@@ -236,7 +251,7 @@ def check_operator(
     *,
     mu: float = 0.0,
     is_feasible: Feasibility | None = None,
-    penalty: bool = False,
+    penalty: bool | None = None,
     trials: int = 6,
     seed: int = 0,
     rtol: float | None = None,
@@ -253,8 +268,11 @@ def check_operator(
     ``μ``; ``Δ(θ)`` is feasible (``is_feasible``, if given) and its own projection
     (``Δ(P(Δ(θ))) = Δ(θ)``: idempotence, which also shows feasibility without a callback); and
     none of ``trials`` random feasible points (projections of random tensors, of ``w`` plus
-    noise, and of scaled ``w``) is closer to ``w`` than ``Δ(θ)``. For penalty forms at ``μ = 0``
-    (direct compression): ``Δ(θ) = w``.
+    noise, and of scaled ``w``) is closer to ``w`` than ``Δ(θ)``. For penalty forms, the
+    convention of :meth:`~lcdsl.operators.base.Operator.project`: the distortion
+    ``‖w − Δ(θ)‖²`` never grows with ``μ`` from ``μ = 0`` (the limit ``μ → 0⁺``, the cheapest
+    ``θ``) through ``mu`` to ``10·mu + 1``, which every exact minimiser of
+    ``‖w − Δ(θ)‖² + (2/μ)·α·C(θ)`` obeys (so a form that keeps ``w`` at ``μ = 0`` fails).
 
     Args:
         op: the operator; it is resolved against ``w``'s shape first (``ValueError`` from
@@ -265,8 +283,10 @@ def check_operator(
             checked by the roundtrip.
         penalty: whether ``op`` is a penalty form (``prune(l1_penalty=α)``,
             ``lowrank(alpha=α)``): its objective has a term besides the distortion, so
-            optimality and idempotence do not apply, and at ``μ = 0`` it must return ``w``.
-            A constraint form (the default) must give the same answer for any ``μ``.
+            optimality against random feasible points and idempotence do not apply, and its
+            distortion must not grow with ``μ``. A constraint form must give the same answer
+            for any ``μ``. By default the operator's own
+            :attr:`~lcdsl.operators.base.Operator.penalty_form`.
         trials: how many random feasible points to compare against.
         seed: seed of those random points.
         rtol: tolerance relative to ``‖w‖`` (to ``‖w‖²`` for distortions); by default ``1e-4``
@@ -297,11 +317,12 @@ def check_operator(
     c.storage(theta)
     distortion = _squared_distance(w, delta)
 
+    if penalty is None:
+        penalty = bool(op.penalty_form)
     if penalty:
         if is_feasible is not None and not is_feasible(delta):
             raise c.fail("Δ(θ) is not feasible (is_feasible returned False)")
-        if mu == 0:
-            c.same(delta, w, "a penalty form at μ = 0 must keep w unchanged")
+        c.distortion_falls_with_mu(w, mu, distortion)
         return CheckReport(op, theta, delta, distortion, None)
 
     other_mu = 10.0 * mu + 1.0
@@ -392,7 +413,7 @@ def operator_properties(
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
     device: str | torch.device = "cpu",
     is_feasible: Feasibility | None = None,
-    penalty: bool = False,
+    penalty: bool | None = None,
 ) -> Callable[[], None]:
     """A hypothesis test running :func:`check_operator` on drawn weights.
 

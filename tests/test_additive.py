@@ -150,9 +150,13 @@ def test_rounds_bound_and_penalty_terms_use_mu() -> None:
     _, trace = additive_project((LowRank(rank=1), Prune(l0=3)), w, rounds=1)
     assert len(trace) == 2
     op = Additive((LowRank(rank=1), Prune(l0_penalty=1e6)))
+    assert op.penalty_form and not Additive((LowRank(rank=1), Prune(l0=3))).penalty_form
     theta = op.project(w, mu=1.0)  # a huge penalty keeps no sparse entries
     assert theta["1.values"].numel() == 0
-    assert op.project(w, mu=0.0)["1.values"].numel() == 36  # μ = 0 keeps everything
+    tiny = Additive((LowRank(rank=1), Prune(l0_penalty=1e-12)))
+    assert tiny.project(w, mu=1.0)["1.values"].numel() == 36  # a tiny one keeps every residual
+    assert tiny.project(w, mu=0.0)["1.values"].numel() == 0  # μ → 0⁺: the penalty wins
+    assert tiny.chosen(tiny.project(w, mu=1.0), (6, 6)) == "rank 1 of 6 + keeps 36 of 36"
 
 
 @pytest.mark.parametrize(

@@ -94,3 +94,16 @@ def test_resnet_quick_runs_and_writes_its_numbers(tmp_path: Path) -> None:
     run = result["repeats"][0]
     assert result["model"] == "resnet_small" and run["tasks"] == 10  # nine convolutions and the classifier
     assert 0 < run["c_seconds"] < run["seconds"] and run["ratio"] > 0
+
+
+def test_export_sizes_quick_writes_every_format_and_reloads(tmp_path: Path) -> None:
+    out = tmp_path / "sizes.json"
+    assert _load("export_sizes").main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"lcz", "safetensors"} <= set(result["formats"])
+    assert [row["case"] for row in result["rows"]] == ["lenet300-quant", "lenet300-prune", "lenet300-mixed",
+                                                       "lenet300-additive"]  # fmt: skip
+    for row in result["rows"]:
+        assert row["safetensors_outputs_equal"]
+        assert row["lcz"] < row["dense"] and row["safetensors"] < row["dense"]
+        assert row["safetensors"] - row["safetensors_header"] <= row["lcz"]  # the same payload, a longer header

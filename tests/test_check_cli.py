@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lcdsl.cli import main
 
@@ -96,3 +97,86 @@ def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "no/such/file.lc"]) != 0
     err = capsys.readouterr().err
     assert "no/such/file.lc" in err and "Traceback" not in err
+
+
+def _reference_with_spectrum(path: Path) -> None:
+    """A LeNet300 reference for digits (64 inputs) whose weights have known singular values:
+    fc1's are 4, 2, 0.5 and 0.05 (rank 4), fc2's 3, fc3's 0.4 (rank 1 each)."""
+    from lcdsl.store.checkpoint import reference_record
+    from lcdsl.training.zoo import load_model
+
+    model = load_model("lenet300", in_features=64, num_classes=10)
+    with torch.no_grad():
+        for name, values in (("fc1", [4.0, 2.0, 0.5, 0.05]), ("fc2", [3.0]), ("fc3", [0.4])):
+            layer = getattr(model, name)
+            m, n = layer.weight.shape
+            u = torch.linalg.qr(torch.randn(m, len(values), generator=torch.Generator().manual_seed(1)))[0]
+            v = torch.linalg.qr(torch.randn(n, len(values), generator=torch.Generator().manual_seed(2)))[0]
+            layer.weight.copy_(u @ torch.diag(torch.tensor(values)) @ v.T)
+    record = reference_record(model, model_name="lenet300", data_name="digits", recipe={}, history=[],
+                              test_error=0.1, train_error=0.1)  # fmt: skip
+    torch.save(record, path)
+
+
+def test_check_sizes_penalty_forms_on_the_reference_at_the_first_and_last_mu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # rank r + 1 is kept when σ² > 2α(m + n)/μ; fc1 (300×64): 2·1e-3·364/μ is 0.728 at μ = 1
+    # (keeps σ = 4, 2) and 0.00728 at μ = 100 (keeps 4, 2, 0.5 but not 0.05)
+    ref = tmp_path / "ref.pt"
+    _reference_with_spectrum(ref)
+    spec = tmp_path / "rs.lc"
+    spec.write_text("mu = geometric(start=1, factor=10, steps=3)\nfc* : lowrank(alpha=1e-3)\n")
+    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref), "--json"]) == 0
+    penalties = json.loads(capsys.readouterr().out)["penalty_forms"]
+    assert penalties["ends"] == [1.0, 100.0] and penalties["weights"] == f"the reference {ref}"
+    kept = {row["task"]: [at["kept"] for at in row["at"]] for row in penalties["tasks"]}
+    assert kept == {
+        "fc1.weight": ["rank 2 of 64", "rank 3 of 64"],  # 0.05² = 0.0025 < 0.00728
+        "fc2.weight": ["rank 1 of 100", "rank 1 of 100"],  # 9 > 2·1e-3·400 = 0.8
+        "fc3.weight": ["rank 0 of 10", "rank 1 of 10"],  # 0.16 < 0.22 at μ = 1; > 0.0022 at μ = 100
+    }
+    fc1 = penalties["tasks"][0]["at"][0]
+    assert fc1["params"] == 2 * (300 + 64) and fc1["ratio"] == pytest.approx(19_200 / (2 * 364))
+
+    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "at the first μ = 1" in out and "at the last μ = 100" in out
+    assert "rank 2 of 64 · 728 params ×26.4" in out and "the limit μ → 0⁺" in out
+
+    # without a reference: sized on the initial weights, and said so
+    assert main(["check", str(spec), "--model", "lenet300"]) == 0
+    out = capsys.readouterr().out
+    assert "penalty forms on lenet300's initial weights" in out and "give --reference REF" in out
+
+
+def test_check_without_penalty_forms_prints_no_penalty_table(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = next(s for s in SPECS if s.name == "lenet300-prune.lc")
+    assert main(["check", str(spec), "--model", "lenet300", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["penalty_forms"] is None
+    assert main(["check", str(spec), "--model", "lenet300"]) == 0
+    assert "penalty forms" not in capsys.readouterr().out
+
+
+def test_a_schedule_that_picks_mu_in_the_run_has_no_ends() -> None:
+    from types import SimpleNamespace
+
+    from lcdsl.plan.summary import schedule_ends
+
+    assert schedule_ends(SimpleNamespace(settings=SimpleNamespace(mu=SimpleNamespace()))) is None  # type: ignore[arg-type]
+    empty = SimpleNamespace(values=lambda: ())
+    assert schedule_ends(SimpleNamespace(settings=SimpleNamespace(mu=empty))) is None  # type: ignore[arg-type]
+
+
+def test_check_reference_for_another_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = tmp_path / "ref.pt"
+    _reference_with_spectrum(ref)
+    spec = next(s for s in SPECS if s.name == "lenet300-rankselect.lc")
+    assert main(["check", str(spec), "--model", "lenet5", "--reference", str(ref)]) != 0
+    assert "was trained for model 'lenet300', not 'lenet5'" in capsys.readouterr().err
+
+
+def test_check_reference_without_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = next(s for s in SPECS if s.name == "lenet300-rankselect.lc")
+    assert main(["check", str(spec), "--reference", str(tmp_path / "ref.pt")]) == 2
+    assert "--reference needs --model" in capsys.readouterr().err

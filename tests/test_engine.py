@@ -78,7 +78,7 @@ class RankOne(Operator):
 
 @attrs.frozen
 class HardThreshold(Operator):
-    """argmin_θ ‖w − θ‖² + (2α/μ)‖θ‖₀: keep |w| > √(2α/μ); keep everything at μ = 0."""
+    """argmin_θ ‖w − θ‖² + (2α/μ)‖θ‖₀: keep |w| > √(2α/μ); keep nothing at μ = 0 (μ → 0⁺)."""
 
     name: ClassVar[str] = "hard"
     alpha: float
@@ -87,7 +87,7 @@ class HardThreshold(Operator):
     def project(self, w, mu=0.0, warm=None):
         self.seen_mus.append((mu, warm is not None))
         if mu == 0:
-            return {"values": w.clone()}
+            return {"values": torch.zeros_like(w)}
         return {"values": torch.where(w.abs() > math.sqrt(2 * self.alpha / mu), w, torch.zeros_like(w))}
 
     def decompress(self, theta, shape):
@@ -492,7 +492,7 @@ def test_storage_before_and_after_and_resume_before_any_c_step() -> None:
     assert engine.storage()[0][1] is None  # a penalty form cannot predict its size
     fresh = engine.state_dict()
     engine.direct_compression()
-    assert engine.storage()[0][1] == Storage(72, 72 * 32)  # μ = 0 keeps everything
+    assert engine.storage()[0][1] == Storage(0, 0)  # μ = 0 (the limit μ → 0⁺) keeps nothing
     engine.load_state_dict(fresh)
     assert engine.thetas == {} and engine.step == 0
     with pytest.raises(EngineError, match="needs a C step first"):

@@ -87,6 +87,10 @@ class Fake(Operator):
             return {"q": w.clone()}
         if self.bug == "mu":  # a constraint form whose answer moves with μ
             return {"q": torch.round(w) + float(mu > 0.5)}
+        if self.bug == "keeps_w_at_zero":  # a penalty form that reads μ = 0 as "no penalty"
+            return {"q": w.clone() if mu == 0 else torch.round(w)}
+        if self.bug == "zero_at_zero":  # the convention: μ → 0⁺ gives the cheapest θ
+            return {"q": torch.zeros_like(w) if mu == 0 else torch.round(w)}
         return {"q": torch.round(w)}
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
@@ -153,11 +157,31 @@ def test_the_kit_checks_feasibility_with_a_callback():
         check_operator(Fake(bug="identity"), W, is_feasible=integers)
 
 
-def test_a_penalty_form_must_keep_w_at_mu_zero():
-    report = check_operator(Fake(bug="identity"), W, penalty=True)
-    assert report.gap is None and report.distortion == 0
-    with pytest.raises(OperatorCheckError, match="a penalty form at μ = 0 must keep w unchanged"):
-        check_operator(Fake(), W, penalty=True)
+def test_a_penalty_forms_distortion_must_not_grow_with_mu():
+    report = check_operator(Fake(bug="zero_at_zero"), W, mu=1.0, penalty=True)
+    assert report.gap is None and report.distortion == pytest.approx(float(((W - W.round()) ** 2).sum()))
+    with pytest.raises(OperatorCheckError, match=r"grows with μ, 0 at μ = 0 but .* at μ = 1 \(μ = 0 is the limit"):
+        check_operator(Fake(bug="keeps_w_at_zero"), W, mu=1.0, penalty=True)
+
+
+def test_the_kit_reads_penalty_form_from_the_operator():
+    assert Fake().penalty_form is False
+    assert default_registry().operator("lowrank")(alpha=1.0).penalty_form is True
+    assert default_registry().operator("prune")(l0_penalty=1.0).penalty_form is True
+    assert default_registry().operator("prune")(l0=3).penalty_form is False
+    with pytest.raises(OperatorCheckError, match="grows with μ"):  # no penalty= needed
+        check_operator(_PenaltyFake(), W, mu=1.0)
+
+
+@attrs.frozen
+class _PenaltyFake(Fake):
+    """A fake that declares itself a penalty form and keeps w at μ = 0."""
+
+    bug: str = "keeps_w_at_zero"
+
+    @property
+    def penalty_form(self) -> bool:
+        return True
 
 
 def test_operator_properties_fails_on_a_broken_operator():

@@ -94,6 +94,7 @@ def test_idempotent_and_scaling_equivariant(wr: tuple[torch.Tensor, int], c: flo
 
 @given(w=matrices(), alpha=st.floats(1e-4, 1e2), mu=st.floats(1e-3, 1e3))
 @example(w=torch.eye(3), alpha=1.0, mu=1.0)
+@example(w=torch.eye(3), alpha=1e-9, mu=0.0)  # μ → 0⁺: the cost alone, rank 0
 def test_rank_selection_is_exact_over_every_rank(w: torch.Tensor, alpha: float, mu: float) -> None:
     m, n = w.shape
     s = np.linalg.svd(w.double().numpy(), compute_uv=False)
@@ -109,14 +110,30 @@ def test_rank_selection_is_exact_over_every_rank(w: torch.Tensor, alpha: float, 
         assert op.storage((m, n), theta) == Storage(params=r * (m + n), bits=32 * r * (m + n))
 
 
-def test_rank_selection_keeps_full_rank_at_mu_zero_and_picks_smallest_on_ties() -> None:
+def test_rank_selection_at_mu_zero_is_rank_zero_and_picks_smallest_on_ties() -> None:
     w = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
-    theta = LowRank(alpha=10.0).project(w, mu=0.0)
-    assert theta["V"].shape[0] == 3
+    op = LowRank(alpha=1e-9)  # however cheap a rank, μ → 0⁺ lets the cost win
+    theta = op.project(w, mu=0.0)
+    assert theta["U"].shape == (3, 0) and theta["V"].shape == (0, 3)
+    assert torch.equal(op.decompress(theta, (3, 3)), torch.zeros(3, 3))
+    assert op.storage((3, 3), theta) == Storage(params=0, bits=0)
+    with pytest.raises(ValueError, match="μ must be ≥ 0"):
+        op.project(w, mu=-1.0)
     # α·6r vs μ/2·tail: with μ = 2, rank 1 costs 6α + 5, rank 0 costs 14; at α = 1.5 both are 14
     assert select_rank(torch.tensor([3.0, 2.0, 1.0]), 3, 3, alpha=1.5, mu=2.0) == 0
     assert select_rank(torch.tensor([3.0, 2.0, 1.0]), 3, 3, alpha=1.0, mu=2.0) == 1
     assert select_rank(torch.tensor([3.0, 2.0, 1.0]), 3, 3, alpha=1e-9, mu=2.0) == 3
+
+
+@given(w=matrices(), alpha=st.floats(1e-4, 1e2), mu=st.floats(1e-3, 1e3))
+def test_rank_selection_keeps_more_as_mu_grows(w: torch.Tensor, alpha: float, mu: float) -> None:
+    # exact minimisers of tail + (2α/μ)·cost: the rank never falls and the tail never grows with μ
+    op = LowRank(alpha=alpha)
+    thetas = [op.project(w, mu=m) for m in (0.0, mu, 4 * mu)]
+    ranks = [t["V"].shape[0] for t in thetas]
+    assert ranks == sorted(ranks) and ranks[0] == 0
+    tails = [sq(w - op.decompress(t, tuple(w.shape))) for t in thetas]
+    assert tails[0] >= tails[1] - tol(w) and tails[1] >= tails[2] - tol(w)
 
 
 def test_deterministic_and_sign_canonical() -> None:

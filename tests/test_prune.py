@@ -237,12 +237,27 @@ def test_l1_penalty_soft_threshold_is_optimal(w: torch.Tensor, alpha: float, mu:
 
 
 @pytest.mark.parametrize("form", ["l0_penalty", "l1_penalty"])
-def test_penalties_keep_everything_at_mu_zero(form: str) -> None:
-    w = torch.tensor([0.0, -1e-6, 3.0, -2.0])
-    op = Prune(**{form: 1.0})
-    assert torch.equal(dense(op, w, mu=0.0), w)
+def test_penalties_keep_nothing_at_mu_zero(form: str) -> None:
+    # μ = 0 is the limit μ → 0⁺: the threshold √(2α/μ) (or α/μ) is infinite, the cost wins
+    w = torch.tensor([0.0, -1e-6, 3.0, -2e6])
+    op = Prune(**{form: 1e-12})
+    assert torch.equal(dense(op, w, mu=0.0), torch.zeros(4))
     assert op.storage((4,)) is None
-    assert op.storage((4,), op.project(w, mu=0.0)) == Storage(params=4, bits=4 * 32 + 4)
+    assert op.storage((4,), op.project(w, mu=0.0)) == Storage(params=0, bits=0)
+    with pytest.raises(ValueError, match="μ must be ≥ 0"):
+        op.project(w, mu=-1.0)
+
+
+@given(w=vectors(), alpha=alphas, mu=mus)
+@example(w=torch.tensor([1.0, -2.0, 0.5]), alpha=1.0, mu=1.0)
+def test_penalties_keep_more_as_mu_grows(w: torch.Tensor, alpha: float, mu: float) -> None:
+    # exact minimisers of D + (2α/μ)·C: D never grows and C never falls as μ grows, from μ = 0
+    for form in ("l0_penalty", "l1_penalty"):
+        op = Prune(**{form: alpha})
+        kept = [dense(op, w, m) for m in (0.0, mu, 4 * mu)]
+        d = [sq(w - k) for k in kept]
+        assert d[0] >= d[1] - tol(w) and d[1] >= d[2] - tol(w)
+        assert [int((k != 0).sum()) for k in kept] == sorted(int((k != 0).sum()) for k in kept)
 
 
 # ------------------------------------------------------------ structured

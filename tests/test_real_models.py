@@ -1,7 +1,8 @@
 """Real architectures end to end: compress → export → reload gives the model that was evaluated.
 
-A BatchNorm ResNet on the digits through ``lcdsl compress`` and ``lcdsl export`` (buffers travel,
-the export's check is against the outputs ``compress`` recorded); a GPT-2 with its tied embedding,
+A BatchNorm ResNet on the digits through ``lcdsl compress`` and ``lcdsl export`` (``.lcz`` and
+``--format safetensors``; buffers travel, the export's check is against the outputs ``compress``
+recorded); a GPT-2 with its tied embedding,
 HF ``Conv1D`` layers pruned by output units and token-id data through the same commands; a BERT
 classifier through the API (bind, engine, export, load).
 """
@@ -17,7 +18,7 @@ import torch
 from lcdsl.cli import main
 from lcdsl.engine import Engine
 from lcdsl.language import parse
-from lcdsl.store import export_model, load_compressed, load_lcz, read_compressed
+from lcdsl.store import export_model, load_compressed, load_lcz, load_safetensors, read_compressed
 from lcdsl.training.data import load_data, model_kwargs
 from lcdsl.training.zoo import load_model
 
@@ -79,6 +80,11 @@ def test_a_batchnorm_resnet_reloads_from_its_export_as_it_was_evaluated(folder, 
     conv = reloaded.layer3[0].conv2.weight
     assert conv.unique().numel() <= 4  # the joint group's one 4-entry codebook
 
+    assert main(["export", str(run), "--format", "safetensors"]) == 0  # the same model as safetensors
+    from_safetensors = load_model("resnet-small", **model_kwargs("resnet-small", data))
+    load_safetensors(run / "model.safetensors", from_safetensors)
+    assert torch.equal(outputs(from_safetensors, x), outputs(reloaded, x))
+
 
 def test_gpt2_with_a_tied_embedding_and_conv1d_rows_through_compress_and_export(folder):
     run = folder / "gpt"
@@ -98,6 +104,13 @@ def test_gpt2_with_a_tied_embedding_and_conv1d_rows_through_compress_and_export(
     assert reloaded.transformer.wte.weight.unique().numel() <= 4
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3))
     assert torch.equal(outputs(reloaded, {"input_ids": ids}), outputs(compressed, {"input_ids": ids}))
+
+    assert main(["export", str(run), "--format", "safetensors", "--model", f"{MODULE}:gpt2",
+                 "--data", f"{MODULE}:tokens"]) == 0  # fmt: skip
+    from_safetensors = factories.gpt2()
+    load_safetensors(run / "model.safetensors", from_safetensors)
+    assert from_safetensors.lm_head.weight is from_safetensors.transformer.wte.weight
+    assert torch.equal(outputs(from_safetensors, {"input_ids": ids}), outputs(compressed, {"input_ids": ids}))
 
     fc = reloaded.transformer.h[0].mlp.c_fc.weight  # Conv1D stores (in, out): output units are columns
     kept_units = (fc.abs().sum(0) > 0).sum().item()

@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
+from torch import nn
+
+from lcdsl.cli.train import build_model
+from lcdsl.errors import Diagnostic, ModelError, SpecError
 from lcdsl.language.parser import load
 from lcdsl.operators.base import describe
 from lcdsl.plan.binder import check_spec
+from lcdsl.plan.model import Plan
 from lcdsl.plan.settings import settings_from_spec
-from lcdsl.plan.summary import plan_summary
+from lcdsl.plan.summary import penalty_sizes, plan_summary, schedule_ends
 from lcdsl.report.console import console
-from lcdsl.report.plan import plan_table
+from lcdsl.report.plan import PENALTY_NOTE, penalty_table, plan_table
 from lcdsl.report.run import settings_json
+from lcdsl.store.atomic import load_checkpoint
+from lcdsl.store.checkpoint import load_reference
+from lcdsl.training.data import load_data
 from lcdsl.training.zoo import load_model
 
 __all__ = ["add_parser", "run"]
@@ -31,13 +40,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", help="built-in model (lenet300, lenet5) or module:function (runs that module's code)"
     )
+    parser.add_argument(
+        "--reference", metavar="REF",
+        help="trained weights for --model (a file from lcdsl train): penalty forms are sized on them",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
+
+
+def _reference_model(path: str, model_name: str) -> nn.Module:
+    """``model_name`` sized for the data set the reference file ``path`` names, with its weights.
+
+    Raises:
+        ModelError: the file is missing, malformed, or for another model.
+        DataError: that data set cannot be loaded here.
+    """
+    state = load_checkpoint(path, error=ModelError)
+    data_name = str(state.get("data"))
+    if state.get("model") != model_name:  # before sizing a model for data it was never trained on
+        raise ModelError(f"{path} was trained for model '{state.get('model')}', not '{model_name}'")
+    model = build_model(model_name, load_data(data_name), seed=0)
+    load_reference(path, model, model_name=model_name, data_name=data_name)
+    return model
+
+
+def _penalties(plan: Plan, model: nn.Module, weights: str) -> dict[str, Any] | None:
+    """What the penalty forms keep at the schedule's first and last μ on the model's weights, as
+    data (``None`` without penalty forms); ``ends`` is None when the schedule picks μ in the run."""
+    if not any(task.operator.penalty_form for task in plan.tasks):
+        return None
+    ends = schedule_ends(plan)
+    rows = penalty_sizes(plan, model, ends) if ends is not None else []
+    return {"weights": weights, "ends": list(ends) if ends else None, "tasks": rows}
 
 
 def run(args: argparse.Namespace) -> int:
     """Check one spec; returns the exit code."""
     spec = load(args.spec)
+    if args.reference and args.model is None:
+        raise SpecError(Diagnostic("--reference needs --model (the model the weights are for)", code="bad-option"),
+                        filename="command line")  # fmt: skip
     if args.model is None:
         operators = check_spec(spec)
         settings = settings_from_spec(spec)
@@ -54,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
                 out.print(f"  line {row['line']}: {row['operator']}")
             out.print("(give --model to bind the selectors and see sizes)")
         return 0
-    model = load_model(args.model)
+    model = _reference_model(args.reference, args.model) if args.reference else load_model(args.model)
     plan = spec.bind(model)
+    weights = f"the reference {args.reference}" if args.reference else f"{args.model}'s initial weights"
+    penalties = _penalties(plan, model, weights)
     if args.json:
         summary = plan_summary(plan)
+        summary["penalty_forms"] = penalties
         summary["spec"] = args.spec
         summary["model"] = args.model
         summary["settings"] = settings_json(plan.settings)
@@ -70,5 +115,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         if plan.warnings:
             print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
-        console().print(plan_table(plan, title=f"{args.spec} on {args.model}"))
+        out = console()
+        out.print(plan_table(plan, title=f"{args.spec} on {args.model}"))
+        if penalties is not None:
+            _print_penalties(penalties, reference=bool(args.reference))
     return 0
+
+
+def _print_penalties(penalties: dict[str, Any], *, reference: bool) -> None:
+    out = console()
+    if penalties["ends"] is None:
+        out.print(
+            "penalty forms: their sizes depend on μ, which this schedule picks during the run; "
+            "they are not known before it"
+        )
+        return
+    out.print(penalty_table(penalties["tasks"], tuple(penalties["ends"]), penalties["weights"]))
+    out.print(PENALTY_NOTE)
+    if not reference:
+        out.print("(give --reference REF, trained weights, to size them on the weights LC starts from)")

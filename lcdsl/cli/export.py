@@ -1,5 +1,8 @@
 """``lcdsl export DIR --out model.lcz``: the compressed model of a run as one compact file.
 
+``--format safetensors`` writes the same fields as a ``.safetensors`` file instead
+(:mod:`lcdsl.store.safetensors_file`), checked the same way.
+
 Reads ``DIR/compressed.pt`` (and ``DIR/report.json`` for the data set's name), rebuilds the
 model (from ``--model`` / ``--data``, or from the names the run recorded when they are built-ins:
 a ``module:function`` recorded in a file is never imported, the command refuses and prints the
@@ -35,14 +38,21 @@ from lcdsl.cli.train import build_model
 from lcdsl.deploy import deploy
 from lcdsl.errors import EngineError, LcdslError, ModelError
 from lcdsl.report.console import console, human_bits
-from lcdsl.store.lcz import ExportSizes, export_model, load_lcz, read_manifest
+from lcdsl.store.lcz import EXPORT_FORMATS, ExportSizes, export_model, load_lcz, read_manifest
 from lcdsl.store.model import bind_saved_spec, load_compressed, read_compressed
 from lcdsl.store.probe import PROBE_SIZE, check_probe, model_outputs
+from lcdsl.store.safetensors_file import load_safetensors, read_safetensors_manifest
 from lcdsl.training.batch import forward
 from lcdsl.training.data import DATASETS, Dataset, load_data
 from lcdsl.training.zoo import MODELS
 
-__all__ = ["add_parser", "run", "size_table", "median_latency"]
+__all__ = ["add_parser", "run", "size_table", "median_latency", "FILES"]
+
+FILES: dict[str, tuple[str, Any, Any]] = {
+    "lcz": (".lcz", load_lcz, read_manifest),
+    "safetensors": (".safetensors", load_safetensors, read_safetensors_manifest),
+}
+"""Per ``--format``: the file's suffix, its loader ``(path, model)`` and its manifest reader."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +66,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and checked before the command ends.",
     )
     parser.add_argument("dir", metavar="DIR", help="the output folder of 'lcdsl compress' (holds compressed.pt)")
-    parser.add_argument("--out", metavar="PATH", help="the file to write (default DIR/model.lcz)")
+    parser.add_argument("--out", metavar="PATH", help="the file to write (default DIR/model.lcz, .safetensors or .onnx)")
+    parser.add_argument(
+        "--format", choices=(*EXPORT_FORMATS, "onnx"), default="lcz",
+        help="lcz (lcdsl's own, smallest) or safetensors (any safetensors reader opens it; docs/deploy.md has "
+        "its tensor names); default lcz; onnx: the deployed model as ONNX (codebook weights as uint8 codes and "
+        "a codebook, low-rank as two layers, pruned units removed), checked in onnxruntime (needs pip install "
+        "'lcdsl[onnx]')",
+    )  # fmt: skip
     parser.add_argument(
         "--model", metavar="M",
         help="the model: built-in, or module:function (runs that module's code); default: the run's, if built in",
@@ -75,12 +92,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--deflate", action="store_true", help="deflate each field where that helps (smaller than the reported bits)"
     )
-    parser.add_argument(
-        "--format", choices=("lcz", "onnx"), default="lcz",
-        help="lcz (default): the compact .lcz file; onnx: the deployed model as ONNX (codebook weights as uint8 "
-        "codes and a codebook, low-rank as two layers, pruned units removed), checked in onnxruntime "
-        "(needs pip install 'lcdsl[onnx]')",
-    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -144,12 +155,13 @@ def _deploy(model: torch.nn.Module, plan: Any, thetas: dict, x: torch.Tensor, ou
 
 
 def _check_file(path: Path, out: Path, state: dict[str, Any], model: torch.nn.Module, fresh: torch.nn.Module,
-                data: Any, data_dir: str | None) -> str:  # fmt: skip
-    """Load the written file into ``fresh`` and check it; returns what was checked, for the summary.
+                data: Any, data_dir: str | None, load: Any = load_lcz) -> str:  # fmt: skip
+    """Load the written file into ``fresh`` (with ``load``) and check it; returns what was checked,
+    for the summary.
 
     Raises:
         ModelError: the file's model is not the one ``lcdsl compress`` evaluated."""
-    load_lcz(path, fresh)
+    load(path, fresh)
     probe = state.get("probe")
     if isinstance(probe, dict):
         if probe.get("data") == data.name and probe.get("seed") is not None:
@@ -185,10 +197,11 @@ def recorded_names(
     ]  # fmt: skip
     if foreign:
         words = ["lcdsl", "export", str(folder), "--model", str(model), "--data", str(data)]
-        for option, value in (("--out", args.out), ("--data-dir", args.data_dir)):
+        fmt = getattr(args, "format", "lcz")
+        options = (("--out", args.out), ("--data-dir", args.data_dir), ("--format", fmt if fmt != "lcz" else None))
+        for option, value in options:
             words += [option, str(value)] if value else []
         words += [flag for flag, on in (("--deploy", args.deploy), ("--deflate", args.deflate)) if on]
-        words += ["--format", args.format] if getattr(args, "format", "lcz") != "lcz" else []
         raise ModelError(
             f"{folder} records {' and '.join(foreign)}, which {'is' if len(foreign) == 1 else 'are'} not built in; "
             "lcdsl never imports code a file names. If you trust that code, name it yourself:\n"
@@ -221,15 +234,17 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "format", "lcz") == "onnx":
         return write_onnx(model, plan, thetas, data, Path(args.out) if args.out else folder / "model.onnx", spec_text)
 
-    out = Path(args.out) if args.out else folder / "model.lcz"
+    suffix, load, read = FILES[args.format]
+    out = Path(args.out) if args.out else folder / f"model{suffix}"
     extra = {"data": data.name, "deploy": bool(args.deploy)}
     # written beside --out, checked, then renamed over it: a file that fails leaves the old one
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         sizes = export_model(model, plan, thetas, tmp, spec_text=spec_text, model_name=model_name,
-                             extra=extra, deflate=args.deflate)  # fmt: skip
-        checked = _check_file(tmp, out, state, model, build_model(model_name, data, seed=1), data, args.data_dir)
-        manifest = read_manifest(tmp)
+                             extra=extra, deflate=args.deflate, format=args.format)  # fmt: skip
+        fresh = build_model(model_name, data, seed=1)
+        checked = _check_file(tmp, out, state, model, fresh, data, args.data_dir, load)
+        manifest = read(tmp)
         os.replace(tmp, out)
     except LcdslError as exc:
         raise type(exc)(f"{exc}\n{out} was not written" + (" (the file already there is as it was)"
@@ -239,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
             tmp.unlink()
     show.print(size_table(sizes, manifest))
     show.print(
-        f"{out}: {sizes.file_bytes:,} bytes (manifest and header {sizes.file_bytes - sizes.payload_bytes:,}); "
+        f"{out}: {sizes.file_bytes:,} bytes ({'header' if args.format != 'lcz' else 'manifest and header'} "
+        f"{sizes.file_bytes - sizes.payload_bytes:,}); "
         f"dense storage {sizes.dense_bytes:,} bytes (×{sizes.dense_bytes / sizes.file_bytes:.1f}); {checked}"
     )
     if args.deploy:

@@ -205,7 +205,10 @@ class Engine(EngineState, EngineLoop):
 
     @torch.no_grad()
     def direct_compression(self) -> None:
-        """Step 0: ``θ = Π(w)`` at ``μ = 0`` with no warm start, ``λ = 0``; resets the run."""
+        """Step 0: ``θ = Π(w)`` at ``μ = 0`` with no warm start, ``λ = 0``; resets the run.
+
+        ``μ = 0`` is the limit ``μ → 0⁺``: constraint forms ignore it, penalty forms return their
+        cheapest θ (rank 0, nothing kept; :meth:`lcdsl.operators.base.Operator.project`)."""
         self.step = 0
         self._mu = 0.0
         self.converged = False

@@ -140,6 +140,11 @@ class Additive(Operator):
                 return view  # type: ignore[return-value]
         return "vector"
 
+    @property
+    def penalty_form(self) -> bool:
+        """True when any term is a penalty form (the sum's answer then depends on μ)."""
+        return any(t.penalty_form for t in self.terms)
+
     def resolve(self, shape: tuple[int, ...]) -> Additive:
         """Every term resolved against its view of the same task."""
         views = _term_views(self.terms, tuple(shape))
@@ -149,6 +154,12 @@ class Additive(Operator):
         """The terms' notes (:meth:`Operator.axes`), joined by ``; ``; None if no term has one."""
         notes = [t.axes(v.shape) for t, v in zip(self.terms, _term_views(self.terms, tuple(shape)))]
         return "; ".join(n for n in notes if n) or None
+
+    def chosen(self, theta: Theta, shape: tuple[int, ...]) -> str | None:
+        """The terms' words (:meth:`Operator.chosen`), joined by `` + ``; None if no term has any."""
+        parts = _split(theta, len(self.terms)) or []
+        words = [t.chosen(p, v.shape) for t, p, v in zip(self.terms, parts, _term_views(self.terms, tuple(shape)))]
+        return " + ".join(w for w in words if w) or None
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """The flat θ of :func:`additive_project`."""

@@ -6,8 +6,9 @@ An operator is a small frozen attrs class. Its fields are exactly its spec keywo
 docstring opens with the problem it solves. It offers:
 
 - :meth:`Operator.project`: the C step ``θ = argmin_θ ‖w − Δ(θ)‖²`` (plus the penalty term of
-  penalty forms, which needs ``μ``). Pure: the previous ``θ`` may be passed as a warm start,
-  nothing is stored on the operator.
+  penalty forms, which needs ``μ``; ``μ = 0`` is the limit ``μ → 0⁺``, the cheapest ``θ``).
+  Pure: the previous ``θ`` may be passed as a warm start, nothing is stored on the operator.
+- :attr:`Operator.penalty_form`: whether the answer depends on ``μ`` (a penalty form).
 - :meth:`Operator.decompress`: ``Δ(θ)``, a tensor of the view's shape.
 - :meth:`Operator.storage`: the size of ``θ`` in parameters and bits.
 - :meth:`Operator.resolve`: relative amounts (``l0=5%``) turned into absolute ones once the
@@ -140,6 +141,17 @@ class Operator:
     instance when the view depends on a field (``prune(by=channels)`` needs ``"tensor"``,
     ``prune(l0=…)`` a ``"vector"``); the plan and the engine read ``operator.view`` on instances."""
 
+    @property
+    def penalty_form(self) -> bool:
+        """Whether this is a *penalty form*: its C step solves
+        ``argmin_θ ‖w − Δ(θ)‖² + (2/μ)·α·C(θ)`` (a cost ``C`` priced at ``α`` in units of the loss)
+        instead of a constraint, so its answer depends on ``μ`` and its size is known only from
+        ``θ``. ``False`` by default; ``prune(l0_penalty=…)``, ``prune(l1_penalty=…)`` and
+        ``lowrank(alpha=…)`` say ``True``. ``lcdsl check`` shows what a penalty form keeps at the
+        schedule's first and last ``μ``, and :func:`lcdsl.testing.check_operator` checks the
+        convention of :meth:`project` on it."""
+        return False
+
     def resolve(self, shape: tuple[int, ...]) -> Operator:
         """This operator with relative amounts made absolute for a task of view ``shape``.
 
@@ -170,14 +182,30 @@ class Operator:
             return f"rows = {shape[0]} outputs, columns = {shape[1]} inputs"
         return None
 
+    def chosen(self, theta: Theta, shape: tuple[int, ...]) -> str | None:
+        """What ``θ`` of a task of view ``shape`` kept, in the operator's own words, for a
+        penalty form whose size only ``θ`` tells (``rank 50``, ``keeps 4,210 of 235,200``);
+        ``lcdsl check`` shows it beside the size. The default says nothing (None)."""
+        return None
+
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """The C step: ``θ`` minimising ``‖w − Δ(θ)‖²`` (plus ``2/μ·α·C(θ)`` for penalties).
+
+        **μ and penalty forms.** Constraint forms ignore ``μ``. A penalty form
+        (:attr:`penalty_form`) minimises ``‖w − Δ(θ)‖² + (2/μ)·α·C(θ)``: the larger ``μ``, the
+        more it keeps. ``μ = 0`` means the limit ``μ → 0⁺``, where the cost alone decides: return
+        the cheapest ``θ`` (rank 0, no weight kept), never ``w`` itself. That is what the
+        engine's direct compression (step 0, ``μ = 0``) gets, as in the LC papers: the first L
+        step then pulls the weights towards the cheapest model, and the later C steps keep what
+        the loss makes worth its price ``α`` (reading ``μ = 0`` as "no penalty" instead keeps
+        everything at step 0, and the run keeps nearly everything; ``docs/language.md``, penalty
+        forms). An exact penalty form's ``‖w − Δ(θ)‖²`` never grows and its ``C(θ)`` never
+        falls as ``μ`` grows (what :func:`lcdsl.testing.check_operator` verifies).
 
         Args:
             w: the target in this operator's view (``w − λ/μ`` in the LC iteration). Not
                 modified.
-            mu: the current penalty parameter; only penalty forms use it (``μ = 0`` is direct
-                compression, for which a penalty form keeps everything).
+            mu: the current penalty parameter, ``≥ 0``; only penalty forms use it.
             warm: the ``θ`` of the previous C step, if any; an exact operator may use it only to
                 go faster, never to change the answer.
 

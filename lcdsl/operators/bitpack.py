@@ -62,6 +62,8 @@ def pack_uint(values: np.ndarray, bits: int) -> bytes:
 def unpack_uint(data: bytes, count: int, bits: int) -> np.ndarray:
     """The ``count`` codes of :func:`pack_uint` as ``uint64`` (``(count,)``)."""
     if bits == 0 or count == 0:
+        if data:  # pack_uint writes nothing then: bytes here belong to no code
+            raise ValueError(f"{count} codes of {bits} bits take no bytes, got {len(data)}")
         return np.zeros(count, dtype=np.uint64)
     need = math.ceil(count * bits / 8)
     if len(data) != need:

@@ -68,20 +68,23 @@ def rank_costs(m: int, n: int, k: int, device: torch.device | None = None) -> to
 def select_rank(s: torch.Tensor, m: int, n: int, alpha: float, mu: float) -> int:
     """argmin over r = 0..k of α·cost(r) + μ/2·Σ_{i>r} σ_i² (exact; the smallest r on ties).
 
+    At μ = 0 (the limit μ → 0⁺ of the LC paper's direct compression) the cost alone decides and
+    the answer is rank 0; the formula gives it without a special case.
+
     Args:
         s: singular values (k,), decreasing.
         m, n: the matrix's shape.
         alpha: weight of the cost.
-        mu: the LC penalty parameter; at μ = 0 the full rank k is returned.
+        mu: the LC penalty parameter, ≥ 0.
     """
+    if not mu >= 0:
+        raise ValueError(f"μ must be ≥ 0, got {mu}")
     k = s.numel()
-    if mu <= 0:
-        return k
     s2 = s.to(torch.float64).square()  # (k,)
     # tail[r] = Σ_{i≥r} σ_i² (0-based), summed from the small end to keep digits; tail[k] = 0
     tail = torch.cat([torch.flip(torch.cumsum(torch.flip(s2, (0,)), 0), (0,)), s2.new_zeros(1)])  # (k+1,)
     objective = alpha * rank_costs(m, n, k, s.device) + 0.5 * mu * tail  # (k+1,)
-    return int(torch.argmin(objective).item())
+    return int(torch.argmin(objective).item())  # the first minimum: the smallest rank on ties
 
 
 def _check_cost(instance: Any, attribute: Any, value: Any) -> None:
@@ -97,8 +100,11 @@ class LowRank(Operator):
 
     - ``rank=r``: the r leading singular triplets (Eckart–Young); ``r`` must not exceed
       min(m, n) of the task's matrix;
-    - ``alpha=α`` (rank selection): the rank minimising α·cost(r) + μ/2·Σ_{i>r} σ_i² over
-      r = 0..min(m, n), from one SVD, all ranks compared at once; at μ = 0 the full rank.
+    - ``alpha=α`` (rank selection, a penalty form): the rank minimising
+      α·cost(r) + μ/2·Σ_{i>r} σ_i² over r = 0..min(m, n), from one SVD, all ranks compared at
+      once. α is in units of the loss per stored number (the LC rank-selection paper's α, its
+      λ·10⁻⁶); rank r + 1 is kept when σ²_{r+1} > 2α(m + n)/μ. At μ = 0 (the limit μ → 0⁺)
+      rank 0 (see :meth:`~lcdsl.operators.base.Operator.project` for the convention).
       ``cost`` is ``storage`` or ``flops``; both equal r·(m + n) (see :func:`rank_costs`).
 
     The weight is seen as the matrix ``(out, in·kh·kw)``. ``θ = {"U": (m, r) scaled by the
@@ -130,6 +136,11 @@ class LowRank(Operator):
             raise ValueError(f"lowrank needs a matrix, got shape {tuple(shape)}")
         return int(shape[0]), int(shape[1])
 
+    @property
+    def penalty_form(self) -> bool:
+        """True for rank selection (``alpha``): the answer depends on μ."""
+        return self.alpha is not None
+
     def resolve(self, shape: tuple[int, ...]) -> LowRank:
         """Checks that ``rank`` fits the ``(m, n)`` matrix; nothing is relative here."""
         m, n = self._matrix(tuple(shape))
@@ -158,6 +169,10 @@ class LowRank(Operator):
         else:
             return None
         return Storage(params=r * (m + n), bits=FLOAT_BITS * r * (m + n))
+
+    def chosen(self, theta: Theta, shape: tuple[int, ...]) -> str:
+        """``rank r of k``."""
+        return f"rank {theta['V'].shape[0]} of {min(self._matrix(tuple(shape)))}"
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the (m, n) target ``w``; ``warm`` is unused (one SVD is exact and cheap enough)."""

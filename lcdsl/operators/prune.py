@@ -7,6 +7,9 @@ Every form is an exact projection:
 - ``prune(l0_penalty=α)``: hard threshold ``√(2α/μ)``;
 - ``prune(l1_penalty=α)``: soft threshold ``α/μ``;
 - ``prune(l0=κ, by=rows|filters|channels)``: keep the κ groups of largest L2 norm.
+
+The two penalty forms keep nothing at μ = 0, the limit μ → 0⁺ (the convention of
+:meth:`lcdsl.operators.base.Operator.project`).
 """
 
 from __future__ import annotations
@@ -107,9 +110,10 @@ class Prune(Operator):
     - ``l1=κ`` (the L1-ball radius, a positive real, not a count): Euclidean projection on the
       L1 ball, sort-based (Duchi et al., 2008);
     - ``l0_penalty=α``: argmin ‖w − θ‖² + (2α/μ)·‖θ‖₀, the hard threshold: keep ``w_i`` when
-      ``w_i² > 2α/μ``; at μ = 0 everything is kept;
+      ``w_i² > 2α/μ`` (α is the loss one kept weight is worth); at μ = 0, the limit μ → 0⁺,
+      nothing is kept;
     - ``l1_penalty=α``: argmin ‖w − θ‖² + (2α/μ)·‖θ‖₁, the soft threshold α/μ; at μ = 0
-      everything is kept.
+      nothing is kept.
 
     ``by`` makes ``l0`` structured: keep the κ groups of largest L2 norm, κ a count or a fraction
     of the groups. ``rows`` and ``filters`` are the same groups, the layer's output units
@@ -157,6 +161,11 @@ class Prune(Operator):
 
     # ---------------------------------------------------------------- sizes
 
+    @property
+    def penalty_form(self) -> bool:
+        """True for ``l0_penalty`` and ``l1_penalty``: the answer depends on μ."""
+        return self.l0_penalty is not None or self.l1_penalty is not None
+
     def _group_dim(self, shape: tuple[int, ...]) -> int:
         """The axis of the groups in the ``"tensor"`` view ``(out, in, kernel…)``: 0 for output
         units (rows, filters), 1 for input channels."""
@@ -200,6 +209,12 @@ class Prune(Operator):
             return None
         return Storage(params=nnz, bits=FLOAT_BITS * nnz + index_bits(nnz, n))
 
+    def chosen(self, theta: Theta, shape: tuple[int, ...]) -> str:
+        """``keeps 4,210 of 235,200`` weights (or groups)."""
+        shape = tuple(shape)
+        total = math.prod(shape) if self.by == "weights" else shape[self._group_dim(shape)]
+        return f"keeps {theta['indices'].numel():,} of {total:,}"
+
     # ------------------------------------------------------------ the C step
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
@@ -213,14 +228,15 @@ class Prune(Operator):
             return {"indices": indices, "values": x[indices]}
         if self.l1 is not None:
             return _sparse_theta(project_l1_ball(x, self.l1))
-        if mu <= 0:  # direct compression: a penalty form keeps everything
-            indices = torch.arange(x.numel(), dtype=position_dtype(x.numel()), device=x.device)
-            return {"indices": indices, "values": x.clone()}
+        if not mu >= 0:
+            raise ValueError(f"μ must be ≥ 0, got {mu}")
         if self.l0_penalty is not None:
-            keep = x.to(_accumulation_dtype(x)).square() > 2.0 * self.l0_penalty / mu  # (n,)
+            threshold = 2.0 * self.l0_penalty / mu if mu > 0 else math.inf  # on w_i²; μ → 0⁺: keep none
+            keep = x.to(_accumulation_dtype(x)).square() > threshold  # (n,)
             indices = _positions(keep)
             return {"indices": indices, "values": x[indices]}
-        soft = torch.sign(x) * torch.clamp(x.abs() - self.l1_penalty / mu, min=0)  # (n,)
+        shrink = self.l1_penalty / mu if mu > 0 else math.inf  # μ → 0⁺: everything shrinks to 0
+        soft = torch.sign(x) * torch.clamp(x.abs() - shrink, min=0)  # (n,)
         return _sparse_theta(soft)
 
     def _project_groups(self, w: torch.Tensor) -> Theta:

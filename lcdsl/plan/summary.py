@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import torch
+from torch import nn
 
 from lcdsl.operators.base import FLOAT_BITS, Storage, describe
 from lcdsl.plan.model import Plan
+from lcdsl.plan.names import parameters_by_name
 
-__all__ = ["plan_rows", "plan_summary"]
+__all__ = ["plan_rows", "plan_summary", "schedule_ends", "penalty_sizes"]
 
 
 def _ratio(dense_bits: int, bits: int | None) -> float | None:
@@ -76,3 +81,53 @@ def plan_summary(plan: Plan, storages: list[Storage | None] | None = None) -> di
         "total_bits_after": after + plan.buffer_bits if after is not None else None,
         "ratio": _ratio(before + plan.buffer_bits, after + plan.buffer_bits if after is not None else None),
     }
+
+
+def schedule_ends(plan: Plan) -> tuple[float, float] | None:
+    """The first and last μ of the plan's schedule, or None when the schedule decides its μ
+    during the run (it has no ``values()`` before it, or they are empty)."""
+    values = getattr(plan.settings.mu, "values", None)
+    try:
+        mus = tuple(float(m) for m in values()) if callable(values) else ()
+    except (TypeError, ValueError):  # a schedule that needs the run to tell its μ
+        mus = ()
+    return (mus[0], mus[-1]) if mus else None
+
+
+@torch.no_grad()
+def penalty_sizes(plan: Plan, model: nn.Module, mus: Sequence[float]) -> list[dict[str, Any]]:
+    """What each penalty form (:attr:`~lcdsl.operators.base.Operator.penalty_form`) keeps on the
+    model's current weights, at each μ of ``mus``: one C step there (λ = 0), its size and its
+    words (``rank 50 of 300``).
+
+    A penalty form's size is known only from θ, and θ from the weights and μ; on the reference
+    weights, the first μ of the schedule gives what direct compression's first L step is pulled
+    towards, the last μ what the weights would keep if the L steps never moved them.
+
+    Returns:
+        One dict a penalty task: ``task``, ``operator``, ``weights``, and ``at``: one
+        ``{"mu", "params", "bits", "ratio", "kept"}`` per μ (``ratio`` against 32-bit weights).
+    """
+    by_name = parameters_by_name(model)
+    rows = []
+    for task in plan.tasks:
+        op = task.operator
+        if not op.penalty_form:
+            continue
+        view = task.view
+        w = view.gather([by_name[name].detach() for name in task.parameters])  # the view's shape
+        at = []
+        for mu in mus:
+            theta = op.project(w, mu=float(mu))
+            size = op.storage(view.shape, theta)
+            at.append(
+                {
+                    "mu": float(mu),
+                    "params": size.params if size else None,
+                    "bits": size.bits if size else None,
+                    "ratio": _ratio(task.numel * FLOAT_BITS, size.bits if size else None),
+                    "kept": op.chosen(theta, view.shape),
+                }
+            )
+        rows.append({"task": task.name, "operator": describe(op), "weights": task.numel, "at": at})
+    return rows

@@ -79,6 +79,12 @@ Hooks are called through pluggy with keyword arguments only, one plugin at a tim
 gives each implementation only the arguments it names: new arguments can be added to a hook later
 without breaking plugins that do not take them.
 
+A *penalty form* (its size priced by a weight ``α`` rather than fixed, like ``lowrank(alpha=…)``)
+returns ``True`` from the ``penalty_form`` property and reads ``mu=0`` as the limit μ → 0⁺: its
+cheapest θ, the direct compression of the LC papers (the contract:
+:meth:`lcdsl.operators.base.Operator.project`). The same checks then verify that its
+``‖w − Δ(θ)‖²`` never grows with μ.
+
 **4. Declare the layout of your own layers** (optional): structured operators (``prune(by=rows)``,
 ``lowrank``) need to know which axis of a weight is the layer's outputs. lcdsl knows PyTorch's
 layers and HF ``Conv1D``; a module class of your own that stores its weight in another order, or

@@ -5,6 +5,8 @@ file stores them, and are part of the totals."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
 
 from lcdsl.operators.base import FLOAT_BITS, Storage
@@ -12,7 +14,13 @@ from lcdsl.plan.model import Plan
 from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import human_bits
 
-__all__ = ["plan_table", "buffer_text"]
+__all__ = ["plan_table", "buffer_text", "penalty_table", "PENALTY_NOTE"]
+
+PENALTY_NOTE = (
+    "A penalty form's size comes from θ: one C step on these weights at each μ (λ = 0). Direct "
+    "compression (step 0) is the limit μ → 0⁺, where the cost wins (rank 0, nothing kept); the "
+    "run then keeps what the L steps make worth its price α."
+)
 
 
 def _shape_text(shapes: tuple[tuple[int, ...], ...]) -> str:
@@ -96,4 +104,38 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
         _fmt_ratio(summary["ratio"]),
         style="bold",
     )
+    return table
+
+
+def _kept_text(at: dict[str, Any]) -> str:
+    """``rank 50 of 300 · 54,200 params ×4.3``."""
+    size = f"{at['params']:,} params" if at["params"] is not None else "? params"
+    ratio = f" {_fmt_ratio(at['ratio'])}" if at["ratio"] is not None else ""
+    return f"{at['kept']} · {size}{ratio}" if at["kept"] else f"{size}{ratio}"
+
+
+def penalty_table(rows: list[dict[str, Any]], ends: tuple[float, float], weights: str) -> Table:
+    """What each penalty form keeps at the schedule's first and last μ (rows of
+    :func:`lcdsl.plan.summary.penalty_sizes` at ``ends``), on ``weights`` (where they came from)."""
+    table = Table(title=f"penalty forms on {weights}", title_justify="left")
+    table.add_column("task", justify="left")
+    table.add_column("operator", justify="left")
+    table.add_column("weights", justify="right")
+    for mu, which in zip(ends, ("first", "last")):
+        table.add_column(f"at the {which} μ = {mu:.3g}", justify="left")
+    for row in rows:
+        table.add_row(row["task"], row["operator"], f"{row['weights']:,}", *(_kept_text(at) for at in row["at"]))
+    if len(rows) > 1:
+        weights_total = sum(row["weights"] for row in rows)
+        totals = []
+        for i in range(len(ends)):
+            ats = [row["at"][i] for row in rows]
+            known = all(at["bits"] is not None for at in ats)
+            bits = sum(at["bits"] for at in ats) if known else None
+            totals.append({
+                "params": sum(at["params"] for at in ats) if known else None,
+                "ratio": weights_total * FLOAT_BITS / bits if bits else None,
+                "kept": None,
+            })  # fmt: skip
+        table.add_row("total", "", f"{weights_total:,}", *(_kept_text(t) for t in totals), style="bold")
     return table

@@ -44,25 +44,26 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import torch
 from torch import nn
 
-from lcdsl.errors import LcdslError, ModelError
+from lcdsl.errors import ModelError
 from lcdsl.formats import LCZ_FORMAT, MAGIC
-from lcdsl.operators.base import FLOAT_BITS, Operator, Theta
-from lcdsl.operators.bitpack import decode_tensor, encode_raw, encode_tensor
-from lcdsl.plan.model import Plan, Task
-from lcdsl.plan.names import parameters_by_name
-from lcdsl.plan.summary import plan_summary
+from lcdsl.operators.base import Operator, Theta
+from lcdsl.plan.model import Plan
 from lcdsl.plugins.origin import versions
 from lcdsl.store.atomic import write_atomic
-from lcdsl.store.model import bind_saved_spec, check_operator, model_record, restore_model
+from lcdsl.store.fields import ExportSizes, Field, decode_field, decode_theta, encode_model, field_limit
+from lcdsl.store.model import bind_saved_spec, check_operator, restore_model
+from lcdsl.store.safetensors_file import export_safetensors
 
 if TYPE_CHECKING:
     from lcdsl.plugins.registry import Registry
 
-__all__ = ["MAGIC", "LCZ_FORMAT", "ExportSizes", "export_model", "read_manifest", "load_lcz"]
+__all__ = ["MAGIC", "LCZ_FORMAT", "EXPORT_FORMATS", "ExportSizes", "export_model", "read_manifest", "load_lcz"]
+
+EXPORT_FORMATS = ("lcz", "safetensors")
+"""The files :func:`export_model` writes."""
 
 _READABLE = (1, LCZ_FORMAT)
 """The manifest formats :func:`read_manifest` accepts (format 1: operators by ``repr``, no buffers)."""
@@ -70,40 +71,16 @@ _READABLE = (1, LCZ_FORMAT)
 _HEADER = struct.Struct("<4sI")  # magic, manifest length
 
 
-@attrs.frozen
-class ExportSizes:
-    """How big a model is, stored four ways (bytes)."""
-
-    dense_bytes: int
-    """Every parameter at 32 bits, plus the buffers as they are: what a plain ``state_dict`` of
-    floats holds."""
-    predicted_bytes: float
-    """What the plan reports: ``θ``'s bits (:meth:`Operator.storage`) plus the dense leftovers at
-    32 bits, over 8, plus the buffers' bytes."""
-    payload_bytes: int
-    """The encoded ``θ``, dense leftovers and buffers as written."""
-    file_bytes: int
-    """The whole file: header, manifest and payload."""
-    buffer_bytes: int = 0
-    """The model's buffers (BatchNorm's running statistics, …), stored raw: part of each size
-    above (of the payload after deflating, if ``deflate``)."""
-
-    @property
-    def overhead(self) -> float:
-        """``payload / predicted − 1``: how much the encoding costs beyond the reported bits."""
-        return self.payload_bytes / self.predicted_bytes - 1.0 if self.predicted_bytes else 0.0
-
-
 class _Payload:
-    """Collects fields' bytes and records where each one lands."""
+    """Lays fields' bytes back to back and records where each one lands."""
 
     def __init__(self, deflate: bool = False) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.deflate = deflate
 
-    def add(self, meta: dict[str, Any], data: bytes) -> dict[str, Any]:
-        entry = dict(meta)
+    def add(self, field: Field) -> dict[str, Any]:
+        entry, data = dict(field.meta), field.data
         if self.deflate:
             packed = zlib.compress(data, 9)
             if len(packed) < len(data):
@@ -112,36 +89,6 @@ class _Payload:
         entry.update(offset=self.size, length=len(data))
         self.size += len(data)
         return entry
-
-    def tensor(self, tensor: torch.Tensor) -> dict[str, Any]:
-        return self.add(*encode_tensor(tensor))
-
-
-def _encode_task(task: Task, saved: dict[str, Any], payload: _Payload) -> dict[str, Any]:
-    """A task's manifest entry, its θ (``saved["theta"]``) encoded into ``payload``."""
-    op, theta = task.operator, saved["theta"]
-    fields = op.encode(theta, task.view_shape)
-    encoder = "generic" if fields is None else "operator"
-    if fields is None:
-        fields = theta
-    entries = {}
-    for key, value in fields.items():
-        if isinstance(value, (bytes, bytearray)):
-            entries[key] = payload.add({"codec": "bytes"}, bytes(value))
-        elif isinstance(value, torch.Tensor):
-            entries[key] = payload.tensor(value)
-        else:
-            raise ModelError(f"{type(op).__name__}.encode gave field '{key}' of type {type(value).__name__}, "
-                             "expected bytes or a tensor")  # fmt: skip
-    return {
-        "name": task.name,
-        "parameters": saved["parameters"],
-        "shapes": saved["shapes"],
-        "operator": saved["operator"],
-        "plugin": saved["plugin"],
-        "encoder": encoder,
-        "fields": entries,
-    }
 
 
 def export_model(
@@ -155,8 +102,11 @@ def export_model(
     extra: dict[str, Any] | None = None,
     deflate: bool = False,
     registry: Registry | None = None,
+    format: str = "lcz",
 ) -> ExportSizes:
-    """Write ``θ`` of every task of ``plan``, ``model``'s dense parameters and its buffers to a ``.lcz`` file.
+    """Write ``θ`` of every task of ``plan``, ``model``'s dense parameters and its buffers to a
+    ``.lcz`` file, or with ``format="safetensors"`` to a ``.safetensors`` file
+    (:func:`~lcdsl.store.safetensors_file.export_safetensors`; the same fields, one tensor each).
 
     Args:
         model: the model (only its parameters that no task compresses, and its buffers, are read).
@@ -169,38 +119,42 @@ def export_model(
         deflate: deflate each field where that makes it smaller (the payload then no longer
             matches the plan's bits).
         registry: where the plan's operators came from (default: the installed plugins).
+        format: ``"lcz"`` or ``"safetensors"``.
 
     Returns:
-        The sizes; they are in the manifest too.
+        The sizes (an ``.lcz`` manifest records them;
+        :func:`~lcdsl.store.safetensors_file.read_safetensors_manifest` derives them).
 
     Raises:
-        ModelError: ``thetas`` lacks a task, or an operator's ``encode`` gives a bad field.
+        ModelError: ``thetas`` lacks a task, an operator's ``encode`` gives a bad field, the
+            format is unknown, or ``deflate`` is asked of a safetensors file.
     """
-    record = model_record(model, plan, thetas, spec_text=spec_text, registry=registry)
+    if format == "safetensors":
+        if deflate:
+            raise ModelError("deflate applies to .lcz files: a safetensors file's tensors are read as they are")
+        return export_safetensors(model, plan, thetas, path, spec_text=spec_text, model_name=model_name,
+                                  extra=extra, registry=registry)  # fmt: skip
+    if format != "lcz":
+        raise ModelError(f"unknown export format {format!r} (known: {', '.join(EXPORT_FORMATS)})")
+    encoded = encode_model(model, plan, thetas, spec_text=spec_text, registry=registry)
     payload = _Payload(deflate)
-    tasks, storages = [], []
-    for task in plan.tasks:
-        saved = record["tasks"][task.name]
-        tasks.append(_encode_task(task, saved, payload))
-        storages.append(task.operator.storage(task.view_shape, saved["theta"]))
-    dense = {name: payload.tensor(value) for name, value in record["dense"].items()}
-    raw_buffers = {name: encode_raw(value) for name, value in record["buffers"].items()}
-    buffers = {name: payload.add(meta, data) for name, (meta, data) in raw_buffers.items()}
-    buffer_bytes = sum(len(data) for _, data in raw_buffers.values())
-    summary = plan_summary(plan, storages)
-    total_params = sum(p.numel() for p in parameters_by_name(model).values())
-    predicted = summary["bits_after"] / 8 + buffer_bytes if summary["bits_after"] is not None else float("nan")
+    tasks = [
+        {**task.entry(), "fields": {key: payload.add(field) for key, field in task.fields.items()}}
+        for task in encoded.tasks
+    ]
+    dense = {name: payload.add(field) for name, field in encoded.dense.items()}
+    buffers = {name: payload.add(field) for name, field in encoded.buffers.items()}
     sizes = {
-        "dense_bytes": total_params * FLOAT_BITS // 8 + buffer_bytes,
-        "predicted_bytes": predicted,
+        "dense_bytes": encoded.dense_bytes,
+        "predicted_bytes": encoded.predicted_bytes,
         "payload_bytes": payload.size,
-        "buffer_bytes": buffer_bytes,
+        "buffer_bytes": encoded.buffer_bytes,
     }
     manifest = {
         "format": LCZ_FORMAT,
         "model": model_name,
         "spec": spec_text,
-        "plan": summary,
+        "plan": encoded.plan,
         "tasks": tasks,
         "dense": dense,
         "buffers": buffers,
@@ -250,6 +204,8 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
         raise ModelError(f"{path}: not an .lcz file (too short)")
     magic, length = _HEADER.unpack_from(blob)
     if magic != MAGIC:
+        if blob[8:10] == b'{"':  # a safetensors file: an 8-byte header length, then its JSON
+            raise ModelError(f"{path}: a safetensors file, not an .lcz one: load it with load_safetensors")
         raise ModelError(f"{path}: not an .lcz file (it starts with {magic!r}, not {MAGIC!r})")
     if _HEADER.size + length > len(blob):
         raise ModelError(f"{path}: truncated (the manifest runs past the end of the file)")
@@ -274,9 +230,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _field(entry: Any, payload: memoryview, where: str, values: int) -> torch.Tensor | bytes:
-    """One field's bytes (inflated to at most what ``values`` numbers can take), decoded.
+    """One field's bytes (inflated to at most what its tensor can take), decoded.
 
-    ``values`` is how many numbers the field can hold at most: those of the tensor it restores."""
+    ``values`` is how many numbers the tensor it restores holds (:func:`~lcdsl.store.fields.field_limit`)."""
     if not isinstance(entry, dict):
         raise ModelError(f"{where}: damaged manifest: the entry is {type(entry).__name__}, not a dict")
     try:
@@ -286,14 +242,10 @@ def _field(entry: Any, payload: memoryview, where: str, values: int) -> torch.Te
     if offset < 0 or length < 0 or offset + length > len(payload):
         raise ModelError(f"{where}: bytes {offset}…{offset + length} lie outside the payload of {len(payload)}")
     data = bytes(payload[offset : offset + length])
+    limit = field_limit(values)
     if entry.get("deflated"):
-        data = _inflate(data, values * _BYTES_PER_VALUE + 4096, where)
-    if entry.get("codec") == "bytes":
-        return data
-    try:
-        return decode_tensor(entry, data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{where}: {exc}") from exc
+        data = _inflate(data, limit * _BYTES_PER_VALUE, where)
+    return decode_field(entry, data, where=where, limit=limit)
 
 
 def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], payload: memoryview,
@@ -304,14 +256,7 @@ def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], p
     fields = {
         key: _field(entry, payload, f"{where} field '{key}'", values) for key, entry in saved["fields"].items()
     }
-    if saved.get("encoder") != "operator":
-        return fields  # type: ignore[return-value]
-    try:
-        return op.decode(fields, shape)
-    except LcdslError:
-        raise
-    except Exception as exc:  # a plugin's decode may raise anything on bad bytes
-        raise ModelError(f"{where}: {type(op).__name__}.decode failed: {exc}") from exc
+    return decode_theta(op, saved.get("encoder"), fields, shape, where)
 
 
 def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None) -> dict[str, Theta]:
