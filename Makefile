@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,examples,bench,lightning,hf,safetensors]' torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test,examples,bench,lightning,hf,safetensors,onnx]' torch==2.13.0
 	for p in plugins/*/; do [ -f $$p/pyproject.toml ] && $(BIN)/python -m pip install --quiet -e $$p || true; done
 	touch $(STAMP)
 

@@ -41,6 +41,7 @@ __all__ = [
     "ModelError",
     "DataError",
     "EngineError",
+    "MissingExtraError",
     "sort_diagnostics",
     "did_you_mean",
     "exception_message",
@@ -300,6 +301,10 @@ class DataError(LcdslError):
 
 class EngineError(LcdslError):
     """An LC run cannot go on (diverged, inconsistent state, refused resume)."""
+
+
+class MissingExtraError(LcdslError):
+    """A feature needs an optional dependency that is not installed; the message names the extra."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:

@@ -43,6 +43,10 @@ constant                  the file, what it holds, who writes and reads it
                           reads its data name, ``lcdsl sweep`` its sizes and errors.
 :data:`SWEEP_FORMAT`      ``sweep.json``: one row per run of a sweep (values, size, errors).
                           :mod:`lcdsl.report.sweep`.
+:data:`ONNX_FORMAT`       the ``lcdsl.format`` entry of an ONNX file's metadata (``lcdsl export
+                          --format onnx``): codebook layers as initializers ``NAME.packed``
+                          (uint8 codes), ``NAME.codebook`` and ``NAME.divisors``, expanded in
+                          the graph. :mod:`lcdsl.deploy.onnx` writes it; onnxruntime reads it.
 ========================  =====================================================================
 
 :data:`SAFETENSORS_FORMAT`: the ``__metadata__`` of a ``.safetensors`` export (``lcdsl export
@@ -54,7 +58,7 @@ from __future__ import annotations
 
 __all__ = [
     "STATE_FORMAT", "DRIVER_FORMAT", "CHECKPOINT_FORMAT", "SHARDED_FORMAT", "REFERENCE_FORMAT", "COMPRESSED_FORMAT",
-    "LCZ_FORMAT", "MAGIC", "SAFETENSORS_FORMAT", "REPORT_FORMAT", "SWEEP_FORMAT",
+    "LCZ_FORMAT", "MAGIC", "SAFETENSORS_FORMAT", "REPORT_FORMAT", "SWEEP_FORMAT", "ONNX_FORMAT",
 ]  # fmt: skip
 
 STATE_FORMAT = 2
@@ -95,3 +99,6 @@ REPORT_FORMAT = 1
 
 SWEEP_FORMAT = 1
 """``sweep.json``."""
+
+ONNX_FORMAT = 1
+"""The layout of lcdsl's ONNX files (``metadata_props`` key ``lcdsl.format``)."""

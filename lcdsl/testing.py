@@ -27,6 +27,17 @@ does not change it; ``storage`` agrees with ``θ`` and with the prediction; and 
 (the default; pass ``penalty=True`` otherwise): the answer does not depend on ``μ``, ``Δ(θ)`` is
 feasible (``is_feasible``, or its own projection),
 the projection is idempotent, and no random feasible point is closer to ``w``.
+
+A plugin that implements the hook ``lcdsl_deploy_layer`` checks it with
+:func:`check_deploy_layer`: the module it returns computes what the compressed layer computes,
+leaves the layer as it was, and stores the weight in fewer bytes than the dense one::
+
+    from torch import nn
+    from lcdsl.testing import check_deploy_layer
+    from my_plugin import Levels, lcdsl_deploy_layer
+
+    def test_levels_deploy():
+        check_deploy_layer(lcdsl_deploy_layer, Levels(bits=3), nn.Linear(20, 8))
 """
 
 from __future__ import annotations
@@ -43,7 +54,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
 from lcdsl.errors import PluginError
-from lcdsl.operators.base import Operator, Storage, Theta, describe
+from lcdsl.operators.base import Operator, Storage, Theta, View, describe
+from lcdsl.operators.layout import Layout
 
 __all__ = [
     "OperatorCheckError",
@@ -52,6 +64,8 @@ __all__ = [
     "weights",
     "default_shapes",
     "operator_properties",
+    "DeployReport",
+    "check_deploy_layer",
 ]
 
 Feasibility = Callable[[torch.Tensor], bool]
@@ -468,3 +482,95 @@ def operator_properties(
 
     test_operator_properties.__doc__ = f"The operator contract holds for {label} on drawn weights."
     return test_operator_properties
+
+
+@attrs.frozen
+class DeployReport:
+    """What :func:`check_deploy_layer` measured."""
+
+    module: torch.nn.Module
+    """The deployed module the hook returned."""
+    relative_difference: float
+    """``max |y' − y| / max |y|`` of its outputs against the compressed layer's."""
+    dense_bytes: int
+    """Bytes of the layer's parameters and buffers, dense."""
+    deployed_bytes: int
+    """Bytes of the deployed module's parameters and buffers."""
+
+
+def _tensor_bytes(module: torch.nn.Module) -> int:
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def check_deploy_layer(
+    hook: Callable[..., Any],
+    op: Operator,
+    layer: torch.nn.Module,
+    x: torch.Tensor | None = None,
+    *,
+    layout: Layout | None = None,
+    rtol: float = 1e-5,
+    smaller: bool = True,
+) -> DeployReport:
+    """Check a plugin's ``lcdsl_deploy_layer`` hook on one layer compressed by ``op``.
+
+    The layer's weight is projected directly (``θ = op.project(w)``) and replaced by ``Δ(θ)``;
+    then ``hook`` is called with keywords, as lcdsl calls it. The hook must return an
+    ``nn.Module`` (not None: the check is for an operator the plugin deploys) whose outputs on
+    ``x`` agree with the compressed layer's within ``rtol`` of their largest magnitude, and must
+    leave the layer as it was; with ``smaller``, the module's parameters and buffers must take
+    fewer bytes than the layer's.
+
+    Args:
+        hook: the plugin's ``lcdsl_deploy_layer`` function.
+        op: the operator (resolved against the weight's view here).
+        layer: the layer to compress (e.g. ``nn.Linear(20, 8)``); its weight is overwritten
+            with ``Δ(θ)``.
+        x: inputs; by default 4 random ones of the layer's input size (Linear and Conv2d).
+        layout: the weight's layout, for ``"matrix"``/``"tensor"`` operators on a layer that
+            stores outputs elsewhere than first.
+        rtol: the largest relative output difference allowed.
+        smaller: require the deployed module to take fewer bytes than the layer.
+
+    Raises:
+        OperatorCheckError: a property does not hold; the message starts with the operator.
+    """
+    label = _label(op)
+
+    def fail(message: str) -> OperatorCheckError:
+        return OperatorCheckError(f"{label}: deploy hook: {message}")
+
+    weight = layer.weight
+    view = View.of(op, [tuple(weight.shape)], layout)
+    op = op.resolve(view.shape)
+    with torch.no_grad():
+        theta = op.project(view.gather([weight.detach()]).clone())
+        view.scatter(op.decompress(theta, view.shape), [weight])
+    if x is None:
+        if isinstance(layer, torch.nn.Conv2d):
+            x = torch.randn(4, layer.in_channels, 9, 9, generator=torch.Generator().manual_seed(0))
+        else:
+            x = torch.randn(4, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    try:
+        deployed = hook(module=layer, parameter="weight", operator=op, theta=theta, view=view, index=0)
+    except Exception as exc:
+        raise fail(f"raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(deployed, torch.nn.Module):
+        raise fail(f"returned {type(deployed).__name__}, not an nn.Module")
+    if any(not torch.equal(v, layer.state_dict()[k]) for k, v in before.items()):
+        raise fail("modified the layer it was given")
+    with torch.no_grad():
+        expected, got = layer(x), deployed(x)
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise fail(f"the deployed module gives {getattr(got, 'shape', type(got).__name__)}, "
+                   f"the layer {tuple(expected.shape)}")  # fmt: skip
+    scale = float(expected.abs().max()) or 1.0
+    relative = float((got - expected).abs().max()) / scale
+    if relative > rtol:
+        raise fail(f"outputs differ from the compressed layer's by {relative:.3g} (relative; tolerance {rtol:g})")
+    dense, compact = _tensor_bytes(layer), _tensor_bytes(deployed)
+    if smaller and compact >= dense:
+        raise fail(f"the deployed module takes {compact} bytes, no fewer than the layer's {dense}")
+    return DeployReport(deployed, relative, dense, compact)

@@ -58,9 +58,34 @@ def test_every_hook_has_the_docstring_skeleton(hook):
 
 
 @pytest.mark.parametrize("hook", _hooks(), ids=lambda fn: fn.__name__)
-def test_every_hook_is_called_with_keywords_only(hook):
-    params = inspect.signature(hook).parameters.values()
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+def test_every_hook_argument_is_one_pluggy_passes_by_name(hook):
+    """Hooks are called with keywords only, which pluggy itself enforces; the specification's
+    arguments must therefore be ordinary parameters without defaults: pluggy reads a spec's (and an
+    implementation's) argument names from its positional-or-keyword parameters only, so an argument
+    after ``*`` would be invisible to it and never passed."""
+    params = list(inspect.signature(hook).parameters.values())
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
+    pm = PluginManager()
+    assert getattr(pm.hook, hook.__name__).spec.argnames == tuple(p.name for p in params)
+
+
+def test_hooks_refuse_positional_arguments():
+    """The calling convention: a hook called positionally is an error, so arguments can be added later."""
+    pm = PluginManager()
+    with pytest.raises(TypeError):
+        pm.hook.lcdsl_deploy_layer(None, "weight", None, {}, None, 0)
+
+
+def test_a_keyword_only_spec_argument_would_be_invisible_to_pluggy():
+    """Why the rule above is not 'keyword-only': pluggy drops such arguments from the spec."""
+
+    class Specs:
+        @hookspec
+        def lcdsl_make_things(self, *, size):
+            """Make things."""
+
+    pm = PluginManager(Specs)
+    assert pm.hook.lcdsl_make_things.spec.argnames == ()
 
 
 def test_a_hook_without_docstring_fails_the_check():

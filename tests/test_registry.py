@@ -371,7 +371,7 @@ def test_a_misspelled_hook_is_a_broken_plugin_with_did_you_mean(entry_points):
 def test_an_unknown_hook_far_from_any_lists_the_hooks(entry_points):
     entry_points(BUILTIN_EP, _ep("odd", _module("odd", lcdsl_make_coffee=hookimpl(lambda: None))))
     (problem,) = Registry.load().problems
-    assert "implements unknown hook 'lcdsl_make_coffee' (lcdsl hooks: lcdsl_register_layouts, lcdsl_register_operators)" in problem.message
+    assert "implements unknown hook 'lcdsl_make_coffee' (lcdsl hooks: lcdsl_deploy_layer, lcdsl_register_layouts, lcdsl_register_operators)" in problem.message
 
 
 def test_an_optional_unknown_hook_is_allowed(entry_points):

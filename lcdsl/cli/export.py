@@ -13,7 +13,8 @@ the file renamed to ``--out``, so a file that fails the check never replaces a g
 ``compressed.pt`` without recorded outputs (written before they were) is checked against the
 model rebuilt from it, and the command says so. ``--deploy`` also writes ``OUT.pt2``: the
 model rebuilt from smaller layers (:mod:`lcdsl.deploy`) as a ``torch.export`` program, and prints
-its speed against the original layers.
+its speed against the original layers. ``--format onnx`` writes the deployed model as one ONNX file
+instead (:mod:`lcdsl.cli.export_onnx`; default ``DIR/model.onnx``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from lcdsl.cli.export_onnx import check_options, write_onnx
 from lcdsl.cli.train import build_model
 from lcdsl.deploy import deploy
 from lcdsl.errors import EngineError, LcdslError, ModelError
@@ -64,11 +66,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and checked before the command ends.",
     )
     parser.add_argument("dir", metavar="DIR", help="the output folder of 'lcdsl compress' (holds compressed.pt)")
-    parser.add_argument("--out", metavar="PATH", help="the file to write (default DIR/model.lcz or .safetensors)")
+    parser.add_argument("--out", metavar="PATH", help="the file to write (default DIR/model.lcz, .safetensors or .onnx)")
     parser.add_argument(
-        "--format", choices=EXPORT_FORMATS, default="lcz",
+        "--format", choices=(*EXPORT_FORMATS, "onnx"), default="lcz",
         help="lcz (lcdsl's own, smallest) or safetensors (any safetensors reader opens it; docs/deploy.md has "
-        "its tensor names); default lcz",
+        "its tensor names); default lcz; onnx: the deployed model as ONNX (codebook weights as uint8 codes and "
+        "a codebook, low-rank as two layers, pruned units removed), checked in onnxruntime (needs pip install "
+        "'lcdsl[onnx]')",
     )  # fmt: skip
     parser.add_argument(
         "--model", metavar="M",
@@ -131,12 +135,10 @@ def median_latency(module: torch.nn.Module, x: torch.Tensor, repeats: int = 50) 
 def _deploy(model: torch.nn.Module, plan: Any, thetas: dict, x: torch.Tensor, out: Path) -> None:
     show = console()
     model.eval()
-    deployment = deploy(model, plan, thetas)
+    deployment = deploy(model, plan, thetas, example=x)
     fast = deployment.module.eval()
-    for change in deployment.changes:
-        show.print(f"deploy: {change.module}: {change.before} → {change.after}")
-    for note in deployment.notes:
-        show.print(f"deploy: {note}")
+    for line in deployment.lines():
+        show.print(f"deploy: {line}", highlight=False)
     with torch.inference_mode():
         gap = float((model(x) - fast(x)).abs().max())
     batch = torch.export.Dim("batch", min=1)
@@ -212,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
     """Export a run's compressed model; returns the exit code."""
     show = console()
     folder = Path(args.dir)
+    if getattr(args, "format", "lcz") == "onnx":
+        check_options(args)
     compressed_path = folder / "compressed.pt"
     state = read_compressed(compressed_path)
     report: Any = {}
@@ -227,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     thetas = load_compressed(model, compressed_path)
     spec_text = str(state["spec"])
     plan = bind_saved_spec(spec_text, model, where=str(compressed_path))
+    if getattr(args, "format", "lcz") == "onnx":
+        return write_onnx(model, plan, thetas, data, Path(args.out) if args.out else folder / "model.onnx", spec_text)
 
     suffix, load, read = FILES[args.format]
     out = Path(args.out) if args.out else folder / f"model{suffix}"

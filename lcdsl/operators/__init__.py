@@ -15,6 +15,9 @@ Everything a plugin needs to write an operator and register it::
 - amounts and argument validators (:mod:`.units`): ``l0=5000`` / ``l0=5%`` and friends, and
   :class:`Percent`, the spec value ``5%``;
 - packers for :meth:`Operator.encode` (:mod:`.bitpack`);
+- compact deployed layers for the hook ``lcdsl_deploy_layer`` (:mod:`.compact`):
+  :class:`CodebookLinear`, :class:`CodebookConv2d`, :class:`CodebookEmbedding`,
+  :func:`factored_linear`, :func:`factored_conv2d`;
 - the hook marker :data:`hookimpl` (:mod:`.marker`).
 
 A plugin (its tests aside, which use :mod:`lcdsl.testing`) needs no other lcdsl import; the hooks
@@ -42,6 +45,15 @@ from lcdsl.operators.base import (
     view_shape,
 )  # fmt: skip
 from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_bits, pack_uint, unpack_bits, unpack_uint
+from lcdsl.operators.compact import (
+    CodebookConv2d,
+    CodebookEmbedding,
+    CodebookLayer,
+    CodebookLinear,
+    factored_conv2d,
+    factored_linear,
+    set_cache,
+)  # fmt: skip
 from lcdsl.operators.layout import STORAGE_ORDER, Layout, LayoutRule
 from lcdsl.operators.marker import PROJECT, hookimpl
 from lcdsl.operators.units import (
@@ -69,6 +81,9 @@ __all__ = [
     "resolve_amount", "int_at_least", "positive_number", "to_float",
     # packers
     "pack_uint", "unpack_uint", "pack_bits", "unpack_bits", "encode_tensor", "decode_tensor",
+    # deployed layers
+    "CodebookLayer", "CodebookLinear", "CodebookConv2d", "CodebookEmbedding", "factored_linear", "factored_conv2d",
+    "set_cache",
     # registration
     "hookimpl", "PROJECT",
 ]  # fmt: skip

@@ -91,6 +91,15 @@ layers and HF ``Conv1D``; a module class of your own that stores its weight in a
 that structured operators should accept at all, is declared with
 :func:`lcdsl_register_layouts`. Without it, a structured operator on such a module is a spec
 error; element-wise operators work on any module.
+
+**5. Say how your layers deploy** (optional): :func:`lcdsl.deploy.deploy` (and ``lcdsl export
+--deploy`` / ``--format onnx``) rebuilds each compressed layer as a smaller module. For an
+operator of your own, implement :func:`lcdsl_deploy_layer`: given the layer, the operator and
+``θ``, return the module that replaces it (or ``None``: not mine). :mod:`lcdsl.operators` has the
+compact layers the built-ins use (``CodebookLinear``, ``CodebookConv2d``, ``CodebookEmbedding``,
+``factored_linear``, ``factored_conv2d``); a module of your own works too. Its ``forward`` is what
+``torch.onnx.export`` traces, so the tensors it keeps as buffers are what the ONNX file stores.
+Without the hook your layers stay as they are, dense, and the deploy report says so.
 """
 
 from __future__ import annotations
@@ -104,10 +113,15 @@ from lcdsl.operators.marker import PROJECT, hookimpl
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from lcdsl.operators.base import Operator
-    from lcdsl.operators.layout import LayoutRule
+    from torch import nn
 
-__all__ = ["PROJECT", "hookspec", "hookimpl", "lcdsl_register_operators", "lcdsl_register_layouts"]
+    from lcdsl.operators.base import Operator, Theta
+    from lcdsl.operators.layout import LayoutRule
+    from lcdsl.operators.view import View
+
+__all__ = [
+    "PROJECT", "hookspec", "hookimpl", "lcdsl_register_operators", "lcdsl_register_layouts", "lcdsl_deploy_layer",
+]  # fmt: skip
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 """Marks the functions of this module as lcdsl's hook specifications."""
@@ -182,4 +196,62 @@ def lcdsl_register_layouts() -> Mapping[type | str, LayoutRule]:
             @hookimpl
             def lcdsl_register_layouts():
                 return {"my_plugin.layers.Dense": Layout(outputs=1, inputs=0)}
+    """
+
+
+@hookspec
+def lcdsl_deploy_layer(
+    module: nn.Module, parameter: str, operator: Operator, theta: Theta, view: View, index: int
+) -> nn.Module | None:
+    """Return the deployed module that replaces a layer compressed by one of your operators.
+
+    The module must compute what ``module`` computes (same inputs, same outputs, to float
+    rounding) from a compact form of ``θ``. Its ``forward`` is also what ``torch.onnx.export``
+    traces (``lcdsl export --format onnx``): keep the compact tensors as buffers and expand
+    them with torch ops in ``forward``, and the ONNX file stores them compactly, with the
+    expansion as its subgraph. lcdsl's own operators deploy through this hook too: ``quant``,
+    ``binarize`` and ``ternarize`` as codebook layers, ``lowrank`` as two layers.
+
+    Called:
+        By :func:`lcdsl.deploy.deploy`, once for each module that owns a parameter of a
+        compressed task (a tied parameter: once per owner), in model order, with the model
+        holding ``Δ(θ)``. Plugins are asked one at a time, through pluggy: first the plugin
+        that provides the task's operator, then the others, lcdsl's built-ins last (also for
+        their own operators: a plugin may deploy built-in layers its own way); the first
+        module returned is used. A hook that raises leaves the layer as it is, and the deploy
+        report names the plugin and the error.
+
+    Args:
+        module: the layer that owns the parameter (an ``nn.Linear``, ``nn.Conv2d``,
+            ``nn.Embedding``, HF ``Conv1D``, or a module of your own), holding ``Δ(θ)``; do not
+            modify it.
+        parameter: the parameter's name inside ``module`` (``"weight"``, ``"bias"``, …).
+        operator: the task's operator, resolved (absolute amounts).
+        theta: the task's ``θ``, on the module's device.
+        view: the task's :class:`~lcdsl.operators.View`; its ``shapes`` are the shapes of the
+            task's parameters, in order.
+        index: the position of this parameter in ``view.shapes`` (0 unless the task is a joint
+            group of several tensors): ``view.split(theta["codes"])[index]`` is this parameter's
+            part of a flat θ field, in the parameter's shape.
+
+    Returns:
+        A module to put in ``module``'s place, or ``None`` when the plugin does not deploy this
+        layer (another operator's, or a layer type it does not know).
+
+    Example:
+        Codes into a codebook of 16 levels as a compact layer (a ``Linear`` only)::
+
+            from torch import nn
+
+            from lcdsl.operators import CodebookLinear, hookimpl
+            from my_plugin.levels import Levels
+
+            @hookimpl
+            def lcdsl_deploy_layer(module, parameter, operator, theta, view, index):
+                if not isinstance(operator, Levels) or parameter != "weight":
+                    return None
+                if type(module) is not nn.Linear:
+                    return None
+                codes = view.split(theta["codes"])[index]  # (out, in)
+                return CodebookLinear(theta["levels"], codes, module.bias)
     """

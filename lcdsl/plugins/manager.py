@@ -48,7 +48,7 @@ from lcdsl.errors import PluginError, did_you_mean
 from lcdsl.plugins import hookspecs
 
 __all__ = [
-    "GROUP", "BUILTIN", "BUILTIN_MODULE", "BLOCK_ENV", "ALLOW_ENV", "REGISTER_OPERATORS", "REGISTER_LAYOUTS",
+    "GROUP", "BUILTIN", "BUILTIN_MODULE", "BLOCK_ENV", "ALLOW_ENV", "REGISTER_OPERATORS", "REGISTER_LAYOUTS", "DEPLOY_LAYER",
     "PluginProblem", "BlockedPlugin", "PluginManager", "get_plugin_manager", "blocked_plugins", "PluginRaised",
     "plugin_code", "OWN_DISTRIBUTION",
 ]  # fmt: skip
@@ -69,6 +69,8 @@ REGISTER_OPERATORS = "lcdsl_register_operators"
 """The hook that provides operator classes."""
 REGISTER_LAYOUTS = "lcdsl_register_layouts"
 """The hook that declares the layouts of module types."""
+DEPLOY_LAYER = "lcdsl_deploy_layer"
+"""The hook that turns a compressed layer into a deployed module."""
 
 _UNKNOWN = "unknown"
 

@@ -10,6 +10,10 @@ one that raises or returns something other than operator classes with spec-calla
 broken plugin, recorded in :attr:`Registry.problems` (with its distribution, version and the
 cause), and the others keep working; ``lcdsl plugins`` shows the problems and what was blocked.
 
+At deploy time, :meth:`Registry.deploy_layer` asks the plugins, one at a time, how a compressed
+layer becomes a deployed module (``lcdsl_deploy_layer``): the operator's own plugin first, the
+built-ins last.
+
 The layouts plugins declare (``lcdsl_register_layouts``: which axis of a module type's weight is
 its outputs) are collected the same way, after the operators, into :attr:`Registry.layouts`; a
 plugin that returns something else than a mapping of module classes to layouts is a broken one.
@@ -34,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+from torch import nn
 
 from lcdsl.errors import PluginError, did_you_mean
 from lcdsl.language.grammar import identifier_pattern
@@ -44,6 +49,7 @@ from lcdsl.plugins.manager import (
     BLOCK_ENV,
     BUILTIN,
     BUILTIN_MODULE,
+    DEPLOY_LAYER,
     GROUP,
     REGISTER_LAYOUTS,
     REGISTER_OPERATORS,
@@ -216,6 +222,9 @@ class Registry:
         factory=dict, converter=lambda m: types.MappingProxyType(dict(m))
     )
     """Layer layouts by module class (or class name), read-only: :func:`layout` looks them up."""
+    manager: PluginManager | None = attrs.field(default=None, eq=False, repr=False)
+    """The plugin manager the registry was loaded from, for the hooks called later
+    (:meth:`deploy_layer`); None for a registry built by hand."""
 
     @classmethod
     def load(
@@ -242,7 +251,8 @@ class Registry:
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager(block=block, allow=allow)
         operators, infos, _ = _collect(pm)
         layouts = _collect_layouts(pm, infos)
-        return cls(operators=operators, plugins=infos, problems=pm.problems, blocked=blocked_plugins(pm), layouts=layouts)
+        return cls(operators=operators, plugins=infos, problems=pm.problems, blocked=blocked_plugins(pm), layouts=layouts,
+                   manager=pm)  # fmt: skip
 
     def layout(self, module: Any, parameter: str = "weight") -> Layout | None:
         """The layout the plugins declare for ``module``'s parameter ``parameter`` (its name in
@@ -271,6 +281,46 @@ class Registry:
         """The plugin that provides operator ``name``."""
         self.operator(name)
         return next(p for p in self.plugins if name in p.operators)
+
+    def deploy_layer(self, **kwargs: Any) -> tuple[Any, str] | None:
+        """The deployed module the plugins give for one compressed layer (hook
+        ``lcdsl_deploy_layer``; ``kwargs`` are its arguments), and the name of the plugin that gave it.
+
+        Plugins are asked one at a time: the one that provides ``kwargs["operator"]`` first,
+        then the others in load order, the built-ins last (also for their own operators, so a
+        plugin can deploy built-in layers its own way); the first module returned wins.
+
+        Returns:
+            ``(module, plugin name)``, or None when no plugin deploys the layer (or the registry
+            has no plugin manager).
+
+        Raises:
+            PluginError: a plugin's hook raised or returned something that is not an
+                ``nn.Module``; the message names the plugin and its distribution, the cause is
+                chained.
+        """
+        pm = self.manager
+        if pm is None or getattr(pm.hook, DEPLOY_LAYER, None) is None:
+            return None
+        implementers = pm.implementers(DEPLOY_LAYER)
+        op_name = getattr(kwargs.get("operator"), "name", None)
+        owner = next((p.name for p in self.plugins if op_name in p.operators), None)
+        # the operator's own plugin, then the others, the built-ins last (even for their own
+        # operators: a plugin may deploy built-in layers its own way)
+        order = sorted(implementers, key=lambda name: (name != owner or name == BUILTIN, name == BUILTIN))
+        for name in order:
+            distribution, version = pm.source(name)
+            try:
+                results = pm.call_one(DEPLOY_LAYER, name, **kwargs)
+            except Exception as exc:
+                raise PluginError(f"plugin '{name}' ({distribution} {version}): {DEPLOY_LAYER} raised "
+                                  f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+            for result in results:
+                if not isinstance(result, nn.Module):
+                    raise PluginError(f"plugin '{name}' ({distribution} {version}): {DEPLOY_LAYER} returned "
+                                      f"{type(result).__name__}, not an nn.Module or None")  # fmt: skip
+                return result, name
+        return None
 
     def versions(self) -> dict[str, str]:
         """Plugin name → distribution version, for checkpoints."""

@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from lcdsl_pow2 import Pow2
+from lcdsl_pow2 import Pow2, lcdsl_deploy_layer
+from torch import nn
 
 import lcdsl
-from lcdsl.testing import operator_properties, weights
+from lcdsl.testing import OperatorCheckError, check_deploy_layer, operator_properties, weights
 
 # the whole contract, as every built-in operator runs it
 test_pow2_bits2 = operator_properties(Pow2(bits=2))
@@ -99,3 +100,26 @@ def test_pow2_from_spec_text():
     assert op == Pow2(bits=3)
     assert delta.tolist() == [[0.25, -1.0], [1.0, 0.0]]
     assert math.prod(delta.shape) == 4
+
+
+# ---------------------------------------------------------------- deployed layers
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_the_deploy_hook_gives_a_compact_exact_linear(bits):
+    torch.manual_seed(bits)
+    report = check_deploy_layer(lcdsl_deploy_layer, Pow2(bits=bits), nn.Linear(256, 32))
+    assert 3 * report.deployed_bytes < report.dense_bytes  # codes of ≤ 8 bits instead of 32-bit floats
+
+
+def test_the_deploy_hook_gives_a_compact_exact_conv():
+    torch.manual_seed(0)
+    check_deploy_layer(lcdsl_deploy_layer, Pow2(bits=3, emax=-2), nn.Conv2d(3, 6, 3, padding=1))
+
+
+def test_the_deploy_hook_leaves_other_operators_and_layers_alone():
+    layer = nn.Linear(4, 2)
+    quant = lcdsl.default_registry().operator("quant")(k=2)
+    assert lcdsl_deploy_layer(module=layer, parameter="weight", operator=quant, theta={}, view=None, index=0) is None
+    with pytest.raises(OperatorCheckError, match="not an nn.Module"):
+        check_deploy_layer(lcdsl_deploy_layer, Pow2(bits=3), nn.Bilinear(3, 3, 2), torch.randn(2, 3))
