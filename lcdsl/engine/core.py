@@ -13,7 +13,9 @@ The pieces (see ``docs/engine.md`` for a training loop that uses them):
 - :meth:`Engine.multiplier_step`: ``λ ← λ − μ (w − Δ(θ))``;
 - :meth:`Engine.finalize`: ``w ← Δ(θ)``;
 
-and :meth:`Engine.run` drives them along the μ schedule.
+and :meth:`Engine.run` drives them along the μ schedule: a fixed list (:attr:`Engine.mus`), or
+``mu = auto(…)``, where the engine decides each μ from what the steps before measured
+(:mod:`lcdsl.engine.schedule`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from lcdsl.faults import fault_point
 from lcdsl.operators.base import Storage, Theta, View
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
-from lcdsl.plan.settings import Settings
+from lcdsl.plan.settings import Auto, Settings
 from lcdsl.plugins.manager import PluginRaised, plugin_code
 from lcdsl.plugins.origin import operator_origin
 
@@ -121,10 +123,14 @@ class Engine(EngineState, EngineLoop):
         self.plan = plan
         self.settings: Settings = settings if settings is not None else plan.settings
         self.mus: tuple[float, ...] = tuple(float(m) for m in self.settings.mu.values())
+        """The μ of every LC step: the whole list for a fixed schedule; under ``auto``, the μ of
+        each step decided so far (the engine appends one at each :meth:`begin_step`)."""
         self.step: int = 0
         self.thetas: dict[str, Theta] = {}
         self.history: list[StepRecord] = []
         self.converged: bool = False
+        self.warnings: list[dict[str, object]] = []
+        """Every warning of the run (diverged, rolled-back or unstable steps) as plain data."""
         self.events = EventBus()
         self.fingerprint = plan_fingerprint(attrs.evolve(plan, settings=self.settings))
         self._mu = 0.0
@@ -134,6 +140,11 @@ class Engine(EngineState, EngineLoop):
         self._penalty_seconds = 0.0
         self._step_started = time.perf_counter()
         self._mu_before_step = 0.0
+        self._weight_norm2 = 0.0  # Σ ‖w‖² of the compressed parameters at direct compression
+        self._backoff = 0  # rollbacks of the current LC step (auto)
+        self._retries_used = 0  # rollbacks in the whole run (auto)
+        self._snapshot: dict[str, object] | None = None  # the state before the current L step (auto)
+        self._last_change: float | None = None  # Σ ‖Δ(θ) − previous Δ(θ)‖² of the last C step
         self._tasks = self._bind(model, plan)
 
     @staticmethod
@@ -183,6 +194,22 @@ class Engine(EngineState, EngineLoop):
             self._targets = None
 
     @property
+    def adaptive(self) -> bool:
+        """Whether μ is decided as the run goes (``mu = auto(…)``)."""
+        return isinstance(self.settings.mu, Auto)
+
+    @property
+    def max_steps(self) -> int:
+        """The most LC steps the schedule runs: its length, or ``auto``'s ``steps`` budget."""
+        mu = self.settings.mu
+        return mu.steps if isinstance(mu, Auto) else len(self.mus)
+
+    @property
+    def done(self) -> bool:
+        """Whether the run is over: converged, or every step of the schedule ran."""
+        return self.converged or self.step >= self.max_steps
+
+    @property
     def parameters(self) -> tuple[nn.Parameter, ...]:
         """The parameters the plan compresses, task by task."""
         return tuple(p for s in self._tasks for p in s.params)
@@ -210,6 +237,10 @@ class Engine(EngineState, EngineLoop):
         self._mu = 0.0
         self.converged = False
         self.history = []
+        self.warnings = []
+        self._backoff = self._retries_used = 0
+        if self.adaptive:
+            self.mus = ()
         for state in self._tasks:
             state.theta = None
             state.lam = torch.zeros_like(state.view.gather(state.params))
@@ -222,6 +253,7 @@ class Engine(EngineState, EngineLoop):
         previous ``θ``; then ``Δ(θ)`` is recomputed."""
         mu = self._mu
         step = self.step + 1 if mu > 0 else self.step  # the LC step this C step ends (0: direct)
+        change = None
         for index, state in enumerate(self._tasks, start=1):
             self.events.emit("c_step_task", engine=self, step=step, index=index, total=len(self._tasks),
                              task=state.task)  # fmt: skip
@@ -232,11 +264,15 @@ class Engine(EngineState, EngineLoop):
                 target = w.clone()  # the operator must never alias a live parameter
             theta, delta = _checked_projection(state, target, mu)
             fault_point("c_step")
+            if state.delta is not None and state.theta is not None:
+                moved = (delta - state.delta).double().pow(2).sum()
+                change = moved if change is None else change + moved
             state.theta = theta
             state.delta = delta
             if state.lam is None:
                 state.lam = torch.zeros_like(w)
             self.thetas[state.task.name] = theta
+        self._last_change = None if change is None else float(change)
         self._targets = self._param_views = None
 
     @torch.no_grad()
