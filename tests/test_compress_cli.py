@@ -181,3 +181,25 @@ def test_bad_overrides_and_missing_reference(workdir, capsys):
     argv = ["compress", str(workdir / "quant.lc"), "--reference", str(workdir / "none.pt"), "--out", str(workdir / "y")]
     assert main(argv) == 1
     assert "none.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_run_that_stops_short_says_not_converged(full_run, capsys):
+    convergence = report(full_run)["convergence"]
+    assert convergence["converged"] is False and convergence["distortion"] > convergence["target"]
+    assert convergence["message"].startswith("not converged: ‖w − Δ(θ)‖² = ")
+    assert report(full_run)["warnings"] == []
+
+
+def test_auto_schedule_runs_from_the_command_line(workdir, reference, capsys):
+    out = workdir / "auto"
+    argv = ["compress", str(workdir / "quant.lc"), "--model", "lenet300", "--data", "digits", "--reference",
+            str(reference), "--out", str(out), "--steps", "3", "--epochs", "1", "--first-epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "μ auto: at most 3 LC steps (3 epochs" in printed
+    rep = report(out)
+    assert rep["settings"]["mu"]["kind"] == "auto" and rep["settings"]["mu"]["steps"] == 3
+    mus = [s["mu"] for s in rep["steps"][1:]]
+    assert 1 <= len(mus) <= 3 and all(b > a for a, b in zip(mus, mus[1:]))
+    assert mus[0] == pytest.approx(0.04 / rep["steps"][0]["distortion"])
+    assert rep["convergence"]["message"].split(":")[0] in printed

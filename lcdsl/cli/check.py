@@ -13,7 +13,7 @@ from lcdsl.plan.settings import settings_from_spec
 from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import console
 from lcdsl.report.plan import plan_table
-from lcdsl.report.run import settings_json
+from lcdsl.report.run import schedule_lines, settings_json
 from lcdsl.training.zoo import load_model
 
 __all__ = ["add_parser", "run"]
@@ -46,12 +46,16 @@ def run(args: argparse.Namespace) -> int:
             for i, rule in enumerate(spec.rules)
         ]
         if args.json:
-            print(json.dumps({"spec": args.spec, "rules": rules, "settings": settings_json(settings)}, indent=2))
+            payload = {"spec": args.spec, "rules": rules, "settings": settings_json(settings),
+                       "schedule": schedule_lines(settings)}  # fmt: skip
+            print(json.dumps(payload, indent=2))
         else:
             out = console()
             out.print(f"{args.spec}: ok, {len(rules)} rule(s), {len(spec.settings)} setting(s)")
             for row in rules:
                 out.print(f"  line {row['line']}: {row['operator']}")
+            for line in schedule_lines(settings):
+                out.print(line)
             out.print("(give --model to bind the selectors and see sizes)")
         return 0
     model = load_model(args.model)
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         summary["spec"] = args.spec
         summary["model"] = args.model
         summary["settings"] = settings_json(plan.settings)
+        summary["schedule"] = schedule_lines(plan.settings)
         summary["ties"] = {name: list(aliases) for name, aliases in plan.ties}
         summary["warnings"] = [
             {"code": w.code, "line": w.span.line if w.span else None, "message": w.message, "hint": w.hint}
@@ -70,5 +75,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if plan.warnings:
             print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
-        console().print(plan_table(plan, title=f"{args.spec} on {args.model}"))
+        out = console()
+        out.print(plan_table(plan, title=f"{args.spec} on {args.model}"))
+        for line in schedule_lines(plan.settings):
+            out.print(line)
     return 0

@@ -40,7 +40,7 @@ from lcdsl.plan.settings import Auto, Settings
 __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
     "DEFAULT_TOLERANCE", "sgd_limit", "mu_cap", "distortion_scale", "auto_mu", "divergence", "feasible",
-    "Convergence", "convergence", "auto_rules",
+    "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
 
 START_PENALTY = 0.02
@@ -211,8 +211,28 @@ def convergence(history: Sequence[StepRecord], schedule: object, scale: float) -
     )  # fmt: skip
 
 
-def auto_rules(schedule: Auto) -> list[str]:
-    """``auto``'s rules in words, for ``lcdsl check``."""
+def _stability_rule(settings: Settings, steps: int) -> str:
+    limit = sgd_limit(settings)
+    if limit is None:
+        return f"{settings.optimizer}: no lr·μ limit to keep"
+    first, last = mu_cap(settings, 0), mu_cap(settings, steps - 1)
+    return (
+        f"lr·μ kept ≤ {STABLE_SHARE:g} × the optimizer's stable limit {limit:.4g}: μ ≤ {first:.3g} at LC step 1, "
+        f"≤ {last:.3g} at step {steps} (lr {settings.lr:g} × {settings.lr_decay:g}^k)"
+    )
+
+
+def fixed_schedule_warnings(settings: Settings) -> list[str]:
+    """What is wrong with a fixed schedule before it runs: the steps past the stable ``lr·μ``."""
+    bad = [k for k, mu in enumerate(settings.mu.values()) if unstable(settings, k, mu) is not None]
+    if not bad:
+        return []
+    return [unstable(settings, bad[0], settings.mu.values()[bad[0]]) + f" (and {len(bad) - 1} later steps)" * (len(bad) > 1)]
+
+
+def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
+    """``auto``'s rules in words, for ``lcdsl check`` (with ``settings``, the μ its stability
+    rule allows)."""
     start = f"μ₀ = {schedule.start:g}" if schedule.start is not None else (
         f"μ₀ from the model: μ₀/2·‖w − Δ(θ)‖² at direct compression = {START_PENALTY:g}"
     )  # fmt: skip
@@ -222,7 +242,7 @@ def auto_rules(schedule: Auto) -> list[str]:
         f"within the steps left (less {MARGIN_STEPS}), from how it fell with μ; in [{MIN_GROWTH:g}, "
         f"{schedule.max_growth:g}], square-rooted when the L-step loss rose ×{LOSS_RISE:g} or Δ(θ) moved more "
         "than the distortion left",
-        f"lr·μ kept ≤ {STABLE_SHARE:g} × the optimizer's stable limit (Nesterov SGD, β = 0.9: 1.357)",
+        _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
         f"a step whose L-step loss jumps ×{LOSS_JUMP:g} or distortion ×{DISTORTION_JUMP:g}: rolled back and "
         f"retried with a smaller growth (at most {schedule.retries} in a run)",
         f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's, "

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcdsl.engine.events import StepRecord
-from lcdsl.engine.schedule import Convergence, auto_rules
+from lcdsl.engine.schedule import Convergence, auto_rules, fixed_schedule_warnings
 from lcdsl.formats import REPORT_FORMAT
 from lcdsl.operators.base import FLOAT_BITS, Storage
 from lcdsl.plan.model import Plan
@@ -178,11 +178,14 @@ def schedule_line(settings: Settings) -> str:
 
 
 def schedule_lines(settings: Settings) -> list[str]:
-    """:func:`schedule_line` and, for ``auto``, its rules (what ``lcdsl check`` prints)."""
+    """:func:`schedule_line` and, for ``auto``, its rules; for a fixed schedule, a warning when
+    some step's ``lr·μ`` is past the optimizer's stable limit (what ``lcdsl check`` prints)."""
     mu = settings.mu
     lines = [f"schedule: {schedule_line(settings)}"]
     if isinstance(mu, Auto):
-        lines += [f"  - {rule}" for rule in auto_rules(mu)]
+        lines += [f"  - {rule}" for rule in auto_rules(mu, settings)]
+    else:
+        lines += [f"  warning: {line}" for line in fixed_schedule_warnings(settings)]
     return lines
 
 
