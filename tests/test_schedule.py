@@ -116,8 +116,10 @@ def test_stability_limits_of_the_optimizers() -> None:
 
 def test_divergence_and_feasibility() -> None:
     previous = record(3, 1.0, 10.0, loss=0.2)
-    assert divergence(record(4, 2.0, 5.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is not None
-    assert divergence(record(4, 2.0, 5.0, loss=0.35), previous, target=0.1) is None
+    assert divergence(record(4, 2.0, 12.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is not None
+    assert divergence(record(4, 2.0, 12.0, loss=0.35), previous, target=0.1) is None
+    # a loss that jumps while the distortion falls is the penalty at work, not a divergence
+    assert divergence(record(4, 2.0, 5.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is None
     assert "‖w − Δ(θ)‖² jumped" in divergence(record(4, 2.0, 50.0), previous, target=0.1)
     assert divergence(record(1, 1e-4, 500.0), record(0, 0.0, 100.0, loss=None), target=0.1) is None  # after direct
     assert feasible(record(5, 3.0, 0.05, change=0.01), 0.1)
@@ -126,6 +128,14 @@ def test_divergence_and_feasibility() -> None:
 
 
 # ---------------------------------------------------------------- the engine
+
+def blow_up(model: nn.Module) -> None:
+    """What a diverged L step leaves: weights thrown far from Δ(θ)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(3.0 * torch.randn(p.shape, generator=g))
+
 
 AUTO = Settings(mu=Auto(steps=25, tolerance=1e-3, retries=2), lr=0.05, momentum=0.0)
 """The tiny model's full-batch L step is plain gradient descent at lr 0.05."""
@@ -166,6 +176,7 @@ def test_a_diverged_step_is_rolled_back_and_retried_with_a_smaller_mu() -> None:
         if k == 3 and not before:  # the first try of LC step 4 "diverges"
             before.update({n: p.detach().clone() for n, p in model.named_parameters()})
             good(engine, k)
+            blow_up(model)
             return 100.0
         return good(engine, k)
 
@@ -191,6 +202,7 @@ def test_rollback_restores_the_model_theta_and_lambda() -> None:
              [s.lam.clone() for s in engine._tasks], dict(engine.thetas), engine.mu)  # fmt: skip
     engine.begin_step()
     full_batch_l_step()(engine, 1)
+    blow_up(model)
     with pytest.warns(UserWarning, match="rolled back"):
         engine.end_step(loss=50.0)
     params, lambdas, thetas, mu = saved
@@ -205,8 +217,15 @@ def test_with_no_retries_left_a_divergence_only_warns() -> None:
     model = mlp()
     engine = Engine(model, plan_for(model, attrs.evolve(AUTO, mu=Auto(steps=4, retries=0))))
     good = full_batch_l_step()
-    with pytest.warns(UserWarning, match="LC step 2: the L-step loss jumped"):
-        engine.run(lambda e, k: good(e, k) * (100 if k == 1 else 1), accuracy)
+
+    def l_step(engine: Engine, k: int) -> float:
+        loss = good(engine, k)
+        if k == 1:
+            blow_up(model)
+        return loss * (100 if k == 1 else 1)
+
+    with pytest.warns(UserWarning, match="LC step 2: the L-step loss jumped .* and ‖w − Δ\(θ\)‖² rose"):
+        engine.run(l_step, accuracy)
     assert [w["kind"] for w in engine.warnings] == ["divergence"] and engine.step == 4
 
 
@@ -230,6 +249,7 @@ def test_auto_resume_is_bit_for_bit() -> None:
             loss = good(engine, k)
             if k == 2 and k not in tried:
                 tried.add(k)
+                blow_up(engine.model)
                 return loss * 100
             return loss
 
