@@ -116,8 +116,8 @@ def test_stability_limits_of_the_optimizers() -> None:
 
 def test_divergence_and_feasibility() -> None:
     previous = record(3, 1.0, 10.0, loss=0.2)
-    assert divergence(record(4, 2.0, 12.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is not None
-    assert divergence(record(4, 2.0, 12.0, loss=0.35), previous, target=0.1) is None
+    assert divergence(record(4, 2.0, 25.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is not None
+    assert divergence(record(4, 2.0, 15.0, loss=0.35), previous, target=0.1) is None
     # a loss that jumps while the distortion falls is the penalty at work, not a divergence
     assert divergence(record(4, 2.0, 5.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is None
     assert "‖w − Δ(θ)‖² jumped" in divergence(record(4, 2.0, 50.0), previous, target=0.1)
@@ -224,7 +224,7 @@ def test_with_no_retries_left_a_divergence_only_warns() -> None:
             blow_up(model)
         return loss * (100 if k == 1 else 1)
 
-    with pytest.warns(UserWarning, match="LC step 2: the L-step loss jumped .* and ‖w − Δ\(θ\)‖² rose"):
+    with pytest.warns(UserWarning, match=r"LC step 2: the L-step loss jumped .* and ‖w − Δ\(θ\)‖² "):
         engine.run(l_step, accuracy)
     assert [w["kind"] for w in engine.warnings] == ["divergence"] and engine.step == 4
 

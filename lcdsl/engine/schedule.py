@@ -20,7 +20,7 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
 - **Stability**: SGD on ``μ/2 ‖w − t‖²`` diverges once ``lr · μ`` passes the optimizer's limit
   (:func:`sgd_limit`); μ stays below :data:`STABLE_SHARE` of it.
 - **Divergence** (:func:`divergence`): an L-step loss more than :data:`LOSS_JUMP` times the
-  previous step's while the distortion did not fall, or a distortion more than
+  previous step's while the distortion grew as much, or a distortion more than
   :data:`DISTORTION_JUMP` times the previous one (while not yet feasible). Under ``auto`` the step is rolled back and retried with its growth's
   square root (``retries`` times in a run); any schedule warns.
 - **Feasible** (:func:`feasible`): ``D ≤ tolerance · D₀`` and the last C step moved ``Δ(θ)`` by
@@ -152,16 +152,17 @@ def divergence(record: StepRecord, previous: StepRecord | None, *, target: float
     """What says the step of ``record`` diverged, or None.
 
     A divergence is an L-step loss more than :data:`LOSS_JUMP` times the previous one while
-    ``‖w − Δ(θ)‖²`` did not fall (a loss that rises while the distortion falls is the penalty at
-    work: the L step trading loss for feasibility, as LC must), or a distortion more than
-    :data:`DISTORTION_JUMP` times the previous one above ``target``.
+    ``‖w − Δ(θ)‖²`` also grew that much (a loss that rises while the distortion falls or barely
+    moves is the penalty at work: the L step trading loss for feasibility, as LC must, and a
+    smaller μ would not avoid it), or a distortion more than :data:`DISTORTION_JUMP` times the
+    previous one above ``target``.
     """
     if previous is None or previous.step == 0:
         return None  # direct compression has no loss, and its distortion is w's own
     if record.loss is not None and previous.loss is not None and previous.loss > 0:
-        if record.loss > LOSS_JUMP * previous.loss and record.distortion >= previous.distortion:
+        if record.loss > LOSS_JUMP * previous.loss and record.distortion > LOSS_JUMP * previous.distortion:
             return (
-                f"the L-step loss jumped {previous.loss:.4g} → {record.loss:.4g} and ‖w − Δ(θ)‖² rose "
+                f"the L-step loss jumped {previous.loss:.4g} → {record.loss:.4g} and ‖w − Δ(θ)‖² "
                 f"{previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
             )
     if record.distortion > max(target, DISTORTION_JUMP * previous.distortion):
@@ -251,7 +252,7 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
         f"{schedule.max_growth:g}], square-rooted when the L-step loss rose ×{LOSS_RISE:g} or Δ(θ) moved more "
         "than the distortion left",
         _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
-        f"a step whose L-step loss jumps ×{LOSS_JUMP:g} while ‖w − Δ(θ)‖² does not fall, or whose "
+        f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
         f"‖w − Δ(θ)‖² jumps ×{DISTORTION_JUMP:g}: rolled back and "
         f"retried with a smaller growth (at most {schedule.retries} in a run)",
         f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's, "
