@@ -200,6 +200,8 @@ class Convergence:
         detail = f"(direct compression {self.direct:.4g}, feasible at ≤ {self.target:.3g})"
         if self.converged:
             return f"converged: {numbers} {detail}"
+        if self.distortion > self.direct:  # farther than direct compression: the L step ran away
+            return f"not converged: {numbers} {detail}; w ran away from Δ(θ): lower lr or μ"
         return f"not converged: {numbers} {detail}; w has not reached Δ(θ): grow μ further (mu = auto(…))"
 
     def to_dict(self) -> dict[str, float | bool | str]:
