@@ -159,12 +159,12 @@ def divergence(record: StepRecord, previous: StepRecord | None, *, target: float
     """
     if previous is None or previous.step == 0:
         return None  # direct compression has no loss, and its distortion is w's own
-    if record.loss is not None and previous.loss is not None and previous.loss > 0:
-        if record.loss > LOSS_JUMP * previous.loss and record.distortion > LOSS_JUMP * previous.distortion:
-            return (
-                f"the L-step loss jumped {previous.loss:.4g} → {record.loss:.4g} and ‖w − Δ(θ)‖² "
-                f"{previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
-            )
+    known = record.loss is not None and previous.loss is not None and previous.loss > 0
+    if known and record.loss > LOSS_JUMP * previous.loss and record.distortion > LOSS_JUMP * previous.distortion:
+        return (
+            f"the L-step loss jumped {previous.loss:.4g} → {record.loss:.4g} and ‖w − Δ(θ)‖² "
+            f"{previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
+        )
     if record.distortion > max(target, DISTORTION_JUMP * previous.distortion):
         return f"‖w − Δ(θ)‖² jumped {previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
     return None
@@ -249,14 +249,20 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
     )  # fmt: skip
     return [
         start,
-        f"each next μ: × the growth that brings ‖w − Δ(θ)‖² to {schedule.tolerance:g} × direct compression's "
-        f"within the steps left (less {MARGIN_STEPS}), from how it fell with μ; in [{MIN_GROWTH:g}, "
-        f"{schedule.max_growth:g}], square-rooted when the L-step loss rose ×{LOSS_RISE:g} or Δ(θ) moved more "
-        "than the distortion left",
+        (
+            f"each next μ: × the growth that brings ‖w − Δ(θ)‖² to {schedule.tolerance:g} × direct compression's "
+            f"within the steps left (less {MARGIN_STEPS}), from how it fell with μ; in [{MIN_GROWTH:g}, "
+            f"{schedule.max_growth:g}], square-rooted when the L-step loss rose ×{LOSS_RISE:g} or Δ(θ) moved more "
+            "than the distortion left"
+        ),
         _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
-        f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
-        f"‖w − Δ(θ)‖² jumps ×{DISTORTION_JUMP:g}: rolled back and "
-        f"retried with a smaller growth (at most {schedule.retries} in a run)",
-        f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's, "
-        f"or after {schedule.steps} LC steps",
+        (
+            f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
+            f"‖w − Δ(θ)‖² jumps ×{DISTORTION_JUMP:g}: rolled back and "
+            f"retried with a smaller growth (at most {schedule.retries} in a run)"
+        ),
+        (
+            f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's, "
+            f"or after {schedule.steps} LC steps"
+        ),
     ]

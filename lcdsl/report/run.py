@@ -166,7 +166,10 @@ def schedule_line(settings: Settings) -> str:
     """The μ schedule a run follows, in one line: ``20 LC steps, μ 9e-05 → 0.00337, 42 epochs`` or
     ``auto: at most 20 LC steps (42 epochs), μ from the model, …``."""
     mu = settings.mu
-    epochs = lambda steps: settings.first_epochs + (steps - 1) * settings.epochs  # noqa: E731
+
+    def epochs(steps: int) -> int:
+        return settings.first_epochs + (steps - 1) * settings.epochs
+
     if isinstance(mu, Auto):
         start = "μ₀ from the model" if mu.start is None else f"μ₀ = {mu.start:g}"
         return (
