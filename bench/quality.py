@@ -17,6 +17,13 @@ Usage::
     .venv/bin/python bench/quality.py --model lenet5         # the LeNet5 rows (shorter schedule)
     .venv/bin/python bench/quality.py --rows quant,prune --straightforward
     .venv/bin/python bench/quality.py --quick                # digits, 3 LC steps: a smoke run
+    .venv/bin/python bench/quality.py --schedule auto --seeds 0,1,2   # the spec's μ replaced by auto
+
+``--schedule auto`` runs each row with its ``mu = …`` line removed, so the default adaptive
+schedule (``mu = auto(…)``) decides μ; its runs go to ``<row>-auto-seed<s>`` in ``--work`` and
+its results to ``…-auto.json``. Every row reports, per seed: the final test error, the final
+``‖w − Δ(θ)‖²``, direct compression's, their ratio (converged: ≤ 1e-3), and the median and
+spread (max − min) of the final errors.
 
 Results go to ``bench/results/quality-<model>[-<data>][-straightforward].json`` (``--quick``: to
 ``--work``), written after every row, so an interrupted run keeps the rows it finished.
@@ -117,11 +124,15 @@ class DoesNotFit(Exception):
     layer's size on digits' 64 inputs."""
 
 
-def _spec_path(row: Row, work: Path) -> str:
-    if row.spec.endswith(".lc"):
+def _spec_path(row: Row, work: Path, schedule: str = "hand") -> str:
+    """The row's spec file; with ``schedule="auto"`` a copy in ``work`` without its ``mu`` line."""
+    if row.spec.endswith(".lc") and schedule == "hand":
         return str(ROOT / row.spec)
-    path = work / f"{row.name}.lc"
-    path.write_text(row.spec)
+    text = (ROOT / row.spec).read_text() if row.spec.endswith(".lc") else row.spec
+    if schedule == "auto":
+        text = "".join(line for line in text.splitlines(keepends=True) if not line.replace(" ", "").startswith("mu="))
+    path = work / (f"{row.name}.lc" if schedule == "hand" else f"{row.name}-{schedule}.lc")
+    path.write_text(text)
     return str(path)
 
 
@@ -135,12 +146,15 @@ def reference(model: str, data: str, work: Path, epochs: int | None, log: Path) 
 
 
 def run_row(
-    row: Row, data: str, ref: Path, work: Path, extra: list[str], log: Path, seed: int | None = None, tag: str = ""
+    row: Row, data: str, ref: Path, work: Path, extra: list[str], log: Path, seed: int | None = None,
+    schedule: str = "hand", tag: str = "",
 ) -> dict[str, Any]:
-    """``lcdsl compress`` for one row (with another data-order seed than the spec's if given);
-    the table's numbers from its report. Its run folder is ``<row>[-<tag>][-seed<s>]`` in ``work``."""
-    out = work / (row.name + (f"-{tag}" if tag else "") + ("" if seed is None else f"-seed{seed}"))
-    argv = ["compress", _spec_path(row, work), "--model", row.model, "--data", data,
+    """``lcdsl compress`` for one row (with another data-order seed than the spec's if given;
+    with the spec's μ schedule, or ``auto``); the table's numbers from its report. Its run folder
+    is ``<row>[-auto][-<tag>][-seed<s>]`` in ``work``."""
+    name = (row.name if schedule == "hand" else f"{row.name}-{schedule}") + (f"-{tag}" if tag else "")
+    out = work / (name if seed is None else f"{name}-seed{seed}")
+    argv = ["compress", _spec_path(row, work, schedule), "--model", row.model, "--data", data,
             "--reference", str(ref), "--out", str(out), *extra]  # fmt: skip
     argv += [] if seed is None else ["--seed", str(seed)]
     start = time.perf_counter()
@@ -157,9 +171,17 @@ def run_row(
         "direct_error": report["final"]["direct_compression"].get("test_error"),
         "final_error": report["final"]["test_error"],
         "final_train_error": report["final"]["train_error"],
+        "schedule": schedule,
+        "seed": seed,
         "lc_steps": len(steps) - 1,
+        "epochs": report["settings"]["first_epochs"] + (len(steps) - 2) * report["settings"]["epochs"]
+        + len([w for w in report.get("warnings", []) if w["kind"] == "rolled-back"]) * report["settings"]["epochs"],
         "mu_last": steps[-1]["mu"],
         "distortion_last": steps[-1]["distortion"],
+        "distortion_direct": steps[0]["distortion"],
+        "distortion_ratio": steps[-1]["distortion"] / steps[0]["distortion"] if steps[0]["distortion"] else 0.0,
+        "converged": (report.get("convergence") or {}).get("converged"),
+        "warnings": [w["message"] for w in report.get("warnings", [])],
         "params": size["params_after"],
         "bits": size["bits_after"],
         "dense_bits": size["bits_before"],
@@ -373,11 +395,15 @@ def _over_seeds(runs: list[dict[str, Any]], seeds: list[int | None]) -> dict[str
     return {
         **runs[0],
         "final_error": float(np.median(finals)),
+        "final_error_spread": float(max(finals) - min(finals)),
         "seeds": seeds,
         "final_errors": finals,
-        "distortions_last": [r["distortion_last"] for r in runs],
-        "params_by_seed": [r["params"] for r in runs],  # penalty forms' sizes differ by seed
-        "ratios": [r["ratio"] for r in runs],
+        "per_seed": [
+            {key: r.get(key) for key in ("seed", "final_error", "direct_error", "distortion_last", "distortion_direct",
+                                         "distortion_ratio", "converged", "lc_steps", "epochs", "mu_last", "params",
+                                         "ratio")}
+            for r in runs
+        ],  # fmt: skip
         "seconds": float(np.mean([r["seconds"] for r in runs])),
     }
 
@@ -397,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("lenet300", "lenet5"), default="lenet300")
     parser.add_argument("--rows", help="comma-separated row names (default: every row of the model)")
     parser.add_argument("--straightforward", action="store_true", help="run the plain LC loop instead of lcdsl")
+    parser.add_argument(
+        "--schedule", choices=("hand", "auto"), default="hand",
+        help="hand: each spec's own μ schedule; auto: the spec's mu line removed (the default adaptive schedule)",
+    )  # fmt: skip
     parser.add_argument(
         "--exact-kmeans", action="store_true",
         help="with --straightforward: lcdsl's exact k-means in the loop instead of scikit-learn's KMeans",
@@ -429,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = work / (f"quality-{args.tag}.log" if args.tag else "quality.log")
     suffix = ("-straightforward" + ("-exact-kmeans" if args.exact_kmeans else "")) if args.straightforward else ""
+    suffix += "-auto" if args.schedule == "auto" and not args.straightforward else ""
     global EXACT_KMEANS
     EXACT_KMEANS = args.exact_kmeans
     data_tag = "" if data_name == "fashion-mnist" else f"-{data_name}"
@@ -468,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [straightforward(row, data, ref, seed) for seed in seeds]
         else:
             try:
-                runs = [run_row(row, data_name, ref, work, extra, log, seed, args.tag) for seed in seeds]
+                runs = [run_row(row, data_name, ref, work, extra, log, seed, args.schedule, args.tag) for seed in seeds]
             except DoesNotFit as exc:
                 console.print(f"{row.name}: skipped, the spec does not fit {row.model} on {data_name}: {exc}")
                 continue

@@ -33,7 +33,7 @@ from lcdsl.language import (
     parse_expression,
 )  # fmt: skip
 from lcdsl.operators import Operator, Storage, Theta, View, describe, hookimpl
-from lcdsl.plan import Explicit, Geometric, Plan, Settings, Task, bind
+from lcdsl.plan import Auto, Explicit, Geometric, Plan, Settings, Task, bind
 from lcdsl.plugins import Registry, default_registry
 from lcdsl.project import Projection, project
 from lcdsl.store import ExportSizes, export_model, load_lcz, load_safetensors, read_manifest
@@ -64,6 +64,7 @@ __all__ = [
     "Settings",
     "Geometric",
     "Explicit",
+    "Auto",
     # operators and plugins
     "Operator",
     "Storage",

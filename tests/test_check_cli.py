@@ -180,3 +180,18 @@ def test_check_reference_without_model_is_refused(tmp_path: Path, capsys: pytest
     spec = next(s for s in SPECS if s.name == "lenet300-rankselect.lc")
     assert main(["check", str(spec), "--reference", str(tmp_path / "ref.pt")]) == 2
     assert "--reference needs --model" in capsys.readouterr().err
+
+
+def test_check_prints_the_schedule_it_will_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "auto.lc"
+    spec.write_text("fc* : quant(k=2)\n")  # no mu: the adaptive default
+    assert main(["check", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "schedule: μ auto: at most 20 LC steps (42 epochs, + 3 retries of 2), μ₀ from the model" in out
+    assert "μ ≤ 6.79 at LC step 1" in out and "rolled back and retried" in out and "stops when" in out
+    fixed = next(s for s in SPECS if s.name == "lenet300-quant.lc")
+    assert main(["check", str(fixed), "--model", "lenet300", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schedule"] == ["schedule: 20 LC steps (42 epochs), μ 9e-05 → 0.00337"]
+    spec.write_text("mu = [1, 30]\nlr = 0.1\nfc* : quant(k=2)\n")
+    assert main(["check", str(spec)]) == 0
+    assert "warning: LC step 2: lr·μ = 0.098·30 = 2.94 is past the stable limit" in capsys.readouterr().out

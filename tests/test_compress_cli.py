@@ -181,3 +181,58 @@ def test_bad_overrides_and_missing_reference(workdir, capsys):
     argv = ["compress", str(workdir / "quant.lc"), "--reference", str(workdir / "none.pt"), "--out", str(workdir / "y")]
     assert main(argv) == 1
     assert "none.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_run_that_stops_short_says_not_converged(full_run, capsys):
+    convergence = report(full_run)["convergence"]
+    assert convergence["converged"] is False and convergence["distortion"] > convergence["target"]
+    assert convergence["message"].startswith("not converged: ‖w − Δ(θ)‖² = ")
+    assert report(full_run)["warnings"] == []
+
+
+AUTO = ["--steps", "3", "--epochs", "1", "--first-epochs", "1"]  # no --mu-factor: the spec's default, auto
+
+
+def compress_auto(workdir, reference, out, *extra):
+    argv = ["compress", str(workdir / "quant.lc"), "--model", "lenet300", "--data", "digits", "--reference",
+            str(reference), "--out", str(out), *AUTO, *extra]  # fmt: skip
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def auto_run(workdir, reference):
+    out = workdir / "auto"
+    assert compress_auto(workdir, reference, out) == 0
+    return out
+
+
+def test_auto_schedule_runs_from_the_command_line(auto_run, capsys):
+    rep = report(auto_run)
+    assert rep["settings"]["mu"]["kind"] == "auto" and rep["settings"]["mu"]["steps"] == 3
+    mus = [s["mu"] for s in rep["steps"][1:]]
+    assert 1 <= len(mus) <= 3 and all(b > a for a, b in zip(mus, mus[1:]))
+    assert mus[0] == pytest.approx(0.04 / rep["steps"][0]["distortion"])
+    assert rep["convergence"]["message"].startswith(("converged: ", "not converged: "))
+
+
+def test_auto_run_prints_its_schedule_and_how_it_ended(workdir, reference, capsys):
+    assert compress_auto(workdir, reference, workdir / "auto-printed") == 0
+    printed = capsys.readouterr().out
+    assert "μ auto: at most 3 LC steps (3 epochs" in printed
+    assert report(workdir / "auto-printed")["convergence"]["message"] in printed
+
+
+def test_auto_resume_mid_run_equals_the_uninterrupted_run(workdir, reference, auto_run, monkeypatch):
+    out = workdir / "auto-interrupted"
+    original = LStep.__call__
+
+    def stop_at_second_step(self, engine, k):
+        if k == 1:
+            raise KeyboardInterrupt
+        return original(self, engine, k)
+
+    monkeypatch.setattr(LStep, "__call__", stop_at_second_step)
+    assert compress_auto(workdir, reference, out) == 130
+    monkeypatch.setattr(LStep, "__call__", original)
+    assert compress_auto(workdir, reference, out, "--resume") == 0
+    assert without_timings(report(out)) == without_timings(report(auto_run))

@@ -133,6 +133,10 @@ _mu = st.one_of(
         st.floats(1e-6, 1e3), st.floats(0.5, 1e4), st.integers(0, 4),
     ),
     st.lists(st.floats(-1, 1e3, allow_nan=False), min_size=0, max_size=3).map(tuple),
+    st.builds(
+        lambda steps, tolerance: Call("auto", (Argument("steps", steps), Argument("tolerance", tolerance))),
+        st.integers(-1, 4), st.floats(-0.5, 1.5),
+    ),
 )
 _setting_values = {
     "mu": _mu,
@@ -176,6 +180,10 @@ _valid_settings = {
         st.builds(
             lambda a, b, n: Call("geometric", (Argument("start", a), Argument("factor", b), Argument("steps", n))),
             st.floats(1e-5, 1), st.floats(1.01, 10), st.integers(1, 3),
+        ),
+        st.builds(
+            lambda n, tol: Call("auto", (Argument("steps", n), Argument("tolerance", tol))),
+            st.integers(1, 3), st.floats(1e-4, 0.5),
         ),
     ),
     "penalty": st.sampled_from(["quadratic", "augmented-lagrangian"]),
@@ -227,7 +235,8 @@ def compress_tiny(plan) -> None:
     """1-2 LC steps of the plan on Tiny and tiny data, as ``lcdsl compress`` runs them."""
     model = tiny_model()
     mus = plan.settings.mu.values()[:2]
-    run_settings = attrs.evolve(plan.settings, mu=Explicit(mus), epochs=1, first_epochs=1)
+    schedule = Explicit(mus) if mus else attrs.evolve(plan.settings.mu, steps=2)  # auto: a budget of 2
+    run_settings = attrs.evolve(plan.settings, mu=schedule, epochs=1, first_epochs=1)
     engine = Engine(model, plan, settings=run_settings)
     engine.run(make_l_step(model, tiny_data(), run_settings))
     thetas = engine.finalize()

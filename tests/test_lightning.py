@@ -188,3 +188,20 @@ def test_bad_lengths_are_refused() -> None:
         LCCallback(engine, length=0)
     with pytest.raises(EngineError, match="unit must be"):
         LCCallback(engine, unit="batch")  # type: ignore[arg-type]
+
+
+def test_auto_schedule_through_the_callback() -> None:
+    """``mu = auto(…)``: the engine picks each μ; the callback only runs the L steps it asks for."""
+    net = reference_net()
+    engine = Engine(net, parse("mu = auto(steps=12)\nfc1 : quant(k=2)\nfc2 : prune(l0=12)\n").bind(net))
+    lc = LCCallback(engine, length=1, first_length=1)
+    assert lc.total_epochs == 12 + 3  # the budget and the retries
+    t = trainer(max_epochs=lc.total_epochs, callbacks=[lc])
+    t.fit(Module(net), data())
+    history = lc.engine.history
+    rolled_back = sum(w["kind"] == "rolled-back" for w in lc.engine.warnings)
+    assert lc.driver.done and t.current_epoch == len(history) - 1 + rolled_back
+    assert list(lc.engine.mus) == [r.mu for r in history[1:]] and history[1].mu > 0
+    assert all(b > a for a, b in zip(lc.engine.mus, lc.engine.mus[1:]))
+    assert lc.engine.converged == (len(history) - 1 < 12 or lc.engine.convergence().converged)
+    assert len(torch.unique(net.fc1.weight)) <= 2  # finalized: the weights are Δ(θ)

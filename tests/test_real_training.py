@@ -247,6 +247,7 @@ class _Engine:
     def __init__(self, model: nn.Sequential) -> None:
         self.parameters = (model[0].weight,)  # the "compressed" tensor
         self.mus = (1.0,)
+        self.max_steps = 1
 
     def add_penalty_grad(self) -> None:
         pass

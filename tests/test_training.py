@@ -93,6 +93,7 @@ class _FakeEngine:
 
     def __init__(self, add_penalty_grad):
         self.mus = (1.0, 2.0, 3.0)
+        self.max_steps = 3
         self.add_penalty_grad = add_penalty_grad
 
 

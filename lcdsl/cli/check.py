@@ -19,7 +19,7 @@ from lcdsl.plan.settings import settings_from_spec
 from lcdsl.plan.summary import penalty_sizes, plan_summary, schedule_ends
 from lcdsl.report.console import console
 from lcdsl.report.plan import PENALTY_NOTE, penalty_table, plan_table
-from lcdsl.report.run import settings_json
+from lcdsl.report.run import schedule_lines, settings_json
 from lcdsl.store.atomic import load_checkpoint
 from lcdsl.store.checkpoint import load_reference
 from lcdsl.training.data import load_data
@@ -88,12 +88,16 @@ def run(args: argparse.Namespace) -> int:
             for i, rule in enumerate(spec.rules)
         ]
         if args.json:
-            print(json.dumps({"spec": args.spec, "rules": rules, "settings": settings_json(settings)}, indent=2))
+            payload = {"spec": args.spec, "rules": rules, "settings": settings_json(settings),
+                       "schedule": schedule_lines(settings)}  # fmt: skip
+            print(json.dumps(payload, indent=2))
         else:
             out = console()
             out.print(f"{args.spec}: ok, {len(rules)} rule(s), {len(spec.settings)} setting(s)")
             for row in rules:
                 out.print(f"  line {row['line']}: {row['operator']}")
+            for line in schedule_lines(settings):
+                out.print(line)
             out.print("(give --model to bind the selectors and see sizes)")
         return 0
     model = _reference_model(args.reference, args.model) if args.reference else load_model(args.model)
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         summary["spec"] = args.spec
         summary["model"] = args.model
         summary["settings"] = settings_json(plan.settings)
+        summary["schedule"] = schedule_lines(plan.settings)
         summary["ties"] = {name: list(aliases) for name, aliases in plan.ties}
         summary["warnings"] = [
             {"code": w.code, "line": w.span.line if w.span else None, "message": w.message, "hint": w.hint}
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         out.print(plan_table(plan, title=f"{args.spec} on {args.model}"))
         if penalties is not None:
             _print_penalties(penalties, reference=bool(args.reference))
+        for line in schedule_lines(plan.settings):
+            out.print(line)
     return 0
 
 

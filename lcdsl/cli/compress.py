@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,12 @@ from lcdsl.formats import CHECKPOINT_FORMAT
 from lcdsl.language.parser import load
 from lcdsl.language.spec import Spec
 from lcdsl.operators.base import FLOAT_BITS
-from lcdsl.plan.settings import Explicit, Geometric, Settings, settings_from_spec
+from lcdsl.plan.settings import Auto, Explicit, Geometric, Settings, settings_from_spec
 from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import console
 from lcdsl.report.plan import plan_table
 from lcdsl.report.progress import CStepProgress
-from lcdsl.report.run import StepPrinter, build_report, plot_curves, size_table, write_report
+from lcdsl.report.run import StepPrinter, build_report, plot_curves, schedule_line, size_table, write_report
 from lcdsl.store.atomic import check_writable, remove_stale_temporaries, run_lock, save_atomic
 from lcdsl.store.checkpoint import check_reuse, read_run_checkpoint, restore_run_checkpoint, run_checkpoint
 from lcdsl.store.model import compressed_state
@@ -72,8 +73,9 @@ _PLAIN_OVERRIDES = (
 
 SETTINGS_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--steps", {"metavar": "N", "type": int, "help": "number of LC steps (the μ schedule's length)"}),
-    ("--mu-start", {"metavar": "X", "type": float, "help": "μ of the first LC step (geometric schedules)"}),
-    ("--mu-factor", {"metavar": "X", "type": float, "help": "μ growth per LC step (geometric schedules)"}),
+    ("--mu-start", {"metavar": "X", "type": float, "help": "μ of the first LC step (geometric and auto schedules)"}),
+    ("--mu-factor", {"metavar": "X", "type": float,
+                     "help": "μ growth per LC step: a geometric schedule (instead of auto, starting at 9e-5)"}),
     ("--epochs", {"metavar": "N", "type": int, "help": "epochs per L step"}),
     ("--first-epochs", {"metavar": "N", "type": int, "help": "epochs of the first L step"}),
     ("--lr", {"metavar": "X", "type": float, "help": "L-step learning rate at the first LC step"}),
@@ -153,7 +155,12 @@ def settings_with_overrides(spec: Spec, args: argparse.Namespace) -> Settings:
     mu = settings.mu
     steps, start, factor = args.steps, args.mu_start, args.mu_factor
     try:
-        if isinstance(mu, Geometric):
+        if isinstance(mu, Auto) and factor is not None:  # a fixed growth asked for: geometric
+            mu = Geometric(start=9e-5 if start is None else start, factor=factor, steps=mu.steps if steps is None else steps)
+        elif isinstance(mu, Auto):
+            changes = {k: v for k, v in (("steps", steps), ("start", start)) if v is not None}
+            mu = attrs.evolve(mu, **changes)
+        elif isinstance(mu, Geometric):
             changes = {k: v for k, v in (("steps", steps), ("start", start), ("factor", factor)) if v is not None}
             mu = attrs.evolve(mu, **changes)
         elif isinstance(mu, Explicit):
@@ -254,9 +261,8 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
     else:
         reference = prepare_reference(args, model, data, folder, settings, loss_fn)
 
-    mus = engine.mus
     out.print(plan_table(plan, title=f"{args.spec} on {args.model} / {data.name}"))
-    out.print(f"{len(mus)} LC steps, μ {mus[0]:.3g} → {mus[-1]:.3g}; reference {_test_number(reference)}")
+    out.print(f"{schedule_line(settings)}; reference {_test_number(reference)}")
     if isinstance(data, LoaderData) and data.test is None:
         out.print(f"note: '{data.name}' has no test part: the test numbers below are measured on the training data")
     bits_before = plan_summary(plan)["total_bits_before"]  # the dense size, buffers included
@@ -276,17 +282,24 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
         save_atomic(state, checkpoint_path)
         saved["step"] = engine.step
 
+    def on_warning(message: str, **_: Any) -> None:
+        out.print(f"warning: {message}", style="bold yellow")
+
     CStepProgress(out).attach(engine)  # first: its bar goes before a step's row is printed
+    engine.events.on("warning", on_warning)
     engine.events.on("direct_compression", on_step)
     engine.events.on("lc_step_end", on_step)
     try:
-        engine.run(l_step, evaluate)
+        with warnings.catch_warnings():  # printed by on_warning, and kept in report.json
+            warnings.simplefilter("ignore", UserWarning)
+            engine.run(l_step, evaluate)
     except (EngineError, PluginError) as exc:
         if saved["step"] is None:
             raise
         kept = f"{checkpoint_path} keeps the run as it was after LC step {saved['step']}"
         raise type(exc)(f"{exc}\n{kept}") from exc
 
+    convergence = engine.convergence()
     thetas = engine.finalize()  # the model now holds Δ(θ)
     final = evaluate(engine)
     storages = [size for _, size in engine.storage()]
@@ -297,10 +310,11 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
     report = build_report(
         spec_path=str(args.spec), spec_text=spec.source, model=args.model, data=data.name, settings=settings,
         plan=plan, history=engine.history, storages=storages, reference=reference, final=final,
+        convergence=convergence, warnings=engine.warnings,
     )  # fmt: skip
     write_report(folder / "report.json", report)
     title = f"{Path(args.spec).name}: {args.model} on {data.name}"
-    note = plot_curves(engine.history, folder / "curves.png", title=title)
+    note = plot_curves(engine.history, folder / "curves.png", title=title, convergence=convergence)
 
     out.print(size_table(report["size"], title="compressed model"))
     key = "test_error" if "test_error" in final else "test_loss"
@@ -309,6 +323,8 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
     if direct is not None:
         line += f", direct compression {_format(key, direct)}"
     out.print(f"{line}, LC {_format(key, final.get(key))}")
+    if convergence is not None:
+        out.print(convergence.message, style=None if convergence.converged else "bold red")
     if note:
         out.print(note)
     out.print(f"results in {folder}/: report.json, compressed.pt, checkpoint.pt" + ("" if note else ", curves.png"))

@@ -14,7 +14,9 @@ The pieces (see ``docs/engine.md`` for a training loop that uses them):
 - :meth:`Engine.multiplier_step`: ``λ ← λ − μ (w − Δ(θ))``;
 - :meth:`Engine.finalize`: ``w ← Δ(θ)``;
 
-and :meth:`Engine.run` drives them along the μ schedule.
+and :meth:`Engine.run` drives them along the μ schedule: a fixed list (:attr:`Engine.mus`), or
+``mu = auto(…)``, where the engine decides each μ from what the steps before measured
+(:mod:`lcdsl.engine.schedule`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from lcdsl.faults import fault_point
 from lcdsl.operators.base import Storage, Theta
 from lcdsl.plan.model import Plan, Task
 from lcdsl.plan.names import parameters_by_name
-from lcdsl.plan.settings import Settings
+from lcdsl.plan.settings import Auto, Settings
 from lcdsl.plugins.manager import PluginRaised, plugin_code
 from lcdsl.plugins.origin import operator_origin
 
@@ -116,10 +118,14 @@ class Engine(EngineState, EngineLoop):
         self.plan = plan
         self.settings: Settings = settings if settings is not None else plan.settings
         self.mus: tuple[float, ...] = tuple(float(m) for m in self.settings.mu.values())
+        """The μ of every LC step: the whole list for a fixed schedule; under ``auto``, the μ of
+        each step decided so far (the engine appends one at each :meth:`begin_step`)."""
         self.step: int = 0
         self.thetas: dict[str, Theta] = {}
         self.history: list[StepRecord] = []
         self.converged: bool = False
+        self.warnings: list[dict[str, object]] = []
+        """Every warning of the run (diverged, rolled-back or unstable steps) as plain data."""
         self.events = EventBus()
         self.fingerprint = plan_fingerprint(attrs.evolve(plan, settings=self.settings))
         self._mu = 0.0
@@ -129,6 +135,12 @@ class Engine(EngineState, EngineLoop):
         self._penalty_seconds = 0.0
         self._step_started = time.perf_counter()
         self._mu_before_step = 0.0
+        self._weight_norm2 = 0.0  # Σ ‖w‖² of the compressed parameters at direct compression
+        self._backoff = 0  # rollbacks of the current LC step (auto)
+        self._retries_used = 0  # rollbacks in the whole run (auto)
+        self._snapshot: dict[str, object] | None = None  # the state before the current L step (auto)
+        self._last_change: float | None = None  # Σ ‖Δ(θ) − previous Δ(θ)‖² of the last C step
+        self._moved: dict[str, tuple[torch.Tensor, bool]] = {}  # per task of a C step: (moved², sharded)
         self._tasks = self._bind(model, plan, self.settings)
         self.c_step_sharing: CStepSharing | None = None
         """Who solves which task's C step and how the others receive its θ and Δ(θ); None: this
@@ -184,6 +196,22 @@ class Engine(EngineState, EngineLoop):
             self._targets = None
 
     @property
+    def adaptive(self) -> bool:
+        """Whether μ is decided as the run goes (``mu = auto(…)``)."""
+        return isinstance(self.settings.mu, Auto)
+
+    @property
+    def max_steps(self) -> int:
+        """The most LC steps the schedule runs: its length, or ``auto``'s ``steps`` budget."""
+        mu = self.settings.mu
+        return mu.steps if isinstance(mu, Auto) else len(self.mus)
+
+    @property
+    def done(self) -> bool:
+        """Whether the run is over: converged, or every step of the schedule ran."""
+        return self.converged or self.step >= self.max_steps
+
+    @property
     def parameters(self) -> tuple[nn.Parameter, ...]:
         """The parameters the plan compresses, task by task."""
         return tuple(p for s in self._tasks for p in s.params)
@@ -214,6 +242,10 @@ class Engine(EngineState, EngineLoop):
         self._mu = 0.0
         self.converged = False
         self.history = []
+        self.warnings = []
+        self._backoff = self._retries_used = 0
+        if self.adaptive:
+            self.mus = ()
         for state in self._tasks:
             state.set_theta(None)
             state.zero_lambda()
@@ -239,6 +271,7 @@ class Engine(EngineState, EngineLoop):
                 if solves[index]:
                     gathered[index] = target  # only the task's solver keeps it
         solved: dict[int, tuple[Theta, torch.Tensor]] = {}  # kept for the sharing's broadcasts
+        self._moved = {}
         for index, state in enumerate(self._tasks):
             if not solves[index]:
                 continue
@@ -254,15 +287,30 @@ class Engine(EngineState, EngineLoop):
             del delta
         if sharing is not None:
             sharing.exchange(self, solved, lambda index, theta, delta: self._adopt(self._tasks[index], theta, delta))
+        self._last_change = self._change_of_delta()
         self._targets = self._param_views = None
 
     def _adopt(self, state: TaskState, theta: Theta, delta: torch.Tensor) -> None:
         """A task's new ``θ`` and whole view-shaped ``Δ(θ)``: ``Δ(θ)`` kept in the task's state
-        layout, or dropped to be rebuilt per use."""
+        layout, or dropped to be rebuilt per use; how far ``Δ(θ)`` moved is noted first."""
+        moved = state.moved(delta)
+        if moved is not None:
+            self._moved[state.task.name] = (moved, state.tensors.sharded)
         state.set_theta(theta, delta)
         if state.lam is None:
             state.zero_lambda()
         self.thetas[state.task.name] = theta
+
+    def _change_of_delta(self) -> float | None:
+        """``Σ ‖Δ(θ) − previous Δ(θ)‖²`` over the tasks of the C step just made (None at direct
+        compression); a sharded task's share is summed over the ranks."""
+        if not self._moved:
+            return None
+        whole = sum(m for m, sharded in self._moved.values() if not sharded)
+        if any(sharded for _, sharded in self._moved.values()):
+            whole = whole + sum_over_ranks(sum(m for m, sharded in self._moved.values() if sharded))
+        self._moved = {}
+        return float(whole)
 
     def _c_step_target(self, state: TaskState, mu: float) -> torch.Tensor:
         """``w − λ/μ`` (``w`` while ``μ = 0`` or in quadratic mode) as the whole view-shaped

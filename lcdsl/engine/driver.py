@@ -102,8 +102,11 @@ class LCDriver:
 
     @property
     def total_units(self) -> int:
-        """Units the whole μ schedule needs, from the start."""
-        return sum(self.step_length(k) for k in range(len(self.engine.mus)))
+        """Units the whole μ schedule needs, from the start: under ``mu = auto(…)`` the most it
+        may need (every step of its budget, and its retries of rolled-back steps); it stops the
+        trainer earlier once feasible."""
+        retries = self.engine.settings.mu.retries * self.length if self.engine.adaptive else 0
+        return sum(self.step_length(k) for k in range(self.engine.max_steps)) + retries
 
     @property
     def remaining_units(self) -> int:
@@ -111,13 +114,13 @@ class LCDriver:
         if self.done:
             return 0
         k = self.engine.step
-        rest = sum(self.step_length(j) for j in range(k + 1, len(self.engine.mus)))
+        rest = sum(self.step_length(j) for j in range(k + 1, self.engine.max_steps))
         return self.step_length(k) - self.units_in_step + rest
 
     @property
     def done(self) -> bool:
         """Whether the μ schedule is over (every step ran, or the run converged)."""
-        return self.engine.converged or self.engine.step >= len(self.engine.mus)
+        return self.engine.done
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a trainer model that does not hold the engine's parameters (the engine would
@@ -217,7 +220,7 @@ class LCDriver:
                 f"(the schedule needs {self.remaining_units} more {self.unit}s)",
                 stacklevel=3,
             )
-        elif self.penalty_steps == 0 and self.units_seen > 0 and engine.mus:
+        elif self.penalty_steps == 0 and self.units_seen > 0 and engine.max_steps:
             warnings.warn(
                 f"lcdsl: {names['penalty']} never fired, so the LC penalty never reached the "
                 "gradients (a manual optimizer step that bypasses the trainer?)",
@@ -225,7 +228,7 @@ class LCDriver:
             )
         if not self.done:
             warnings.warn(
-                f"lcdsl: training ended after {engine.step} of {len(engine.mus)} LC steps; "
+                f"lcdsl: training ended after {engine.step} of {engine.max_steps} LC steps; "
                 f"{self.remaining_units} more {self.unit}s finish the schedule (resume from a checkpoint, "
                 f"or train for {self.total_units} {self.unit}s from the start); the weights are not Δ(θ) yet",
                 stacklevel=3,

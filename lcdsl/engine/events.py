@@ -24,6 +24,11 @@ Progress events (:data:`PROGRESS_EVENTS`), many a step, for progress bars:
 
 - ``"c_step_task"``: ``engine``, ``step`` (0 during direct compression), ``index`` (1-based),
   ``total``, ``task`` (the :class:`~lcdsl.plan.Task`), before that task's projection.
+
+Notices (:data:`NOTICE_EVENTS`):
+
+- ``"warning"``: ``engine``, ``step``, ``mu``, ``kind`` (``"divergence"``, ``"rolled-back"`` or
+  ``"unstable"``), ``message``: also in ``engine.warnings`` and as a Python warning.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import attrs
 
 from lcdsl.errors import EngineError, did_you_mean
 
-__all__ = ["EVENTS", "PROGRESS_EVENTS", "EventBus", "StepRecord"]
+__all__ = ["EVENTS", "PROGRESS_EVENTS", "NOTICE_EVENTS", "EventBus", "StepRecord"]
 
 EVENTS: tuple[str, ...] = (
     "direct_compression",
@@ -49,13 +54,16 @@ EVENTS: tuple[str, ...] = (
 PROGRESS_EVENTS: tuple[str, ...] = ("c_step_task",)
 """Finer-grained names the engine also emits (per task of a C step), for progress displays."""
 
+NOTICE_EVENTS: tuple[str, ...] = ("warning",)
+"""What the engine emits when something needs a person's eye (a diverged step, an unstable ``lr·μ``)."""
+
 Callback = Callable[..., Any]
 
 
 class EventBus:
     """Callbacks by event name. Names outside ``names`` are refused, so a typo fails loudly."""
 
-    def __init__(self, names: Iterable[str] = EVENTS + PROGRESS_EVENTS) -> None:
+    def __init__(self, names: Iterable[str] = EVENTS + PROGRESS_EVENTS + NOTICE_EVENTS) -> None:
         self._callbacks: dict[str, list[Callback]] = {name: [] for name in names}
 
     def _list(self, name: str) -> list[Callback]:
@@ -118,6 +126,9 @@ class StepRecord:
     """Wall time of the C step and the multiplier step (of direct compression at step 0)."""
     seconds_penalty: float = 0.0
     """Wall time spent in :meth:`Engine.penalty` during the L step."""
+    change: float | None = None
+    """``Σ_tasks ‖Δ(θ) − Δ(θ) of the previous C step‖²``: how much the C step moved the
+    compressed weights (None for direct compression)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain data (JSON-ready, and loadable with ``weights_only=True``)."""

@@ -1,18 +1,23 @@
 """The LC loop: direct compression, then L step, C step and multiplier step along the μ schedule.
 
-:class:`EngineLoop` is a part of :class:`~lcdsl.engine.Engine`: the end-of-step sequence that
-:meth:`~EngineLoop.run` and the trainer callbacks (:mod:`lcdsl.engine.driver`) share.
+:class:`EngineLoop` is a part of :class:`~lcdsl.engine.Engine`: the start- and end-of-step
+sequences that :meth:`~EngineLoop.run`, a trainer's own loop and the trainer callbacks
+(:mod:`lcdsl.engine.driver`) share. They hold every decision of the schedule: which μ a step gets
+(``auto``'s from the records so far, :mod:`lcdsl.engine.schedule`), whether a step diverged (a
+warning; under ``auto`` the step is rolled back and retried) and whether the run is feasible.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lcdsl.engine import schedule as rules
 from lcdsl.engine.events import StepRecord
 from lcdsl.engine.shards import is_sharded, local_of, sum_over_ranks
 from lcdsl.errors import EngineError
@@ -65,6 +70,8 @@ class EngineLoop:
             return None
         self._check_finite(-1, None)
         start = time.perf_counter()
+        with torch.no_grad():
+            self._weight_norm2 = float(sum(p.detach().double().pow(2).sum() for p in self.parameters))
         self.direct_compression()
         seconds = time.perf_counter() - start
         bits, params = self._total_storage()
@@ -75,32 +82,105 @@ class EngineLoop:
         self.events.emit("direct_compression", engine=self, record=record)
         return record
 
-    def begin_step(self, k: int, *, announce: bool = True) -> None:
-        """Start LC step ``k + 1`` (``k`` indexes :attr:`mus`): ``μ ← mus[k]``, the step's and
-        the penalty's clocks reset, and event ``lc_step_start`` unless ``announce`` is False (a run resumed
-        inside the step)."""
+    # ------------------------------------------------------------ the schedule
+
+    @property
+    def distortion_scale(self) -> float:
+        """What distortions are measured against: direct compression's ``‖w − Δ(θ)‖²``
+        (at least ``1e-4 · ‖w‖²``, :func:`~lcdsl.engine.schedule.distortion_scale`); 0 before it."""
+        if not self.history:
+            return 0.0
+        return rules.distortion_scale(self.history[0].distortion, self._weight_norm2)
+
+    @property
+    def feasible_below(self) -> float:
+        """The distortion at or below which the run counts as feasible (``tolerance · D₀``)."""
+        mu = self.settings.mu
+        tolerance = mu.tolerance if self.adaptive else rules.DEFAULT_TOLERANCE
+        return tolerance * self.distortion_scale
+
+    def next_mu(self, k: int) -> float:
+        """The μ of LC step ``k + 1`` (``k`` 0-based): ``mus[k]`` of a fixed schedule; under
+        ``auto``, the rule's choice from the records so far (:func:`~lcdsl.engine.schedule.auto_mu`)."""
+        if not self.adaptive:
+            return self.mus[k]
+        if not self.history:
+            raise EngineError("the μ of an auto schedule needs direct compression first: call direct_step()")
+        return rules.auto_mu(
+            self.settings.mu, self.history, scale=self.distortion_scale, backoff=self._backoff,
+            cap=rules.mu_cap(self.settings, k),
+        )  # fmt: skip
+
+    def _warn(self, step: int, mu: float, kind: str, message: str) -> None:
+        """A warning of the run: kept in :attr:`warnings`, emitted as event ``warning`` and as a
+        Python warning."""
+        self.warnings.append({"step": step, "mu": mu, "kind": kind, "message": message})
+        self.events.emit("warning", engine=self, step=step, mu=mu, kind=kind, message=message)
+        warnings.warn(f"lcdsl: {message}", stacklevel=3)
+
+    def _take_snapshot(self) -> None:
+        """What a rolled-back step goes back to: the model's parameters and buffers, θ, Δ(θ), λ."""
+        with torch.no_grad():
+            model = {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
+            tasks = [(s.theta, s.delta, None if s.lam is None else s.lam.clone()) for s in self._tasks]
+        self._snapshot = {"model": model, "tasks": tasks, "thetas": dict(self.thetas)}
+
+    def _roll_back(self) -> None:
+        snapshot: dict[str, Any] = self._snapshot
+        with torch.no_grad():
+            unwrap(self.model).load_state_dict(snapshot["model"])
+        for state, (theta, delta, lam) in zip(self._tasks, snapshot["tasks"]):
+            state.theta, state.delta, state.lam = theta, delta, lam
+        self.thetas = dict(snapshot["thetas"])
+        self._targets = self._param_views = None
+        self.mu = self._mu_before_step
+
+    # -------------------------------------------------------------- the steps
+
+    def begin_step(self, k: int | None = None, *, announce: bool = True) -> None:
+        """Start LC step ``k + 1`` (``k`` indexes :attr:`mus`; default :attr:`step`, the next one):
+        ``μ ← next_mu(k)``, the step's and the penalty's clocks reset, and event ``lc_step_start``
+        unless ``announce`` is False (a run resumed inside the step). Warns when ``lr·μ`` is past
+        the optimizer's stable limit. Under ``auto`` it keeps what a rollback needs.
+        """
+        k = self.step if k is None else k
         self._mu_before_step = self._mu  # what a failed step puts back
-        self.mu = self.mus[k]
+        mu = self.next_mu(k)
+        if self.adaptive:
+            self.mus = self.mus[:k] + (mu,)
+            if self._retries_used < self.settings.mu.retries:
+                self._take_snapshot()
+        self.mu = mu
         self._penalty_seconds = 0.0
         self._step_started = time.perf_counter()
         if announce:
-            self.events.emit("lc_step_start", engine=self, step=k + 1, mu=self.mus[k])
+            unstable = rules.unstable(self.settings, k, mu)
+            if unstable is not None and not self.adaptive:
+                self._warn(k + 1, mu, "unstable", unstable)
+            self.events.emit("lc_step_start", engine=self, step=k + 1, mu=mu)
 
     def end_step(
         self,
-        k: int,
-        loss: float | None,
+        k: int | None = None,
+        loss: float | None = None,
         evaluate: Callable[[Engine], dict[str, float]] | None = None,
     ) -> StepRecord:
-        """End LC step ``k + 1`` after its L step (begun with :meth:`begin_step`, whose clock
-        times it): the finiteness check, the C step, the
-        multiplier step, the record (with ``evaluate``'s metrics of the compressed model) and
-        the convergence test, with events ``l_step_end``, ``c_step_end``, ``lc_step_end``.
+        """End LC step ``k + 1`` (default: the one :meth:`begin_step` started) after its L step:
+        the finiteness check, the C step, the multiplier step, the record (with ``evaluate``'s
+        metrics of the compressed model), the divergence check and the convergence test, with
+        events ``l_step_end``, ``c_step_end``, ``lc_step_end``.
+
+        A step whose L-step loss or distortion jumped (:func:`~lcdsl.engine.schedule.divergence`)
+        is warned about; under ``auto``, with retries left, it is rolled back instead: the model,
+        θ, λ and μ are as before the step, :attr:`step` stays, event ``lc_step_end`` does not
+        come, and the next :meth:`begin_step` retries it with a smaller μ. The returned record
+        is then the rolled-back attempt's, not in :attr:`history`.
 
         Raises:
             EngineError: the L step left a non-finite loss or weights; the engine's state is as
                 before the step (μ included).
         """
+        k = self.step if k is None else k
         seconds_l = time.perf_counter() - self._step_started
         mu = self.mus[k]
         try:
@@ -114,18 +194,37 @@ class EngineLoop:
         self.multiplier_step()
         seconds_c = time.perf_counter() - start
         self.events.emit("c_step_end", engine=self, step=k + 1, mu=mu)
-        self.step = k + 1
         distortion = self.distortion()
         bits, params = self._total_storage()
         record = StepRecord(
-            self.step, mu, loss, distortion, self._evaluate(evaluate), bits, params,
-            seconds_l, seconds_c, self._penalty_seconds,
+            k + 1, mu, loss, distortion, self._evaluate(evaluate), bits, params,
+            seconds_l, seconds_c, self._penalty_seconds, self._last_change,
         )  # fmt: skip
+        diverged = rules.divergence(record, self.history[-1] if self.history else None, target=self.feasible_below)
+        if diverged is not None:
+            if self.adaptive and self._snapshot is not None and self._retries_used < self.settings.mu.retries:
+                self._roll_back()
+                self._backoff += 1
+                self._retries_used += 1
+                self._snapshot = None
+                self._warn(k + 1, mu, "rolled-back", f"LC step {k + 1}: {diverged}; rolled back, retrying with a smaller μ")
+                return record
+            self._warn(k + 1, mu, "divergence", f"LC step {k + 1}: {diverged}")
+        self._snapshot = None
+        self._backoff = 0
+        self.step = k + 1
         self.history.append(record)
         if self.settings.tolerance > 0 and math.sqrt(distortion) < self.settings.tolerance:
             self.converged = True
+        if self.adaptive and rules.feasible(record, self.feasible_below):
+            self.converged = True
         self.events.emit("lc_step_end", engine=self, record=record)
         return record
+
+    def convergence(self) -> rules.Convergence | None:
+        """How the run stands against ``w = Δ(θ)`` (its last record against ``tolerance · D₀``);
+        None before the first LC step."""
+        return rules.convergence(self.history, self.settings.mu, self.distortion_scale)
 
     def run(
         self,
@@ -134,10 +233,11 @@ class EngineLoop:
     ) -> list[StepRecord]:
         """Run (or resume) the LC algorithm along the μ schedule.
 
-        :meth:`direct_step` first; then, for each remaining μ, :meth:`begin_step`,
+        :meth:`direct_step` first; then, until :attr:`done`, :meth:`begin_step`,
         ``l_step(engine, k)`` (``k`` indexes :attr:`mus`; train on your loss with the penalty's
         gradient, :meth:`add_penalty_grad`; return the loss or None) and :meth:`end_step`. Stops
-        early once ``‖w − Δ(θ)‖ < settings.tolerance``. Does not finalize.
+        early once ``‖w − Δ(θ)‖ < settings.tolerance``, or, under ``auto``, once feasible. A step
+        rolled back under ``auto`` runs again with a smaller μ. Does not finalize.
 
         Returns:
             Every record of the run so far (also in :attr:`history`).
@@ -147,9 +247,8 @@ class EngineLoop:
                 as before that step).
         """
         self.direct_step(evaluate)
-        for k in range(self.step, len(self.mus)):
-            if self.converged:
-                break
+        while not self.done:
+            k = self.step
             self.begin_step(k)
             loss = l_step(self, k)
             if isinstance(loss, torch.Tensor):

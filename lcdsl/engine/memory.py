@@ -259,6 +259,20 @@ class TaskState:
         return total
 
     @torch.no_grad()
+    def moved(self, delta: torch.Tensor) -> torch.Tensor | None:
+        """``‖delta − Δ(θ)‖²`` for a new whole view-shaped ``delta`` against the current ``Δ(θ)``
+        (float64, 0-dim; this rank's share when sharded), block by block; None before any ``θ``."""
+        if self.theta is None:
+            return None
+        if self.tensors.sharded:
+            return torch.sub(self.tensors.shard(delta), self.delta).double().square().sum()
+        delta = delta.contiguous()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for block in self.blocks:
+            total += torch.sub(block.of_view(delta), self.delta_block(block)).double().square().sum()
+        return total
+
+    @torch.no_grad()
     def write_delta(self) -> None:
         """``w ← Δ(θ)`` (block by block when ``Δ(θ)`` is not kept)."""
         if self.delta is not None:

@@ -80,6 +80,22 @@ def _settings_difference(saved: Any, ours: dict[str, Any]) -> str:
 class EngineState:
     """:meth:`state_dict` and :meth:`load_state_dict` of :class:`~lcdsl.engine.Engine`."""
 
+    def _load_schedule_state(self, state: dict[str, Any]) -> None:
+        """``auto``'s μ so far and what its next decision needs; the run's warnings."""
+        schedule = state.get("schedule", {})
+        mus = state.get("mus", [])
+        ok = isinstance(schedule, dict) and isinstance(mus, list)
+        ok = ok and all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) for m in mus)
+        numbers = {key: schedule.get(key, 0) for key in ("weight_norm2", "backoff", "retries_used")} if ok else {}
+        if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()):
+            raise EngineError("cannot resume: engine.schedule or engine.mus is malformed")
+        if self.adaptive:
+            self.mus = tuple(float(m) for m in mus)
+        self._weight_norm2 = float(numbers["weight_norm2"])
+        self._backoff, self._retries_used = int(numbers["backoff"]), int(numbers["retries_used"])
+        found = state.get("warnings", [])
+        self.warnings = [dict(w) for w in found] if isinstance(found, list) and all(isinstance(w, dict) for w in found) else []
+
     def _task_entries(self) -> list[dict[str, str]]:
         """Each task's name, operator and plugin: what a saved state must match to be loaded."""
         return [_task_entry(s.task) for s in self._tasks]
@@ -105,6 +121,11 @@ class EngineState:
             "step": self.step,
             "mu": self._mu,
             "converged": self.converged,
+            # what auto's next μ is decided from besides the history: a resumed run decides the same
+            "schedule": {
+                "weight_norm2": self._weight_norm2, "backoff": self._backoff, "retries_used": self._retries_used,
+            },
+            "warnings": [dict(w) for w in self.warnings],
             "lambdas": {s.task.name: self._saved_lambda(s, shards) for s in self._tasks if s.lam is not None},
             "thetas": {
                 name: {k: v.detach().clone() for k, v in theta.items()} for name, theta in self.thetas.items()
@@ -175,8 +196,8 @@ class EngineState:
             if not isinstance(value, dict):
                 raise EngineError(f"cannot resume: engine.{key} is {type(value).__name__}, expected a dict")
         step, mu = state.get("step"), state.get("mu")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= len(self.mus):
-            raise EngineError(f"cannot resume: engine.step is {step!r}, expected an integer in [0, {len(self.mus)}]")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.max_steps:
+            raise EngineError(f"cannot resume: engine.step is {step!r}, expected an integer in [0, {self.max_steps}]")
         if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (math.isfinite(mu) and mu >= 0):
             raise EngineError(f"cannot resume: engine.mu is {mu!r}, expected a finite number ≥ 0")
         history = state.get("history", [])
@@ -225,6 +246,7 @@ class EngineState:
         self.step = step
         self._mu = mu
         self.converged = bool(state.get("converged", False))
+        self._load_schedule_state(state)
         try:
             self.history = [StepRecord.from_dict(r) for r in state.get("history", [])]
         except (KeyError, TypeError, ValueError) as exc:

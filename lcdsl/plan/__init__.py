@@ -10,11 +10,11 @@ from lcdsl.operators.base import view_shape
 from lcdsl.plan.binder import bind, build_operator, check_spec
 from lcdsl.plan.model import Plan, Task, split_view
 from lcdsl.plan.names import buffers_by_name, parameters_by_name, strip_ddp_prefix, task_name, unwrap
-from lcdsl.plan.settings import Explicit, Geometric, Schedule, Settings, settings_data, settings_from_spec
+from lcdsl.plan.settings import Auto, Explicit, Geometric, Schedule, Settings, settings_data, settings_from_spec
 from lcdsl.plan.summary import plan_rows, plan_summary
 
 __all__ = [
     "bind", "build_operator", "check_spec", "Plan", "Task", "split_view", "view_shape", "parameters_by_name",
-    "buffers_by_name", "strip_ddp_prefix", "task_name", "unwrap", "Settings", "Schedule", "Geometric", "Explicit",
+    "buffers_by_name", "strip_ddp_prefix", "task_name", "unwrap", "Settings", "Schedule", "Geometric", "Explicit", "Auto",
     "settings_from_spec", "settings_data", "plan_rows", "plan_summary",
 ]  # fmt: skip

@@ -5,6 +5,7 @@ spec errors at the setting's span, all reported together.
 
 Example spec lines::
 
+    mu        = auto(steps=20, tolerance=1e-3)        # the default: μ chosen from what each step measured
     mu        = geometric(start=9e-5, factor=1.21, steps=20)
     penalty   = "quadratic"
     lr        = 0.09
@@ -23,7 +24,7 @@ from lcdsl.errors import Diagnostics, did_you_mean, exception_message
 from lcdsl.language.spec import Call, Percent, Setting, Spec, Value
 from lcdsl.operators.units import int_at_least, positive_number
 
-__all__ = ["MAX_STEPS", "Schedule", "Geometric", "Explicit", "Settings", "settings_from_spec", "settings_data"]
+__all__ = ["MAX_STEPS", "Schedule", "Geometric", "Explicit", "Auto", "Settings", "settings_from_spec", "settings_data"]
 
 MAX_STEPS = 10_000
 """The most LC steps a μ schedule may have (a real run has tens): more is a spec error where it is
@@ -94,7 +95,52 @@ class Explicit:
         return self.mus
 
 
-Schedule = Geometric | Explicit
+def _fraction(instance: Any, attribute: Any, value: float) -> None:
+    if not (0 < value < 1):
+        raise ValueError(f"{attribute.name} must be a number in (0, 1), got {value:g}")
+
+
+def _growth(instance: Any, attribute: Any, value: float) -> None:
+    if not (value > 1 and math.isfinite(value)):
+        raise ValueError(f"max_growth must be a number > 1, got {value:g}")
+
+
+def _optional_start(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"start must be a positive finite number, got {value:g}")
+
+
+@attrs.frozen
+class Auto:
+    """μ chosen by the engine from what each LC step measured (:mod:`lcdsl.engine.schedule`).
+
+    μ₀ makes the penalty at the reference worth a fiftieth of a nat; each next μ grows by what
+    the distortion ``‖w − Δ(θ)‖²`` still has to fall to reach ``tolerance`` times direct
+    compression's within the steps left (faster when it stalls, slower when the L-step loss
+    jumps, never past the optimizer's stable ``lr·μ``); a diverged step is rolled back and
+    retried with a smaller growth. The run stops once feasible: ``‖w − Δ(θ)‖²`` and the change
+    of ``Δ(θ)`` over the last C step both at most ``tolerance`` times direct compression's."""
+
+    steps: int = attrs.field(default=20, validator=int_at_least(1, MAX_STEPS))
+    """The budget: at most this many LC steps (rolled-back retries not counted)."""
+    tolerance: float = attrs.field(default=1e-3, converter=float, validator=_fraction)
+    """Feasible when ``‖w − Δ(θ)‖² ≤ tolerance · D₀`` (``D₀``: direct compression's distortion)
+    and the last C step moved ``Δ(θ)`` by no more (squared); in (0, 1)."""
+    start: float | None = attrs.field(
+        default=None, converter=attrs.converters.optional(float), validator=_optional_start
+    )
+    """μ of the first LC step; None picks it from the model (``μ₀ = 0.04 / D₀``)."""
+    max_growth: float = attrs.field(default=4.0, converter=float, validator=_growth)
+    """The most μ may grow from one LC step to the next (> 1)."""
+    retries: int = attrs.field(default=3, validator=int_at_least(0, MAX_STEPS))
+    """The most diverged steps the run rolls back and retries."""
+
+    def values(self) -> tuple[float, ...]:
+        """No list: the engine decides each μ as the run goes (:class:`lcdsl.engine.schedule.AutoMu`)."""
+        return ()
+
+
+Schedule = Geometric | Explicit | Auto
 
 
 def _positive_float(name: str, allow_zero: bool = False):
@@ -117,8 +163,9 @@ def _seed(inst: Any, attribute: Any, value: Any) -> None:
 class Settings:
     """Everything about a run that is not which tensors get which operator."""
 
-    mu: Schedule = attrs.field(factory=lambda: Geometric(start=9e-5, factor=1.21, steps=20))
-    """The μ schedule: ``geometric(start=…, factor=…, steps=…[, cap=…])`` or a list."""
+    mu: Schedule = attrs.field(factory=Auto)
+    """The μ schedule: ``auto(…)`` (the default), ``geometric(start=…, factor=…, steps=…[, cap=…])``
+    or a list."""
     penalty: Literal["augmented-lagrangian", "quadratic"] = attrs.field(
         default="augmented-lagrangian",
         validator=attrs.validators.in_(("augmented-lagrangian", "quadratic")),
@@ -191,38 +238,46 @@ def settings_data(settings: Settings) -> dict[str, Any]:
     Two settings are the same run's exactly when their data are equal."""
     data = attrs.asdict(settings)
     mu = settings.mu
-    data["mu"] = {"kind": type(mu).__name__.lower(), **attrs.asdict(mu), "values": list(mu.values())}
+    values = None if isinstance(mu, Auto) else list(mu.values())  # auto: decided as the run goes
+    data["mu"] = {"kind": type(mu).__name__.lower(), **attrs.asdict(mu), "values": values}
     return data
 
 
+_SCHEDULE_ARGUMENTS = {
+    "geometric": (Geometric, {"start", "factor", "steps", "cap"}, ("start", "factor", "steps")),
+    "auto": (Auto, {"steps", "tolerance", "start", "max_growth", "retries"}, ()),
+}
+"""Per schedule call: its class, its keywords, the keywords it needs."""
+
 def _schedule(value: Value) -> Schedule:
     if isinstance(value, Call):
-        if value.name != "geometric":
-            raise ValueError(f"unknown schedule '{value.name}'{did_you_mean(value.name, ['geometric'])}")
+        if value.name not in _SCHEDULE_ARGUMENTS:
+            raise ValueError(f"unknown schedule '{value.name}'{did_you_mean(value.name, list(_SCHEDULE_ARGUMENTS))}")
+        cls, known, needed = _SCHEDULE_ARGUMENTS[value.name]
+        name = value.name
         if any(a.name is None for a in value.args):
-            raise ValueError("geometric() takes keyword arguments: start=…, factor=…, steps=…")
+            raise ValueError(f"{name}() takes keyword arguments: " + ", ".join(f"{k}=…" for k in sorted(known)))
         names = [a.name for a in value.args]
         repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if repeated is not None:
-            raise ValueError(f"geometric() got '{repeated}' twice")
+            raise ValueError(f"{name}() got '{repeated}' twice")
         kwargs = value.kwargs()
-        known = {"start", "factor", "steps", "cap"}
         for key in kwargs:
             if key not in known:
-                raise ValueError(f"geometric() has no argument '{key}'{did_you_mean(key, known)}")
-        missing = [k for k in ("start", "factor", "steps") if k not in kwargs]
+                raise ValueError(f"{name}() has no argument '{key}'{did_you_mean(key, known)}")
+        missing = [k for k in needed if k not in kwargs]
         if missing:
-            raise ValueError(f"geometric() needs {', '.join(missing)}")
+            raise ValueError(f"{name}() needs {', '.join(missing)}")
         for key, v in kwargs.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"geometric() argument {key} must be a number, got {v!r}")
-        return Geometric(**kwargs)
+                raise ValueError(f"{name}() argument {key} must be a number, got {v!r}")
+        return cls(**kwargs)
     if isinstance(value, tuple):
         for v in value:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"every μ in the list must be a number, got {v!r}")
         return Explicit(value)
-    raise ValueError("mu must be geometric(start=…, factor=…, steps=…) or a list of numbers")
+    raise ValueError("mu must be auto(…), geometric(start=…, factor=…, steps=…) or a list of numbers")
 
 
 def _plain(name: str, value: Value) -> Any:

@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from lcdsl.engine.events import StepRecord
+from lcdsl.engine.schedule import Convergence, auto_rules, fixed_schedule_warnings
 from lcdsl.formats import REPORT_FORMAT
 from lcdsl.operators.base import FLOAT_BITS, Storage
 from lcdsl.plan.model import Plan
-from lcdsl.plan.settings import Settings, settings_data
+from lcdsl.plan.settings import Auto, Settings, settings_data
 from lcdsl.plan.summary import plan_summary
 from lcdsl.plugins.origin import versions
 from lcdsl.report.console import human_bits
@@ -33,6 +34,8 @@ __all__ = [
     "build_report",
     "write_report",
     "settings_json",
+    "schedule_line",
+    "schedule_lines",
     "plot_curves",
     "pyplot",
     "save_figure",
@@ -159,6 +162,36 @@ def settings_json(settings: Settings) -> dict[str, Any]:
     return settings_data(settings)
 
 
+def schedule_line(settings: Settings) -> str:
+    """The μ schedule a run follows, in one line: ``20 LC steps, μ 9e-05 → 0.00337, 42 epochs`` or
+    ``auto: at most 20 LC steps (42 epochs), μ from the model, …``."""
+    mu = settings.mu
+
+    def epochs(steps: int) -> int:
+        return settings.first_epochs + (steps - 1) * settings.epochs
+
+    if isinstance(mu, Auto):
+        start = "μ₀ from the model" if mu.start is None else f"μ₀ = {mu.start:g}"
+        return (
+            f"μ auto: at most {mu.steps} LC steps ({epochs(mu.steps)} epochs, + {mu.retries} retries of "
+            f"{settings.epochs}), {start}, until ‖w − Δ(θ)‖² ≤ {mu.tolerance:g} × direct compression's"
+        )
+    values = mu.values()
+    return f"{len(values)} LC steps ({epochs(len(values))} epochs), μ {values[0]:.3g} → {values[-1]:.3g}"
+
+
+def schedule_lines(settings: Settings) -> list[str]:
+    """:func:`schedule_line` and, for ``auto``, its rules; for a fixed schedule, a warning when
+    some step's ``lr·μ`` is past the optimizer's stable limit (what ``lcdsl check`` prints)."""
+    mu = settings.mu
+    lines = [f"schedule: {schedule_line(settings)}"]
+    if isinstance(mu, Auto):
+        lines += [f"  - {rule}" for rule in auto_rules(mu, settings)]
+    else:
+        lines += [f"  warning: {line}" for line in fixed_schedule_warnings(settings)]
+    return lines
+
+
 def build_report(
     *,
     spec_path: str,
@@ -171,12 +204,16 @@ def build_report(
     storages: list[Storage | None],
     reference: dict[str, Any],
     final: dict[str, float],
+    convergence: Convergence | None = None,
+    warnings: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything about a finished run, as JSON-ready data.
 
     Args:
         reference: what is known of the reference model (path, test and train error).
         final: the errors of the final compressed model.
+        convergence: how the run ended against ``w = Δ(θ)`` (:meth:`Engine.convergence`).
+        warnings: the run's warnings (diverged, rolled-back, unstable steps).
     """
     steps = [r.to_dict() for r in history]
     direct = history[0].metrics if history and history[0].step == 0 else {}
@@ -190,6 +227,8 @@ def build_report(
         "reference": reference,
         "steps": steps,
         "final": {**final, "direct_compression": dict(direct)},
+        "convergence": None if convergence is None else convergence.to_dict(),
+        "warnings": list(warnings or []),
         "size": plan_summary(plan, storages),
         "seconds": {
             "l_steps": sum(r.seconds_l_step for r in history),
@@ -227,9 +266,12 @@ def save_figure(fig: Any, path: str | Path) -> None:
         pyplot().close(fig)
 
 
-def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") -> str | None:
+def plot_curves(
+    history: list[StepRecord], path: str | Path, title: str = "", convergence: Convergence | None = None
+) -> str | None:
     """Plot test/train error (test loss for a model measured by loss) and ``‖w − Δ(θ)‖²`` against
-    the LC step into ``path`` (PNG).
+    the LC step into ``path`` (PNG), with μ on a second axis and, for a run that did not reach
+    ``w = Δ(θ)``, the "not converged" line.
 
     Returns:
         None when the plot was written; a one-line note when matplotlib is not installed.
@@ -252,8 +294,16 @@ def plot_curves(history: list[StepRecord], path: str | Path, title: str = "") ->
     distortions = [max(r.distortion, 1e-30) for r in history]
     ax_dist.semilogy(steps, distortions, marker="o", color="tab:red")
     ax_dist.set_xlabel("LC step")
-    ax_dist.set_ylabel("‖w − Δ(θ)‖²")
+    ax_dist.set_ylabel("‖w − Δ(θ)‖²", color="tab:red")
     ax_dist.grid(alpha=0.3, which="both")
+    if convergence is not None:
+        ax_dist.axhline(convergence.target, color="tab:red", linestyle=":", linewidth=1, label="feasible")
+    if len(history) > 1:
+        ax_mu = ax_dist.twinx()
+        ax_mu.semilogy(steps[1:], [r.mu for r in history[1:]], marker=".", color="tab:blue", alpha=0.6)
+        ax_mu.set_ylabel("μ", color="tab:blue")
+    if convergence is not None and not convergence.converged:
+        ax_dist.set_title(convergence.message.split(" (")[0], color="tab:red", fontsize=9)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

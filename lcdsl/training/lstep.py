@@ -61,7 +61,7 @@ class LStep:
         )
         return train_epochs(
             self.model, optimizer, self.data, self.batches, self.epochs(k),
-            add_penalty_grad=engine.add_penalty_grad, description=f"L step {k + 1}/{len(engine.mus)}",
+            add_penalty_grad=engine.add_penalty_grad, description=f"L step {k + 1}/{engine.max_steps}",
             loss_fn=self.loss_fn, schedule=self.schedule,
         )  # fmt: skip
 

@@ -1,0 +1,268 @@
+"""Which μ each LC step gets, whether a step diverged, and whether a run reached ``w = Δ(θ)``.
+
+A fixed schedule (``geometric(…)``, a list) is its list of values. ``mu = auto(…)``
+(:class:`~lcdsl.plan.settings.Auto`) is decided step by step from the engine's records
+(:class:`~lcdsl.engine.events.StepRecord`), by :func:`auto_mu`, a pure function of the history:
+a resumed run decides exactly what an uninterrupted one would.
+
+The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`` direct compression's):
+
+- **μ₀** makes the penalty at the reference, ``μ₀/2 · D₀``, worth :data:`START_PENALTY` (a
+  fraction of a trained classifier's loss per example): ``μ₀ = 2 · 0.02 / D₀``.
+- **Growth** is what the distortion still has to fall: to reach ``tolerance · D₀`` within the
+  steps left (less a margin of :data:`MARGIN_STEPS`), ``D`` must fall by ``ρ`` a step; with ``D``
+  measured to fall as ``μ^-p`` (``p`` from the last two steps, in [0.5, 2]), μ grows by
+  ``ρ^(-1/p)``. A distortion that stalls (``p`` small) makes μ grow faster; one that falls
+  faster than planned slows it. The growth is halved (its square root taken) when the L-step
+  loss rose by more than :data:`LOSS_RISE` or the C step moved ``Δ(θ)`` by more than the
+  distortion left (the compressed model is still being rearranged); it stays in
+  [:data:`MIN_GROWTH`, ``max_growth``].
+- **Stability**: SGD on ``μ/2 ‖w − t‖²`` diverges once ``lr · μ`` passes the optimizer's limit
+  (:func:`sgd_limit`); μ stays below :data:`STABLE_SHARE` of it.
+- **Divergence** (:func:`divergence`): an L-step loss more than :data:`LOSS_JUMP` times the
+  previous step's while the distortion grew as much, or a distortion more than
+  :data:`DISTORTION_JUMP` times the previous one (while not yet feasible). Under ``auto`` the step is rolled back and retried with its growth's
+  square root (``retries`` times in a run); any schedule warns.
+- **Feasible** (:func:`feasible`): ``D ≤ tolerance · D₀`` and the last C step moved ``Δ(θ)`` by
+  at most as much (squared); the run stops there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+
+from lcdsl.engine.events import StepRecord
+from lcdsl.plan.settings import Auto, Settings
+
+__all__ = [
+    "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
+    "DEFAULT_TOLERANCE", "sgd_limit", "mu_cap", "distortion_scale", "auto_mu", "divergence", "feasible",
+    "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
+]  # fmt: skip
+
+START_PENALTY = 0.02
+"""``μ₀/2 · D₀`` of ``auto`` without ``start``: the penalty's worth at the reference, in loss units."""
+MIN_GROWTH = 1.1
+"""The least μ grows a step under ``auto`` (μ must go to ∞ for ``w`` to reach ``Δ(θ)``)."""
+MARGIN_STEPS = 2
+"""``auto`` plans to be feasible this many steps before its budget ends (budgets of 6 steps and more)."""
+LOSS_RISE = 1.3
+"""An L-step loss this many times the previous one halves the next growth (in log scale)."""
+LOSS_JUMP = 2.0
+"""An L-step loss more than this many times the previous step's is a divergence."""
+DISTORTION_JUMP = 4.0
+"""A distortion more than this many times the previous step's (not yet feasible) is a divergence."""
+STABLE_SHARE = 0.5
+"""``auto`` keeps ``lr · μ`` at most this share of the optimizer's limit (:func:`sgd_limit`)."""
+DEFAULT_TOLERANCE = Auto().tolerance
+"""What a fixed schedule's run is judged against (``tolerance · D₀``) for the "not converged" note."""
+_SCALE_FLOOR = 1e-4
+"""``D₀`` counts as at least this share of ``‖w‖²`` (a penalty form may keep everything at μ = 0)."""
+
+
+def sgd_limit(settings: Settings) -> float | None:
+    """The largest ``lr · μ`` for which the L step's optimizer stays stable on the penalty
+    ``μ/2 ‖w − t‖²`` alone: 2 for plain SGD, ``2(1 + β)`` with heavy-ball momentum β,
+    ``(2 + 2β)/(1 + 2β)`` with Nesterov's (1.357 at β = 0.9). None for Adam, whose steps are
+    normalized and have no such limit."""
+    if settings.optimizer != "sgd":
+        return None
+    beta = settings.momentum
+    if beta == 0:
+        return 2.0
+    return (2 + 2 * beta) / (1 + 2 * beta) if settings.nesterov else 2 * (1 + beta)
+
+
+def _lr(settings: Settings, k: int) -> float:
+    return settings.lr * settings.lr_decay**k
+
+
+def mu_cap(settings: Settings, k: int) -> float | None:
+    """The largest μ ``auto`` gives LC step ``k`` (0-based): :data:`STABLE_SHARE` of the stable
+    ``lr · μ`` at that step's learning rate ``lr · lr_decay^k``; None without a limit."""
+    limit = sgd_limit(settings)
+    return None if limit is None else STABLE_SHARE * limit / _lr(settings, k)
+
+
+def unstable(settings: Settings, k: int, mu: float) -> str | None:
+    """A warning when LC step ``k`` at ``mu`` is past the optimizer's stable ``lr · μ``; else None."""
+    limit = sgd_limit(settings)
+    lr = _lr(settings, k)
+    if limit is None or lr * mu < limit:
+        return None
+    return (
+        f"LC step {k + 1}: lr·μ = {lr:.3g}·{mu:.3g} = {lr * mu:.3g} is past the stable limit {limit:.3g} of "
+        f"{'Nesterov ' if settings.nesterov and settings.momentum else ''}SGD"
+        f"{f' with momentum {settings.momentum:g}' if settings.momentum else ''}: the L step may diverge; "
+        f"lower lr or μ (mu = auto(…) keeps it below {STABLE_SHARE:g} of the limit)"
+    )
+
+
+def distortion_scale(direct: float, weight_norm2: float) -> float:
+    """What ``auto``'s rules measure distortions against: direct compression's ``D₀``, or
+    ``1e-4 · ‖w‖²`` if that is more (an operator that keeps everything at μ = 0 has ``D₀ ≈ 0``)."""
+    return max(direct, _SCALE_FLOOR * weight_norm2)
+
+
+def _estimated_power(last: StepRecord, previous: StepRecord) -> float:
+    """``p`` in ``D ∝ μ^-p`` from two steps, in [0.5, 2]; 1 when they cannot tell."""
+    if not (last.mu > previous.mu > 0 and last.distortion > 0 and previous.distortion > 0):
+        return 1.0
+    p = -math.log(last.distortion / previous.distortion) / math.log(last.mu / previous.mu)
+    return min(2.0, max(0.5, p))
+
+
+def auto_mu(
+    schedule: Auto, history: Sequence[StepRecord], *, scale: float, backoff: int = 0, cap: float | None = None
+) -> float:
+    """The μ of the next LC step under ``schedule``, from the records so far (see the module doc).
+
+    Args:
+        history: the run's records, direct compression first (``history[-1].step`` LC steps done).
+        scale: the distortion scale (:func:`distortion_scale`).
+        backoff: how often this step was rolled back: the growth is square-rooted that often.
+        cap: the largest μ (:func:`mu_cap`), or None.
+    """
+    k = history[-1].step
+    if k == 0:
+        mu = schedule.start if schedule.start is not None else 2 * START_PENALTY / max(scale, 1e-30)
+        for _ in range(backoff):
+            mu /= 2  # a first step that diverged: start lower
+        return mu if cap is None else min(mu, cap)
+    last, previous = history[-1], history[-2]
+    target = schedule.tolerance * scale
+    left = schedule.steps - k
+    plan = max(1, left - (MARGIN_STEPS if schedule.steps >= 6 else 0))
+    rho = (target / last.distortion) ** (1 / plan) if last.distortion > target else 1.0
+    growth = rho ** (-1 / _estimated_power(last, previous))
+    rose = last.loss is not None and previous.loss is not None and previous.loss > 0 and last.loss > LOSS_RISE * previous.loss
+    rearranging = last.change is not None and last.change > last.distortion
+    if rose or rearranging:
+        growth = math.sqrt(growth)
+    growth = min(schedule.max_growth, max(MIN_GROWTH, growth))
+    growth **= 0.5**backoff
+    mu = last.mu * growth
+    return mu if cap is None else min(mu, cap)
+
+
+def divergence(record: StepRecord, previous: StepRecord | None, *, target: float) -> str | None:
+    """What says the step of ``record`` diverged, or None.
+
+    A divergence is an L-step loss more than :data:`LOSS_JUMP` times the previous one while
+    ``‖w − Δ(θ)‖²`` also grew that much (a loss that rises while the distortion falls or barely
+    moves is the penalty at work: the L step trading loss for feasibility, as LC must, and a
+    smaller μ would not avoid it), or a distortion more than :data:`DISTORTION_JUMP` times the
+    previous one above ``target``.
+    """
+    if previous is None or previous.step == 0:
+        return None  # direct compression has no loss, and its distortion is w's own
+    known = record.loss is not None and previous.loss is not None and previous.loss > 0
+    if known and record.loss > LOSS_JUMP * previous.loss and record.distortion > LOSS_JUMP * previous.distortion:
+        return (
+            f"the L-step loss jumped {previous.loss:.4g} → {record.loss:.4g} and ‖w − Δ(θ)‖² "
+            f"{previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
+        )
+    if record.distortion > max(target, DISTORTION_JUMP * previous.distortion):
+        return f"‖w − Δ(θ)‖² jumped {previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
+    return None
+
+
+def feasible(record: StepRecord, target: float) -> bool:
+    """``‖w − Δ(θ)‖² ≤ target`` and the C step that made ``record`` moved ``Δ(θ)`` by at most
+    as much (squared): ``w`` has reached a ``Δ(θ)`` that stopped changing."""
+    return record.step > 0 and record.distortion <= target and (record.change is None or record.change <= target)
+
+
+@attrs.frozen
+class Convergence:
+    """Whether a run ended at ``w = Δ(θ)``, with the numbers that say so."""
+
+    converged: bool
+    """Whether the last record is within ``tolerance · D₀``."""
+    distortion: float
+    """``‖w − Δ(θ)‖²`` of the last record."""
+    mu: float
+    """The last μ."""
+    direct: float
+    """``D₀``, direct compression's distortion."""
+    target: float
+    """``tolerance`` times the distortion scale: feasible at or below it."""
+    tolerance: float
+    """The schedule's tolerance (``auto``'s, or :data:`DEFAULT_TOLERANCE` for fixed schedules)."""
+
+    @property
+    def message(self) -> str:
+        """One line for people: ``converged: …`` or ``not converged: ‖w − Δ(θ)‖² = … at the last μ``."""
+        numbers = f"‖w − Δ(θ)‖² = {self.distortion:.4g} at the last μ = {self.mu:.3g}"
+        detail = f"(direct compression {self.direct:.4g}, feasible at ≤ {self.target:.3g})"
+        if self.converged:
+            return f"converged: {numbers} {detail}"
+        if self.distortion > self.direct:  # farther than direct compression: the L step ran away
+            return f"not converged: {numbers} {detail}; w ran away from Δ(θ): lower lr or μ"
+        return f"not converged: {numbers} {detail}; w has not reached Δ(θ): grow μ further (mu = auto(…))"
+
+    def to_dict(self) -> dict[str, float | bool | str]:
+        """Plain data, with the message."""
+        return {**attrs.asdict(self), "message": self.message}
+
+
+def convergence(history: Sequence[StepRecord], schedule: object, scale: float) -> Convergence | None:
+    """How the run of ``history`` ended; None before its first LC step."""
+    if not history or history[-1].step == 0:
+        return None
+    tolerance = schedule.tolerance if isinstance(schedule, Auto) else DEFAULT_TOLERANCE
+    target = tolerance * scale
+    last = history[-1]
+    return Convergence(
+        converged=last.distortion <= target, distortion=last.distortion, mu=last.mu,
+        direct=history[0].distortion, target=target, tolerance=tolerance,
+    )  # fmt: skip
+
+
+def _stability_rule(settings: Settings, steps: int) -> str:
+    limit = sgd_limit(settings)
+    if limit is None:
+        return f"{settings.optimizer}: no lr·μ limit to keep"
+    first, last = mu_cap(settings, 0), mu_cap(settings, steps - 1)
+    return (
+        f"lr·μ kept ≤ {STABLE_SHARE:g} × the optimizer's stable limit {limit:.4g}: μ ≤ {first:.3g} at LC step 1, "
+        f"≤ {last:.3g} at step {steps} (lr {settings.lr:g} × {settings.lr_decay:g}^k)"
+    )
+
+
+def fixed_schedule_warnings(settings: Settings) -> list[str]:
+    """What is wrong with a fixed schedule before it runs: the steps past the stable ``lr·μ``."""
+    bad = [k for k, mu in enumerate(settings.mu.values()) if unstable(settings, k, mu) is not None]
+    if not bad:
+        return []
+    return [unstable(settings, bad[0], settings.mu.values()[bad[0]]) + f" (and {len(bad) - 1} later steps)" * (len(bad) > 1)]
+
+
+def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
+    """``auto``'s rules in words, for ``lcdsl check`` (with ``settings``, the μ its stability
+    rule allows)."""
+    start = f"μ₀ = {schedule.start:g}" if schedule.start is not None else (
+        f"μ₀ from the model: μ₀/2·‖w − Δ(θ)‖² at direct compression = {START_PENALTY:g}"
+    )  # fmt: skip
+    return [
+        start,
+        (
+            f"each next μ: × the growth that brings ‖w − Δ(θ)‖² to {schedule.tolerance:g} × direct compression's "
+            f"within the steps left (less {MARGIN_STEPS}), from how it fell with μ; in [{MIN_GROWTH:g}, "
+            f"{schedule.max_growth:g}], square-rooted when the L-step loss rose ×{LOSS_RISE:g} or Δ(θ) moved more "
+            "than the distortion left"
+        ),
+        _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
+        (
+            f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
+            f"‖w − Δ(θ)‖² jumps ×{DISTORTION_JUMP:g}: rolled back and "
+            f"retried with a smaller growth (at most {schedule.retries} in a run)"
+        ),
+        (
+            f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's, "
+            f"or after {schedule.steps} LC steps"
+        ),
+    ]

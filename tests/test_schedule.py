@@ -1,0 +1,312 @@
+"""``mu = auto(…)``: the setting (parse, errors, fmt, data), the rules of the next μ, and the engine
+running it: convergence, divergence warnings, rollback and retry, exact resume, the trainer driver."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import attrs
+import pytest
+import torch
+from torch import nn
+
+from lcdsl.engine.core import Engine
+from lcdsl.engine.driver import LCDriver
+from lcdsl.engine.events import StepRecord
+from lcdsl.engine.schedule import (
+    LOSS_JUMP,
+    MIN_GROWTH,
+    START_PENALTY,
+    auto_mu,
+    divergence,
+    feasible,
+    mu_cap,
+    sgd_limit,
+)  # fmt: skip
+from lcdsl.errors import SpecError
+from lcdsl.language import format_spec, parse
+from lcdsl.plan.settings import Auto, Explicit, Geometric, Settings, settings_data, settings_from_spec
+from tests.test_engine import accuracy, data, full_batch_l_step, mlp, plan_for
+
+# ------------------------------------------------------------------ the setting
+
+
+def test_auto_is_the_default_and_parses_with_its_knobs() -> None:
+    assert Settings().mu == Auto()
+    assert settings_from_spec(parse("fc1 : quant(k=2)\n")).mu == Auto(steps=20, tolerance=1e-3)
+    spec = parse("mu = auto(steps=12, tolerance=1e-4, start=2e-4, max_growth=3, retries=1)\nfc1 : quant(k=2)\n")
+    assert settings_from_spec(spec).mu == Auto(steps=12, tolerance=1e-4, start=2e-4, max_growth=3.0, retries=1)
+    text = format_spec(spec)
+    assert "mu = auto(steps=12, tolerance=1e-4, start=2e-4, max_growth=3, retries=1)" in text
+    assert parse(text) == spec
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("auto(step=3)", "auto() has no argument 'step'; did you mean 'steps'"),
+        ("auto(tolerance=2)", "tolerance must be a number in (0, 1)"),
+        ("auto(steps=2.5)", "steps must be an integer"),
+        ("auto(max_growth=1)", "max_growth must be a number > 1"),
+        ("auto(3)", "auto() takes keyword arguments"),
+        ("auto(start=0)", "start must be a positive finite number"),
+        ("autoo(steps=3)", "did you mean 'auto'"),
+    ],
+)
+def test_bad_auto_arguments_are_located_errors(value: str, message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        settings_from_spec(parse(f"fc1 : quant(k=2)\nmu = {value}\n", filename="s.lc"))
+    text = str(caught.value)
+    assert message in text and "s.lc:2:1" in text
+
+
+def test_settings_data_names_the_kind_and_no_values() -> None:
+    data_ = settings_data(Settings(mu=Auto(steps=7)))["mu"]
+    assert data_ == {"kind": "auto", "steps": 7, "tolerance": 1e-3, "start": None, "max_growth": 4.0,
+                     "retries": 3, "values": None}  # fmt: skip
+
+
+# ----------------------------------------------------------------- the rules
+
+
+def record(step: int, mu: float, distortion: float, loss: float | None = 0.3, change: float | None = 0.0) -> StepRecord:
+    return StepRecord(step, mu, loss, distortion, change=None if step == 0 else change)
+
+
+def test_first_mu_makes_the_penalty_worth_start_penalty() -> None:
+    history = [record(0, 0.0, 400.0, loss=None)]
+    assert auto_mu(Auto(), history, scale=400.0) == pytest.approx(2 * START_PENALTY / 400.0)
+    assert auto_mu(Auto(start=1e-3), history, scale=400.0) == 1e-3
+    assert auto_mu(Auto(), history, scale=400.0, cap=1e-5) == 1e-5
+
+
+def test_growth_is_faster_when_the_distortion_stalls() -> None:
+    schedule = Auto(steps=20)
+    stalled = [record(0, 0, 400.0, None), record(1, 1e-4, 400.0), record(2, 2e-4, 399.0)]
+    falling = [record(0, 0, 400.0, None), record(1, 1e-4, 400.0), record(2, 2e-4, 100.0)]  # D ∝ μ^-2
+    g_stalled = auto_mu(schedule, stalled, scale=400.0) / 2e-4
+    g_falling = auto_mu(schedule, falling, scale=400.0) / 2e-4
+    assert g_stalled > g_falling >= MIN_GROWTH
+    assert g_stalled <= schedule.max_growth
+    # the growth is what reaches 1e-3 · D₀ within the steps left, for D ∝ μ^-p
+    rho = (1e-3 * 400.0 / 100.0) ** (1 / (20 - 2 - 2))
+    assert g_falling == pytest.approx(rho ** (-1 / 2))
+
+
+def test_a_loss_rise_a_backoff_and_the_cap_slow_the_growth() -> None:
+    schedule = Auto(steps=20)
+    base = [record(0, 0, 400.0, None), record(1, 1e-4, 400.0, loss=0.1), record(2, 2e-4, 300.0, loss=0.1)]
+    rose = base[:2] + [attrs.evolve(base[2], loss=0.2)]
+    plain = auto_mu(schedule, base, scale=400.0)
+    assert auto_mu(schedule, rose, scale=400.0) < plain
+    assert auto_mu(schedule, base, scale=400.0, backoff=1) == pytest.approx(2e-4 * math.sqrt(plain / 2e-4))
+    assert auto_mu(schedule, base, scale=400.0, cap=3e-4) == 3e-4
+
+
+def test_stability_limits_of_the_optimizers() -> None:
+    assert sgd_limit(Settings(momentum=0.9, nesterov=True)) == pytest.approx(3.8 / 2.8)
+    assert sgd_limit(Settings(momentum=0.9, nesterov=False)) == pytest.approx(3.8)
+    assert sgd_limit(Settings(momentum=0.0)) == 2.0
+    assert sgd_limit(Settings(optimizer="adam")) is None
+    settings = Settings(lr=0.1, lr_decay=0.5)
+    assert mu_cap(settings, 1) == pytest.approx(0.5 * (3.8 / 2.8) / 0.05)
+
+
+def test_divergence_and_feasibility() -> None:
+    previous = record(3, 1.0, 10.0, loss=0.2)
+    assert divergence(record(4, 2.0, 25.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is not None
+    assert divergence(record(4, 2.0, 15.0, loss=0.35), previous, target=0.1) is None
+    # a loss that jumps while the distortion falls is the penalty at work, not a divergence
+    assert divergence(record(4, 2.0, 5.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is None
+    assert "‖w − Δ(θ)‖² jumped" in divergence(record(4, 2.0, 50.0), previous, target=0.1)
+    assert divergence(record(1, 1e-4, 500.0), record(0, 0.0, 100.0, loss=None), target=0.1) is None  # after direct
+    assert feasible(record(5, 3.0, 0.05, change=0.01), 0.1)
+    assert not feasible(record(5, 3.0, 0.05, change=0.5), 0.1)  # Δ(θ) still moving
+    assert not feasible(record(5, 3.0, 0.5), 0.1)
+
+
+# ---------------------------------------------------------------- the engine
+
+def blow_up(model: nn.Module) -> None:
+    """What a diverged L step leaves: weights thrown far from Δ(θ)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(3.0 * torch.randn(p.shape, generator=g))
+
+
+AUTO = Settings(mu=Auto(steps=25, tolerance=1e-3, retries=2), lr=0.05, momentum=0.0)
+"""The tiny model's full-batch L step is plain gradient descent at lr 0.05."""
+
+
+def test_auto_run_reaches_feasibility_within_its_budget() -> None:
+    model = mlp()
+    engine = Engine(model, plan_for(model, AUTO))
+    records = engine.run(full_batch_l_step(), accuracy)
+    assert engine.converged and len(records) - 1 < 25
+    assert records[-1].distortion <= 1e-3 * records[0].distortion
+    assert list(engine.mus) == [r.mu for r in records[1:]]
+    assert all(b >= a for a, b in zip(engine.mus, engine.mus[1:]))  # μ never falls while lr is constant
+    assert max(engine.mus) <= mu_cap(AUTO, 0) + 1e-12
+    convergence = engine.convergence()
+    assert convergence.converged and convergence.message.startswith("converged: ‖w − Δ(θ)‖² = ")
+    assert engine.warnings == []
+
+
+def test_a_fixed_schedule_that_stops_early_is_not_converged() -> None:
+    model = mlp()
+    engine = Engine(model, plan_for(model, attrs.evolve(AUTO, mu=Geometric(start=1e-3, factor=1.2, steps=3))))
+    engine.run(full_batch_l_step(), accuracy)
+    convergence = engine.convergence()
+    assert not convergence.converged
+    assert convergence.message.startswith("not converged: ‖w − Δ(θ)‖² = ") and "at the last μ = " in convergence.message
+
+
+def test_a_diverged_step_is_rolled_back_and_retried_with_a_smaller_mu() -> None:
+    model = mlp()
+    engine = Engine(model, plan_for(model, AUTO))
+    good = full_batch_l_step()
+    calls: list[tuple[int, float]] = []
+    before: dict[str, torch.Tensor] = {}
+
+    def l_step(engine: Engine, k: int) -> float:
+        calls.append((k, engine.mu))
+        if k == 3 and not before:  # the first try of LC step 4 "diverges"
+            before.update({n: p.detach().clone() for n, p in model.named_parameters()})
+            good(engine, k)
+            blow_up(model)
+            return 100.0
+        return good(engine, k)
+
+    seen: list[str] = []
+    engine.events.on("warning", lambda kind, **_: seen.append(kind))
+    with pytest.warns(UserWarning, match="LC step 4: the L-step loss jumped .* rolled back"):
+        engine.run(l_step, accuracy)
+    tries = [mu for k, mu in calls if k == 3]
+    assert len(tries) == 2 and tries[1] < tries[0]
+    assert seen == ["rolled-back"] and engine.warnings[0]["step"] == 4
+    assert [r.step for r in engine.history] == list(range(len(engine.history)))  # no rolled-back record
+    assert engine.history[4].mu == tries[1] and engine.converged
+
+
+def test_rollback_restores_the_model_theta_and_lambda() -> None:
+    model = mlp()
+    engine = Engine(model, plan_for(model, AUTO))
+    engine.direct_step()
+    engine.begin_step()
+    full_batch_l_step()(engine, 0)
+    engine.end_step(loss=0.5)
+    saved = ({n: p.detach().clone() for n, p in model.named_parameters()},
+             [s.lam.clone() for s in engine._tasks], dict(engine.thetas), engine.mu)  # fmt: skip
+    engine.begin_step()
+    full_batch_l_step()(engine, 1)
+    blow_up(model)
+    with pytest.warns(UserWarning, match="rolled back"):
+        engine.end_step(loss=50.0)
+    params, lambdas, thetas, mu = saved
+    assert engine.step == 1 and engine.mu == mu and engine.thetas == thetas and len(engine.history) == 2
+    for name, p in model.named_parameters():
+        assert torch.equal(p, params[name])
+    for state, lam in zip(engine._tasks, lambdas):
+        assert torch.equal(state.lam, lam)
+
+
+def test_with_no_retries_left_a_divergence_only_warns() -> None:
+    model = mlp()
+    engine = Engine(model, plan_for(model, attrs.evolve(AUTO, mu=Auto(steps=4, retries=0))))
+    good = full_batch_l_step()
+
+    def l_step(engine: Engine, k: int) -> float:
+        loss = good(engine, k)
+        if k == 1:
+            blow_up(model)
+        return loss * (100 if k == 1 else 1)
+
+    with pytest.warns(UserWarning, match=r"LC step 2: the L-step loss jumped .* and ‖w − Δ\(θ\)‖² "):
+        engine.run(l_step, accuracy)
+    assert [w["kind"] for w in engine.warnings] == ["divergence"] and engine.step == 4
+
+
+def test_a_fixed_schedule_past_the_stable_lr_mu_warns() -> None:
+    model = mlp()
+    engine = Engine(model, plan_for(model, Settings(mu=Explicit([1.0, 30.0]), lr=0.1)))
+    with pytest.warns(UserWarning, match=r"LC step 2: lr·μ = 0.098·30 = 2.94 is past the stable limit 1.36"):
+        engine.run(lambda e, k: None)
+    assert [w["kind"] for w in engine.warnings] == ["unstable"]
+
+
+def test_auto_resume_is_bit_for_bit() -> None:
+    def strip(records: list[StepRecord]) -> list[dict]:
+        drop = ("seconds_l_step", "seconds_c_step", "seconds_penalty")
+        return [{k: v for k, v in r.to_dict().items() if k not in drop} for r in records]
+
+    def flaky(good):  # one rolled-back try at step 3: resuming must replay its backoff too
+        tried: set[int] = set()
+
+        def l_step(engine: Engine, k: int) -> float:
+            loss = good(engine, k)
+            if k == 2 and k not in tried:
+                tried.add(k)
+                blow_up(engine.model)
+                return loss * 100
+            return loss
+
+        return l_step
+
+    model_a = mlp()
+    engine_a = Engine(model_a, plan_for(model_a, AUTO))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records_a = engine_a.run(flaky(full_batch_l_step()), accuracy)
+
+    class Stop(Exception):
+        pass
+
+    saved = io.BytesIO()
+    model_b = mlp()
+    engine_b = Engine(model_b, plan_for(model_b, AUTO))
+
+    def checkpoint(engine: Engine, record: StepRecord) -> None:
+        if record.step == 4:
+            torch.save({"engine": engine.state_dict(), "model": model_b.state_dict()}, saved)
+            raise Stop
+
+    engine_b.events.on("lc_step_end", checkpoint)
+    with pytest.raises(Stop), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine_b.run(flaky(full_batch_l_step()), accuracy)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)
+    model_c = mlp(seed=123)
+    model_c.load_state_dict(state["model"])
+    engine_c = Engine(model_c, plan_for(model_c, AUTO))
+    engine_c.load_state_dict(state["engine"])
+    assert engine_c.step == 4 and engine_c.mus == engine_a.mus[:4] and len(engine_c.warnings) == 1
+    records_c = engine_c.run(full_batch_l_step(), accuracy)
+    assert strip(records_a) == strip(records_c) and engine_c.mus == engine_a.mus
+    for pa, pc in zip(model_a.parameters(), model_c.parameters()):
+        assert torch.equal(pa, pc)
+
+
+def test_the_driver_runs_auto_and_stops_when_feasible() -> None:
+    """A trainer's hooks (one unit = one full-batch gradient step) through :class:`LCDriver`."""
+    model = mlp()
+    engine = Engine(model, plan_for(model, AUTO))
+    driver = LCDriver(engine, unit="step", length=15)
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    driver.begin([opt])
+    units = 0
+    while units < driver.total_units:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        driver.add_penalty_grad()
+        opt.step()
+        units += 1
+        if driver.unit_end(loss.item(), [opt]):
+            break
+    assert driver.done and engine.converged and units < driver.total_units
+    assert engine.history[-1].distortion <= 1e-3 * engine.history[0].distortion
