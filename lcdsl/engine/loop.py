@@ -119,10 +119,14 @@ class EngineLoop:
         warnings.warn(f"lcdsl: {message}", stacklevel=3)
 
     def _take_snapshot(self) -> None:
-        """What a rolled-back step goes back to: the model's parameters and buffers, θ, Δ(θ), λ."""
+        """What a rolled-back step goes back to: the model's parameters and buffers, θ, Δ(θ), λ.
+
+        The copies of the weights and of λ are made in host memory (an accelerator's memory is
+        what a large model runs short of; a step is copied once, not per batch). θ and Δ(θ) are
+        kept by reference: a C step replaces them, it never writes into them."""
         with torch.no_grad():
-            model = {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
-            tasks = [(s.theta, s.delta, None if s.lam is None else s.lam.clone()) for s in self._tasks]
+            model = {k: _host_copy(v) for k, v in unwrap(self.model).state_dict().items()}
+            tasks = [(s.theta, s.delta, None if s.lam is None else _host_copy(s.lam)) for s in self._tasks]
         self._snapshot = {"model": model, "tasks": tasks, "thetas": dict(self.thetas)}
 
     def _roll_back(self) -> None:
@@ -130,7 +134,8 @@ class EngineLoop:
         with torch.no_grad():
             unwrap(self.model).load_state_dict(snapshot["model"])
         for state, (theta, delta, lam) in zip(self._tasks, snapshot["tasks"]):
-            state.theta, state.delta, state.lam = theta, delta, lam
+            state.theta, state.delta = theta, delta
+            state.lam = None if lam is None else lam.to(state.device)
         self.thetas = dict(snapshot["thetas"])
         self._targets = self._param_views = None
         self.mu = self._mu_before_step
@@ -255,3 +260,11 @@ class EngineLoop:
                 loss = loss.detach().item()
             self.end_step(k, None if loss is None else float(loss), evaluate)
         return list(self.history)
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` in host memory (a sharded ``DTensor`` is copied where it is, on its mesh)."""
+    t = t.detach()
+    if is_sharded(t) or t.device.type == "cpu":
+        return t.clone()
+    return t.to("cpu", copy=True)
