@@ -60,13 +60,15 @@ class EngineLoop:
         return {str(k): float(v) for k, v in (metrics or {}).items()}
 
     def direct_step(self, evaluate: Callable[[Engine], dict[str, float]] | None = None) -> StepRecord | None:
-        """Step 0 if no C step has happened yet: direct compression and its record (event
-        ``direct_compression``). Returns the record, or None on a started or resumed run.
+        """Step 0 if the run has no record of it yet: direct compression and its record (event
+        ``direct_compression``). Returns the record, or None on a started or resumed run. A bare
+        :meth:`direct_compression` call made before leaves no record (and ``auto`` needs one), so
+        direct compression is made again here, from the same weights to the same ``θ``.
 
         Raises:
             EngineError: the weights to compress are not finite.
         """
-        if self.thetas or not self._tasks:
+        if not self._tasks or (self.thetas and (self.history or self.step > 0)):
             return None
         self._check_finite(-1, None)
         start = time.perf_counter()
