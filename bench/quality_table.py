@@ -112,6 +112,29 @@ def render(table: dict[str, Any], plain: dict[str, float]) -> Table:
     return out
 
 
+def markdown(table: dict[str, Any], plain: dict[str, float]) -> str:
+    """The table as Markdown, for docs/benchmarks.md."""
+    lines = [
+        "| row | schedule | final test error per seed (%) | median | spread | final ‖w − Δ(θ)‖² / direct | size "
+        "| plain loop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, entry in table.items():
+        for schedule in ("hand", "auto"):
+            cell = entry[schedule]
+            runs = cell["runs"]
+            seeds = " / ".join(_pct(r["final_error"]) for r in runs) or "—"
+            if cell["missing_seeds"]:
+                seeds += f" (seed {', '.join(map(str, cell['missing_seeds']))}: not run)"
+            ratios = " / ".join(f"{r['distortion_ratio']:.1e}" for r in runs) or "—"
+            median = _pct(cell["median_error"]) if runs else "—"
+            spread = f"{100 * cell['spread']:.2f}" if len(runs) > 1 else "—"
+            size = f"×{statistics.median(r['ratio'] for r in runs):.1f}" if runs else "—"
+            baseline = _pct(plain[row]) if schedule == "hand" and row in plain else ""
+            lines.append(f"| {row} | {schedule} | {seeds} | {median} | {spread} | {ratios} | {size} | {baseline} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/bench", help="quality.py's --work folder")
@@ -121,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the hand runs of ROW were made with quality.py --tag TAG")  # fmt: skip
     parser.add_argument("--plain", help="quality.py --straightforward's results JSON (the plain LC loop)")
     parser.add_argument("--out", help="where to write the table as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown instead")
     args = parser.parse_args(argv)
     hand_tags = dict(item.split("=", 1) for item in args.hand_tag)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -128,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     plain: dict[str, float] = {}
     if args.plain:
         plain = {r["name"]: r["final_error"] for r in json.loads(Path(args.plain).read_text())["rows"]}
-    Console(width=200).print(render(table, plain))
+    if args.markdown:
+        print(markdown(table, plain))
+    else:
+        Console(width=200).print(render(table, plain))
     if args.out:
         Path(args.out).write_text(json.dumps({"seeds": seeds, "rows": table, "plain_loop": plain}, indent=2) + "\n")
     return 0
