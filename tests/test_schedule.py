@@ -127,6 +127,14 @@ def test_divergence_and_feasibility() -> None:
     assert not feasible(record(5, 3.0, 0.5), 0.1)
 
 
+def test_the_mixed_specs_last_step_blow_up_is_a_divergence() -> None:
+    # LeNet300 / Fashion-MNIST, specs/lenet300-mixed.lc, seed 0, LC steps 19 and 20 (μ 16.4 → 32.1):
+    # the L-step loss 0.299 → 1.305 while ‖w − Δ(θ)‖² went 0.0126 → 0.171 (direct compression's: 641)
+    previous = record(19, 16.4, 0.0126, loss=0.299)
+    found = divergence(record(20, 32.1, 0.171, loss=1.305), previous, target=1e-3 * 641)
+    assert found is not None and "the L-step loss jumped 0.299 → 1.305" in found
+
+
 # ---------------------------------------------------------------- the engine
 
 def blow_up(model: nn.Module) -> None:
