@@ -34,7 +34,7 @@ from torch import nn
 from lcdsl.engine.events import EventBus, StepRecord
 from lcdsl.engine.loop import EngineLoop
 from lcdsl.engine.memory import TaskState, keeps_delta, lambda_dtype, nbytes, state_bytes
-from lcdsl.engine.shards import local_of, reshard, sum_over_ranks, task_tensors
+from lcdsl.engine.shards import local_of, reshard, task_tensors, total_over_tasks
 from lcdsl.engine.state import EngineState, plan_fingerprint
 from lcdsl.errors import EngineError, LcdslError, PluginError, did_you_mean
 from lcdsl.faults import fault_point
@@ -306,11 +306,8 @@ class Engine(EngineState, EngineLoop):
         compression); a sharded task's share is summed over the ranks."""
         if not self._moved:
             return None
-        whole = sum(m for m, sharded in self._moved.values() if not sharded)
-        if any(sharded for _, sharded in self._moved.values()):
-            whole = whole + sum_over_ranks(sum(m for m, sharded in self._moved.values() if sharded))
-        self._moved = {}
-        return float(whole)
+        moved, self._moved = list(self._moved.values()), {}
+        return total_over_tasks(moved)
 
     def _c_step_target(self, state: TaskState, mu: float) -> torch.Tensor:
         """``w − λ/μ`` (``w`` while ``μ = 0`` or in quadratic mode) as the whole view-shaped
@@ -416,10 +413,7 @@ class Engine(EngineState, EngineLoop):
         self._require_theta("distortion()")
         if not self._tasks:
             return 0.0
-        whole = sum(s.distortion() for s in self._tasks if not s.tensors.sharded)  # float64 sums per block
-        if any(s.tensors.sharded for s in self._tasks):
-            whole = whole + sum_over_ranks(sum(s.distortion() for s in self._tasks if s.tensors.sharded))
-        return float(whole)  # one sync
+        return total_over_tasks([(s.distortion(), s.tensors.sharded) for s in self._tasks])  # float64 per block
 
     @contextlib.contextmanager
     def compressed(self) -> Iterator[None]:

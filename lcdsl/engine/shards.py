@@ -32,6 +32,7 @@ from lcdsl.operators.view import View
 
 __all__ = [
     "TaskTensors", "WholeTensors", "ShardedTensors", "task_tensors", "is_sharded", "local_of", "sum_over_ranks",
+    "total_over_tasks",
 ]  # fmt: skip
 
 
@@ -217,6 +218,15 @@ def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
     total = value.detach().clone()
     dist.all_reduce(total)
     return total
+
+
+def total_over_tasks(parts: Sequence[tuple[torch.Tensor, bool]]) -> float:
+    """``Σ`` of per-task 0-dim tensors ``(value, sharded)``: whole tasks' values as they are, sharded
+    tasks' (each rank's share) summed over the ranks in one all-reduce. One device sync."""
+    whole = sum(value for value, sharded in parts if not sharded)
+    if any(sharded for _, sharded in parts):
+        whole = whole + sum_over_ranks(sum(value for value, sharded in parts if sharded))
+    return float(whole)
 
 
 def reshard(model: nn.Module) -> None:
