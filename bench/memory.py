@@ -42,6 +42,7 @@ from typing import Any
 
 import attrs
 import torch
+from overhead import _peak_reset, _status_kib  # a sibling script: bench/ is on sys.path when run
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "memory.json"
@@ -70,29 +71,13 @@ def config(quick: bool) -> Any:
     return transformers.GPT2Config()  # GPT-2 small: 124.4M weights
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class Peak:
     """Peak resident memory of a phase, in MiB above a baseline (None where Linux cannot tell)."""
 
     def __init__(self) -> None:
         self.base = _status_kib("VmRSS")
 
-    @staticmethod
-    def reset() -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            return True
-        except OSError:
-            return False
+    reset = staticmethod(_peak_reset)
 
     def read(self) -> float | None:
         peak = _status_kib("VmHWM")
