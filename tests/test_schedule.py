@@ -16,13 +16,18 @@ from lcdsl.engine.core import Engine
 from lcdsl.engine.driver import LCDriver
 from lcdsl.engine.events import StepRecord
 from lcdsl.engine.schedule import (
+    HOLD_PULL,
     LOSS_JUMP,
     MIN_GROWTH,
+    SETTLE,
     START_PENALTY,
     auto_mu,
     divergence,
     feasible,
+    holds_multipliers,
     mu_cap,
+    pull,
+    settled,
     sgd_limit,
 )  # fmt: skip
 from lcdsl.errors import SpecError
@@ -122,9 +127,21 @@ def test_divergence_and_feasibility() -> None:
     assert divergence(record(4, 2.0, 5.0, loss=0.2 * LOSS_JUMP * 1.01), previous, target=0.1) is None
     assert "‖w − Δ(θ)‖² jumped" in divergence(record(4, 2.0, 50.0), previous, target=0.1)
     assert divergence(record(1, 1e-4, 500.0), record(0, 0.0, 100.0, loss=None), target=0.1) is None  # after direct
+    # a swing back up within the last steps' range is the multipliers finding their level
+    assert divergence(record(6, 2.0, 8.0), record(5, 1.5, 1.0), target=0.1, earlier=previous) is None
+    assert divergence(record(6, 2.0, 12.0), record(5, 1.5, 1.0), target=0.1, earlier=previous) is not None
     assert feasible(record(5, 3.0, 0.05, change=0.01), 0.1)
     assert not feasible(record(5, 3.0, 0.05, change=0.5), 0.1)  # Δ(θ) still moving
     assert not feasible(record(5, 3.0, 0.5), 0.1)
+
+
+def test_a_run_stops_only_once_the_l_step_loss_has_settled() -> None:
+    previous = record(7, 1.0, 0.05, loss=0.25)
+    assert settled(record(8, 1.1, 0.04, loss=0.25 * (1 - 0.9 * SETTLE)), previous)
+    assert not settled(record(8, 1.1, 0.04, loss=0.25 * (1 - 1.1 * SETTLE)), previous)  # still improving
+    assert not settled(record(8, 1.1, 0.04, loss=0.25 * (1 + 1.1 * SETTLE)), previous)
+    assert settled(record(8, 1.1, 0.04, loss=None), previous)  # an L step that returns no loss
+    assert settled(record(1, 1e-3, 0.04, loss=0.3), record(0, 0.0, 1.0, loss=None))
 
 
 def test_the_mixed_specs_last_step_blow_up_is_a_divergence() -> None:
@@ -147,6 +164,44 @@ def blow_up(model: nn.Module) -> None:
 
 AUTO = Settings(mu=Auto(steps=25, tolerance=1e-3, retries=2), lr=0.05, momentum=0.0)
 """The tiny model's full-batch L step is plain gradient descent at lr 0.05."""
+
+
+def test_pull_is_the_share_of_the_gap_sgd_closes() -> None:
+    # n steps of w ← w − lr·μ·(w − t) leave (1 − lr·μ)^n ≈ exp(−n·lr·μ) of the gap; momentum β
+    # makes the steps lr/(1 − β) once it has built up
+    plain = Settings(mu=Auto(), lr=0.1, momentum=0.0)
+    assert pull(plain, 0, 1e-3, 500) == pytest.approx(1 - math.exp(-0.05))
+    heavy = attrs.evolve(plain, momentum=0.9)
+    assert pull(heavy, 0, 1e-3, 500) == pytest.approx(1 - math.exp(-0.5))
+    decayed = attrs.evolve(heavy, lr_decay=0.5)
+    assert pull(decayed, 1, 1e-3, 500) == pytest.approx(1 - math.exp(-0.25))  # lr · 0.5¹ at LC step 2
+    assert pull(attrs.evolve(plain, optimizer="adam"), 0, 1.0, 500) is None
+    # the multiplier step waits for a pull of HOLD_PULL: n·lr·μ/(1 − β) = ln 2 at one half
+    edge = math.log(1 / (1 - HOLD_PULL)) * (1 - 0.9) / (0.1 * 500)
+    assert holds_multipliers(heavy, 0, 0.99 * edge, 500) and not holds_multipliers(heavy, 0, 1.01 * edge, 500)
+    assert holds_multipliers(heavy, 0, 1.0, 0)  # an L step that never took the penalty moved nothing
+    assert not holds_multipliers(attrs.evolve(plain, optimizer="adam"), 0, 1e-9, 1)
+
+
+def test_auto_keeps_lambda_while_the_l_step_cannot_pull_w() -> None:
+    # 15 full-batch steps at lr 0.05: μ below ln 2/(15 · 0.05) ≈ 0.92 cannot close half the gap
+    model = mlp()
+    settings = attrs.evolve(AUTO, mu=Auto(steps=3, start=0.01, max_growth=1.5))
+    engine = Engine(model, plan_for(model, settings))
+    records = engine.run(full_batch_l_step(), accuracy)
+    assert [r.iterations for r in records[1:]] == [15] * 3
+    assert all(r.held for r in records[1:])
+    assert all(float(s.lam.abs().max()) == 0.0 for s in engine._tasks)
+    # a fixed schedule keeps the augmented Lagrangian's multiplier step at every μ
+    model = mlp()
+    fixed = Engine(model, plan_for(model, attrs.evolve(AUTO, mu=Explicit(mus=(0.01, 0.015, 0.02)))))
+    records = fixed.run(full_batch_l_step(), accuracy)
+    assert not any(r.held for r in records) and any(float(s.lam.abs().max()) > 0 for s in fixed._tasks)
+    # past the pull, auto updates λ too
+    model = mlp()
+    strong = Engine(model, plan_for(model, attrs.evolve(AUTO, mu=Auto(steps=2, start=2.0, max_growth=1.5))))
+    records = strong.run(full_batch_l_step(), accuracy)
+    assert not any(r.held for r in records[1:]) and any(float(s.lam.abs().max()) > 0 for s in strong._tasks)
 
 
 def test_auto_run_reaches_feasibility_within_its_budget() -> None:

@@ -133,6 +133,7 @@ class Engine(EngineState, EngineLoop):
         # (parameter, its piece of Δ(θ), its piece of λ), views into the task tensors, for add_penalty_grad()
         self._param_views: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
         self._penalty_seconds = 0.0
+        self._penalty_calls = 0  # the L step's iterations: penalty() or add_penalty_grad() calls
         self._step_started = time.perf_counter()
         self._mu_before_step = 0.0
         self._weight_norm2 = 0.0  # Σ ‖w‖² of the compressed parameters at direct compression
@@ -344,6 +345,7 @@ class Engine(EngineState, EngineLoop):
             term = (state.tensors.local(state.params) - target).pow(2).sum()  # one flat op per task
             total = term if total is None else total + term
         out = (mu / 2) * total
+        self._penalty_calls += 1
         self._penalty_seconds += time.perf_counter() - start
         return out
 
@@ -390,6 +392,7 @@ class Engine(EngineState, EngineLoop):
                     grad.add_(delta, alpha=-mu)  # − μ Δ(θ)
                     if not self.quadratic:
                         grad.sub_(block.of_view(state.lam))  # − λ
+        self._penalty_calls += 1
         self._penalty_seconds += time.perf_counter() - start
 
     def _penalty_targets(self) -> list[torch.Tensor]:

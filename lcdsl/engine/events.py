@@ -129,6 +129,12 @@ class StepRecord:
     change: float | None = None
     """``Σ_tasks ‖Δ(θ) − Δ(θ) of the previous C step‖²``: how much the C step moved the
     compressed weights (None for direct compression)."""
+    iterations: int | None = None
+    """How often the L step took the penalty (:meth:`Engine.penalty` or
+    :meth:`Engine.add_penalty_grad` calls: its optimizer iterations); None for direct compression."""
+    held: bool = False
+    """Whether the multiplier step was skipped (``λ`` kept): under ``auto``, an L step too
+    weak to move ``w`` toward ``Δ(θ)`` (:func:`lcdsl.engine.schedule.holds_multipliers`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain data (JSON-ready, and loadable with ``weights_only=True``)."""

@@ -159,6 +159,7 @@ class EngineLoop:
                 self._take_snapshot()
         self.mu = mu
         self._penalty_seconds = 0.0
+        self._penalty_calls = 0
         self._step_started = time.perf_counter()
         if announce:
             unstable = rules.unstable(self.settings, k, mu)
@@ -197,17 +198,22 @@ class EngineLoop:
             raise
         self.events.emit("l_step_end", engine=self, step=k + 1, mu=mu, loss=loss)
         start = time.perf_counter()
+        iterations = self._penalty_calls
+        held = self.adaptive and rules.holds_multipliers(self.settings, k, mu, iterations)
         self.c_step()
-        self.multiplier_step()
+        if not held:
+            self.multiplier_step()
         seconds_c = time.perf_counter() - start
         self.events.emit("c_step_end", engine=self, step=k + 1, mu=mu)
         distortion = self.distortion()
         bits, params = self._total_storage()
         record = StepRecord(
             k + 1, mu, loss, distortion, self._evaluate(evaluate), bits, params,
-            seconds_l, seconds_c, self._penalty_seconds, self._last_change,
+            seconds_l, seconds_c, self._penalty_seconds, self._last_change, iterations, held,
         )  # fmt: skip
-        diverged = rules.divergence(record, self.history[-1] if self.history else None, target=self.feasible_below)
+        previous = self.history[-1] if self.history else None
+        earlier = self.history[-2] if len(self.history) > 1 else None
+        diverged = rules.divergence(record, previous, target=self.feasible_below, earlier=earlier)
         if diverged is not None:
             if self.adaptive and self._snapshot is not None and self._retries_used < self.settings.mu.retries:
                 self._roll_back()
@@ -223,7 +229,7 @@ class EngineLoop:
         self.history.append(record)
         if self.settings.tolerance > 0 and math.sqrt(distortion) < self.settings.tolerance:
             self.converged = True
-        if self.adaptive and rules.feasible(record, self.feasible_below):
+        if self.adaptive and rules.feasible(record, self.feasible_below) and rules.settled(record, previous):
             self.converged = True
         self.events.emit("lc_step_end", engine=self, record=record)
         return record

@@ -16,15 +16,26 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
   faster than planned slows it. The growth is halved (its square root taken) when the L-step
   loss rose by more than :data:`LOSS_RISE` or the C step moved ``Δ(θ)`` by more than the
   distortion left (the compressed model is still being rearranged); it stays in
-  [:data:`MIN_GROWTH`, ``max_growth``].
+  [:data:`MIN_GROWTH`, ``max_growth``]. After a step whose multipliers were held (below), μ
+  grows by ``max_growth``: the L step could not move ``w``, so its distortion says nothing.
 - **Stability**: SGD on ``μ/2 ‖w − t‖²`` diverges once ``lr · μ`` passes the optimizer's limit
   (:func:`sgd_limit`); μ stays below :data:`STABLE_SHARE` of it.
 - **Divergence** (:func:`divergence`): an L-step loss more than :data:`LOSS_JUMP` times the
   previous step's while the distortion grew as much, or a distortion more than
   :data:`DISTORTION_JUMP` times the previous one (while not yet feasible). Under ``auto`` the step is rolled back and retried with its growth's
   square root (``retries`` times in a run); any schedule warns.
+- **Multipliers** (:func:`holds_multipliers`): the multiplier step ``λ ← λ − μ (w − Δ(θ))``
+  assumes the L step (nearly) solved its problem. SGD moves ``w`` toward its target, where the
+  loss does not resist, only by the share :func:`pull` of the gap in an L step's iterations;
+  while that share is below :data:`HOLD_PULL` the step is skipped and ``λ`` kept. Updated
+  anyway, ``λ/μ`` piles up the residuals of L steps that could not move ``w`` and the C step's
+  target ``w − λ/μ`` runs away from ``w``: ``‖w − Δ(θ)‖²`` grows and the compressed model
+  swings from one step to the next (what a slow start used to do on every LeNet300 row).
 - **Feasible** (:func:`feasible`): ``D ≤ tolerance · D₀`` and the last C step moved ``Δ(θ)`` by
-  at most as much (squared); the run stops there.
+  at most as much (squared). The run stops at a feasible step whose L-step loss has
+  :func:`settled` (moved by at most :data:`SETTLE`): reaching ``w = Δ(θ)`` is not the end while
+  the L steps still improve the compressed model (low-rank runs gain a point of test error or
+  more in the steps after they first become feasible).
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ from lcdsl.plan.settings import Auto, Settings
 
 __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
-    "DEFAULT_TOLERANCE", "sgd_limit", "mu_cap", "distortion_scale", "auto_mu", "divergence", "feasible",
+    "DEFAULT_TOLERANCE", "HOLD_PULL", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "mu_cap", "distortion_scale",
+    "auto_mu", "divergence", "feasible",
     "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
 
@@ -57,6 +69,12 @@ DISTORTION_JUMP = 4.0
 """A distortion more than this many times the previous step's (not yet feasible) is a divergence."""
 STABLE_SHARE = 0.5
 """``auto`` keeps ``lr · μ`` at most this share of the optimizer's limit (:func:`sgd_limit`)."""
+SETTLE = 0.02
+"""``auto`` stops at a feasible step only once the L-step loss moved by at most this share of the
+previous step's (:func:`settled`)."""
+HOLD_PULL = 0.5
+"""Under ``auto``, the multiplier step waits until an L step can close this share of the gap
+between ``w`` and its target (:func:`pull`)."""
 DEFAULT_TOLERANCE = Auto().tolerance
 """What a fixed schedule's run is judged against (``tolerance · D₀``) for the "not converged" note."""
 _SCALE_FLOOR = 1e-4
@@ -85,6 +103,24 @@ def mu_cap(settings: Settings, k: int) -> float | None:
     ``lr · μ`` at that step's learning rate ``lr · lr_decay^k``; None without a limit."""
     limit = sgd_limit(settings)
     return None if limit is None else STABLE_SHARE * limit / _lr(settings, k)
+
+
+def pull(settings: Settings, k: int, mu: float, iterations: int) -> float | None:
+    """The share of the gap between ``w`` and its target ``Δ(θ) + λ/μ`` that the L step of LC
+    step ``k`` (0-based) closes along directions the loss does not resist: ``1 − exp(−n·lr·μ/(1 − β))``
+    for SGD of ``n`` iterations at ``lr · lr_decay^k`` with momentum β (heavy-ball and Nesterov
+    both take steps of ``lr/(1 − β)`` there). None for Adam, whose normalized steps do not scale with μ."""
+    if settings.optimizer != "sgd":
+        return None
+    rate = _lr(settings, k) * mu / (1 - settings.momentum)
+    return -math.expm1(-iterations * rate)
+
+
+def holds_multipliers(settings: Settings, k: int, mu: float, iterations: int) -> bool:
+    """Whether ``auto`` skips the multiplier step of LC step ``k``: its L step's :func:`pull` is
+    below :data:`HOLD_PULL` (never under an optimizer without one)."""
+    share = pull(settings, k, mu, iterations)
+    return share is not None and share < HOLD_PULL
 
 
 def unstable(settings: Settings, k: int, mu: float) -> str | None:
@@ -133,6 +169,9 @@ def auto_mu(
             mu /= 2  # a first step that diverged: start lower
         return mu if cap is None else min(mu, cap)
     last, previous = history[-1], history[-2]
+    if last.held:  # the L step could not move w: nothing to plan from, and nothing to lose by growing
+        mu = last.mu * schedule.max_growth ** (0.5**backoff)
+        return mu if cap is None else min(mu, cap)
     target = schedule.tolerance * scale
     left = schedule.steps - k
     plan = max(1, left - (MARGIN_STEPS if schedule.steps >= 6 else 0))
@@ -148,14 +187,18 @@ def auto_mu(
     return mu if cap is None else min(mu, cap)
 
 
-def divergence(record: StepRecord, previous: StepRecord | None, *, target: float) -> str | None:
+def divergence(
+    record: StepRecord, previous: StepRecord | None, *, target: float, earlier: StepRecord | None = None
+) -> str | None:
     """What says the step of ``record`` diverged, or None.
 
     A divergence is an L-step loss more than :data:`LOSS_JUMP` times the previous one while
     ``‖w − Δ(θ)‖²`` also grew that much (a loss that rises while the distortion falls or barely
     moves is the penalty at work: the L step trading loss for feasibility, as LC must, and a
     smaller μ would not avoid it), or a distortion more than :data:`DISTORTION_JUMP` times the
-    previous one above ``target``.
+    previous one above ``target`` and above the one of the step ``earlier`` still (a distortion
+    that swings back within the last steps' range is the multipliers finding their level, not
+    ``w`` running away).
     """
     if previous is None or previous.step == 0:
         return None  # direct compression has no loss, and its distortion is w's own
@@ -165,9 +208,19 @@ def divergence(record: StepRecord, previous: StepRecord | None, *, target: float
             f"the L-step loss jumped {previous.loss:.4g} → {record.loss:.4g} and ‖w − Δ(θ)‖² "
             f"{previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
         )
-    if record.distortion > max(target, DISTORTION_JUMP * previous.distortion):
+    floor = earlier.distortion if earlier is not None and earlier.step > 0 else 0.0
+    if record.distortion > max(target, DISTORTION_JUMP * previous.distortion, floor):
         return f"‖w − Δ(θ)‖² jumped {previous.distortion:.4g} → {record.distortion:.4g} at μ = {record.mu:.3g}"
     return None
+
+
+def settled(record: StepRecord, previous: StepRecord | None) -> bool:
+    """Whether the L-step loss of ``record`` moved by at most :data:`SETTLE` of the previous
+    step's: the L step has stopped improving the model under the constraint (a loss that is
+    not known counts as settled)."""
+    if previous is None or record.loss is None or previous.loss is None:  # direct compression has no loss
+        return True
+    return abs(record.loss - previous.loss) <= SETTLE * abs(previous.loss)
 
 
 def feasible(record: StepRecord, target: float) -> bool:
@@ -257,12 +310,16 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
         ),
         _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
         (
+            f"the multiplier step waits until an L step can close {HOLD_PULL:g} of the gap between w and Δ(θ) "
+            f"(SGD: iterations·lr·μ/(1 − momentum) ≥ {-math.log(1 - HOLD_PULL):.3g}); until then μ grows ×{schedule.max_growth:g}"
+        ),
+        (
             f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
             f"‖w − Δ(θ)‖² jumps ×{DISTORTION_JUMP:g}: rolled back and "
             f"retried with a smaller growth (at most {schedule.retries} in a run)"
         ),
         (
-            f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's, "
-            f"or after {schedule.steps} LC steps"
+            f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's "
+            f"and the L-step loss moved ≤ {SETTLE:.0%}, or after {schedule.steps} LC steps"
         ),
     ]

@@ -118,8 +118,10 @@ class Auto:
     the distortion ``‖w − Δ(θ)‖²`` still has to fall to reach ``tolerance`` times direct
     compression's within the steps left (faster when it stalls, slower when the L-step loss
     jumps, never past the optimizer's stable ``lr·μ``); a diverged step is rolled back and
-    retried with a smaller growth. The run stops once feasible: ``‖w − Δ(θ)‖²`` and the change
-    of ``Δ(θ)`` over the last C step both at most ``tolerance`` times direct compression's."""
+    retried with a smaller growth; the multiplier step waits until an L step can move ``w``
+    halfway to its target. The run stops once feasible (``‖w − Δ(θ)‖²`` and the change of
+    ``Δ(θ)`` over the last C step both at most ``tolerance`` times direct compression's) with an
+    L-step loss that has settled."""
 
     steps: int = attrs.field(default=20, validator=int_at_least(1, MAX_STEPS))
     """The budget: at most this many LC steps (rolled-back retries not counted)."""
