@@ -41,6 +41,7 @@ __all__ = [
     "ModelError",
     "DataError",
     "EngineError",
+    "BudgetError",
     "MissingExtraError",
     "sort_diagnostics",
     "did_you_mean",
@@ -311,6 +312,12 @@ class DataError(LcdslError):
 
 class EngineError(LcdslError):
     """An LC run cannot go on (diverged, inconsistent state, refused resume)."""
+
+
+class BudgetError(LcdslError):
+    """A budget (``within 40kB``) that no choice of its tasks' options meets: even the cheapest
+    option of every task costs more than the limit. The message names the budget, the cheapest
+    total and the limit."""
 
 
 class MissingExtraError(LcdslError):

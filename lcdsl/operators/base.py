@@ -354,5 +354,11 @@ def describe(op: Operator) -> str:
     Raises:
         SpecError: a field holds a value that a spec cannot spell (fields are spec keywords, so
             only an operator that converts its values to something else can get here).
+
+    An operator that is not one call or a sum of them (a :class:`~lcdsl.operators.choice.Choice`
+    among options) writes itself through its own ``spec_text()`` method.
     """
+    spec_text = getattr(op, "spec_text", None)
+    if callable(spec_text):
+        return str(spec_text())
     return format_expression(_calls(op))
