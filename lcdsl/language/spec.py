@@ -238,11 +238,14 @@ class Spec:
         """The settings as a dict (the parser rejects repeated names)."""
         return {s.name: s.value for s in self.statements if isinstance(s, Setting)}
 
-    def bind(self, model: torch.nn.Module, *, registry: Registry | None = None) -> Plan:
-        """Bind this spec to a model's parameters; see :func:`lcdsl.plan.binder`."""
+    def bind(
+        self, model: torch.nn.Module, *, registry: Registry | None = None, example_input: torch.Tensor | None = None
+    ) -> Plan:
+        """Bind this spec to a model's parameters; see :func:`lcdsl.plan.binder.bind` (``example_input``:
+        one batch, needed only by a flops budget over a convolution)."""
         from lcdsl.plan.binder import bind
 
-        return bind(self, model, registry=registry)
+        return bind(self, model, registry=registry, example_input=example_input)
 
     def format(self) -> str:
         """The canonical text of this spec; see :func:`lcdsl.language.fmt.format_spec`."""

@@ -154,6 +154,17 @@ class Operator:
         convention of :meth:`project` on it."""
         return False
 
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The values a spec's ``auto`` (``lowrank(rank=auto)``) means for ``argument`` on a task
+        of view ``shape``, in increasing order; None when ``argument`` is not an integer size this
+        operator can choose under a budget (a range ``1..8`` is refused for it too).
+
+        The binder asks twice: first with the task's flat shape ``(numel,)``, to build one
+        option and learn the task's view, then with the view's shape. The answer must hold at
+        least one value for any shape. The default: no argument is a choice."""
+        return None
+
     def resolve(self, shape: tuple[int, ...]) -> Operator:
         """This operator with relative amounts made absolute for a task of view ``shape``.
 

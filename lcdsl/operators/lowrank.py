@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import attrs
@@ -140,6 +141,16 @@ class LowRank(Operator):
     def penalty_form(self) -> bool:
         """True for rank selection (``alpha``): the answer depends on μ."""
         return self.alpha is not None
+
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``auto`` for ``rank``: every rank 1…min(m, n) of an ``(m, n)`` view (1 alone for a flat
+        shape); ``alpha`` is not a choice."""
+        if argument != "rank":
+            return None
+        if len(shape) < 2:
+            return (1,)
+        return tuple(range(1, min(int(shape[0]), int(math.prod(shape[1:]))) + 1))
 
     def resolve(self, shape: tuple[int, ...]) -> LowRank:
         """Checks that ``rank`` fits the ``(m, n)`` matrix; nothing is relative here."""

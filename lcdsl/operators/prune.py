@@ -187,6 +187,24 @@ class Prune(Operator):
             return resolve_amount(self.l0, math.prod(shape), "l0")
         return resolve_amount(self.l0, shape[self._group_dim(shape)], "l0")
 
+    AUTO_STEPS: ClassVar[int] = 32
+    """How many counts ``l0=auto`` offers: a geometric ladder from 1 to all."""
+
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``auto`` for ``l0``: about :attr:`AUTO_STEPS` counts in geometric steps from 1 to ``n``
+        (every count when ``n`` is small), where ``n`` is the number of weights of a flat view,
+        or of output groups (``shape[0]``) of a ``"tensor"`` view; the other forms are not choices."""
+        if argument != "l0":
+            return None
+        n = int(shape[0]) if len(shape) > 1 else int(math.prod(shape))
+        n = max(n, 1)
+        if n <= cls.AUTO_STEPS:
+            return tuple(range(1, n + 1))
+        ratio = n ** (1.0 / (cls.AUTO_STEPS - 1))
+        ladder = {min(n, max(1, round(ratio**i))) for i in range(cls.AUTO_STEPS)}
+        return tuple(sorted(ladder | {n}))
+
     def resolve(self, shape: tuple[int, ...]) -> Prune:
         """``l0`` as an absolute count for a task of view ``shape``; other forms unchanged."""
         if self.l0 is None:

@@ -133,6 +133,16 @@ class Quant(Operator):
         take_hi = (sorted_cb[hi] - flat).abs() < (flat - sorted_cb[lo]).abs()
         return order[torch.where(take_hi, hi, lo)]
 
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``auto`` for ``bits``: 1…8; for ``k``: the powers of two 2…256 (each a whole number of
+        index bits); ``codebook`` is not a choice."""
+        if argument == "bits":
+            return tuple(range(1, 9))
+        if argument == "k":
+            return tuple(2**b for b in range(1, 9))
+        return None
+
     def resolve(self, shape: tuple[int, ...]) -> Quant:
         """Refuses a learned codebook with more codewords than the task has weights."""
         n = math.prod(shape)
