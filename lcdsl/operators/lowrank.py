@@ -185,6 +185,18 @@ class LowRank(Operator):
         """``rank r of k``."""
         return f"rank {theta['V'].shape[0]} of {min(self._matrix(tuple(shape)))}"
 
+    @classmethod
+    def distortion_table(cls, w: torch.Tensor, options: tuple[LowRank, ...], mu: float = 0.0) -> torch.Tensor | None:
+        """``‖W − U·V‖²`` of each fixed-rank option from one SVD: the squared singular values past
+        the rank (Eckart–Young); None when an option selects its rank (``alpha``)."""
+        if not options or not all(o.rank is not None for o in options) or w.dim() != 2:
+            return None
+        s = svd(w, 0)[1]  # (k,) every singular value, decreasing; no vectors needed
+        s2 = s.square().cpu()  # (k,)
+        # tail[r] = Σ_{i≥r} σ_i² (0-based), summed from the small end; tail[k] = 0
+        tail = torch.cat([torch.flip(torch.cumsum(torch.flip(s2, (0,)), 0), (0,)), s2.new_zeros(1)])  # (k+1,)
+        return torch.stack([tail[min(o.rank, s2.numel())] for o in options])
+
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the (m, n) target ``w``; ``warm`` is unused (one SVD is exact and cheap enough)."""
         self.resolve(tuple(w.shape))  # the rank must fit

@@ -257,6 +257,25 @@ class Prune(Operator):
         soft = torch.sign(x) * torch.clamp(x.abs() - shrink, min=0)  # (n,)
         return _sparse_theta(soft)
 
+    @classmethod
+    def distortion_table(cls, w: torch.Tensor, options: tuple[Prune, ...], mu: float = 0.0) -> torch.Tensor | None:
+        """``‖w − θ‖²`` of each ``l0`` option (every one of one ``by``) from one sort: the squares
+        (or groups' squared norms) left out of the κ largest. None for other forms."""
+        if not options or not all(o.l0 is not None for o in options) or len({o.by for o in options}) != 1:
+            return None
+        first = options[0]
+        acc = _accumulation_dtype(w)
+        if first.by == "weights":
+            scores = w.reshape(-1).to(acc).square()  # (n,)
+        else:
+            dim = first._group_dim(tuple(w.shape))
+            scores = w.movedim(dim, 0).reshape(w.shape[dim], -1).to(acc).square().sum(1)  # (G,)
+        ordered = torch.sort(scores, descending=True).values.cpu().to(torch.float64)  # (N,)
+        # left[κ] = Σ_{i≥κ} ordered[i], summed from the small end to keep digits; left[N] = 0
+        left = torch.cat([torch.flip(torch.cumsum(torch.flip(ordered, (0,)), 0), (0,)), ordered.new_zeros(1)])
+        counts = [min(o._count(tuple(w.shape)), ordered.numel()) for o in options]
+        return torch.stack([left[c] for c in counts])
+
     def _project_groups(self, w: torch.Tensor) -> Theta:
         dim = self._group_dim(tuple(w.shape))
         groups = w.movedim(dim, 0).reshape(w.shape[dim], -1)  # (G, rest)

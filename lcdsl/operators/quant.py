@@ -19,7 +19,7 @@ from lcdsl.operators.base import (
     expect,
     expect_codes,
 )  # fmt: skip
-from lcdsl.operators.kmeans1d.dp import kmeans1d
+from lcdsl.operators.kmeans1d.dp import kmeans1d, kmeans1d_costs
 from lcdsl.operators.units import int_at_least
 
 __all__ = ["Quant", "OPERATORS"]
@@ -112,6 +112,17 @@ class Quant(Operator):
         n = math.prod(shape)
         sort = n * max(1.0, math.log2(max(n, 1)))
         return sort * max(1.0, math.log2(self.size)) if self.adaptive else sort
+
+    @classmethod
+    def distortion_table(cls, w: torch.Tensor, options: tuple[Quant, ...], mu: float = 0.0) -> torch.Tensor | None:
+        """``‖w − Δ(Π(w))‖²`` of each learned-codebook option (``quant(bits=1)`` … ``quant(k=16)``)
+        from one k-means dynamic programme that yields every ``k`` up to the largest
+        (:func:`~lcdsl.operators.kmeans1d.kmeans1d_costs`); None when an option has a fixed
+        codebook (the generic table projects on it)."""
+        if not options or not all(o.adaptive for o in options):
+            return None
+        costs = kmeans1d_costs(w, max(o.size for o in options))  # (K,) entry k − 1 for k
+        return torch.stack([costs[o.size - 1] for o in options])
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the flat target ``w`` (``(n,)``); ``mu`` and ``warm`` do not change the answer
