@@ -147,12 +147,13 @@ class Quant(Operator):
     @classmethod
     def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """``auto`` for ``bits``: 1…8; for ``k``: the powers of two 2…256 (each a whole number of
-        index bits); ``codebook`` is not a choice."""
-        if argument == "bits":
-            return tuple(range(1, 9))
-        if argument == "k":
-            return tuple(2**b for b in range(1, 9))
-        return None
+        index bits); both without codebooks larger than the task's ``n`` weights (but never
+        empty); ``codebook`` is not a choice."""
+        if argument not in ("bits", "k"):
+            return None
+        n = math.prod(shape)
+        bits = [b for b in range(1, 9) if 2**b <= n] or [1]
+        return tuple(bits) if argument == "bits" else tuple(2**b for b in bits)
 
     def resolve(self, shape: tuple[int, ...]) -> Quant:
         """Refuses a learned codebook with more codewords than the task has weights."""

@@ -101,7 +101,9 @@ def bind(
     budgeted: list[tuple[Rule, list[Task]]] = []
     for rule in spec.rules:
         choices = choice_arguments(rule.terms, registry, diags)
-        if choices:
+        if choices is None:
+            op = None  # a range or auto where no choice can be made: reported, nothing to build
+        elif choices:
             op = _choice_probe(rule, choices, registry, settings.additive_rounds, diags)
         else:
             op = build_terms(rule.terms, registry, settings.additive_rounds, diags)
@@ -242,7 +244,12 @@ def _make_choice_task(
     if not options:
         diags.add("does-not-fit", f"{task.name} leaves no value to choose from", where)
         return None
-    return attrs.evolve(task, operator=Choice(options=tuple(options), labels=tuple(labels)))
+    try:
+        choice = Choice(options=tuple(options), labels=tuple(labels))
+    except ValueError as exc:  # e.g. a penalty form, whose size only its C step tells
+        diags.add("unmeasurable", f"{task.name} cannot be chosen under a budget: {exception_message(exc)}", where)
+        return None
+    return attrs.evolve(task, operator=choice)
 
 
 def _budgets(
