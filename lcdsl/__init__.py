@@ -15,7 +15,17 @@ Learning-Compression algorithm::
 from lcdsl import _compat
 from lcdsl._version import __version__
 from lcdsl.engine import Engine, EventBus, StepRecord, plan_fingerprint
-from lcdsl.errors import DataError, Diagnostic, EngineError, LcdslError, ModelError, PluginError, Span, SpecError
+from lcdsl.errors import (
+    BudgetError,
+    DataError,
+    Diagnostic,
+    EngineError,
+    LcdslError,
+    ModelError,
+    PluginError,
+    Span,
+    SpecError,
+)  # fmt: skip
 from lcdsl.language import (
     Argument,
     Call,
@@ -32,8 +42,8 @@ from lcdsl.language import (
     parse,
     parse_expression,
 )  # fmt: skip
-from lcdsl.operators import Operator, Storage, Theta, View, describe, hookimpl
-from lcdsl.plan import Auto, Explicit, Geometric, Plan, Settings, Task, bind
+from lcdsl.operators import Choice, Operator, Storage, Theta, View, describe, hookimpl
+from lcdsl.plan import Auto, Budget, Explicit, Geometric, Plan, Settings, Task, bind
 from lcdsl.plugins import Registry, default_registry
 from lcdsl.project import Projection, project
 from lcdsl.store import ExportSizes, export_model, load_lcz, load_safetensors, read_manifest
@@ -61,12 +71,14 @@ __all__ = [
     "bind",
     "Plan",
     "Task",
+    "Budget",
     "Settings",
     "Geometric",
     "Explicit",
     "Auto",
     # operators and plugins
     "Operator",
+    "Choice",
     "Storage",
     "Theta",
     "View",
@@ -96,4 +108,5 @@ __all__ = [
     "ModelError",
     "DataError",
     "EngineError",
+    "BudgetError",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "ModelError",
     "DataError",
     "EngineError",
+    "BudgetError",
     "MissingExtraError",
     "sort_diagnostics",
     "did_you_mean",
@@ -86,6 +87,10 @@ CODES = MappingProxyType({
     "spaced-type-filter": "a type filter written apart from its glob ('layer4.** @Conv2d' for 'layer4.**@Conv2d')",
     "bad-setting-name": "a setting name that is a glob or a dotted name (a rule meant with '=')",
     "repeated-setting": "one setting given on two lines",
+    "empty-range": "a range of choices whose last value is below its first ('8..1')",
+    "unknown-unit": "a budget amount without a unit, or with one the language does not know",
+    "bad-budget": "a budget of zero or less",
+    "repeated-budget": "'within …' written twice on one rule",
     # settings
     "unknown-setting": "a setting name the run does not know",
     "bad-value": "a value that its setting or operator argument refuses",
@@ -95,6 +100,9 @@ CODES = MappingProxyType({
     "positional-argument": "an operator argument without its name",
     "repeated-argument": "one argument given twice in one call",
     "empty-expression": "a right-hand side without an operator call",
+    "not-a-choice": "a range or 'auto' given to an argument that is not an integer size the operator can choose",
+    "range-needs-budget": "a range or 'auto' on a rule without 'within …' to choose by",
+    "budget-without-choice": "'within …' on a rule whose calls offer nothing to choose",
     # binding to a model
     "no-rules": "a spec without rules, so nothing would be compressed",
     "no-match": "a selector that matches no parameter (or no module type) of the model",
@@ -108,6 +116,9 @@ CODES = MappingProxyType({
     "no-layout": "a structured operator on a module type whose output and input axes no plugin declares",
     "broken-operator": "a plugin's operator (constructor, view, resolve, storage or layout) raised something "
     "other than ValueError/TypeError: a bug in the plugin, named in the message",
+    "budget-too-small": "a budget below what the cheapest choices of its rule's tasks already take",
+    "unmeasurable": "a budget in a unit that one of its rule's operators cannot be measured in",
+    "flops-need-example": "a flops budget on a convolution bound without an example input to count its output positions",
     "integer-parameter": "a rule naming a parameter of an integer or bool dtype, which the L step cannot train",
     # warnings: the plan is made, and Plan.warnings holds these
     "norm-parameters": "a wildcard selector also claims normalization-layer γ/β (a warning: the plan is made)",
@@ -301,6 +312,12 @@ class DataError(LcdslError):
 
 class EngineError(LcdslError):
     """An LC run cannot go on (diverged, inconsistent state, refused resume)."""
+
+
+class BudgetError(LcdslError):
+    """A budget (``within 40kB``) that no choice of its tasks' options meets: even the cheapest
+    option of every task costs more than the limit. The message names the budget, the cheapest
+    total and the limit."""
 
 
 class MissingExtraError(LcdslError):

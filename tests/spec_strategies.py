@@ -10,7 +10,9 @@ import string
 
 from hypothesis import strategies as st
 
-from lcdsl.language import Argument, Call, Exclude, JointGroup, NameSelector, Percent, Rule, Setting, Spec, TypeSelector
+from lcdsl.language import (
+    Argument, Call, Exclude, JointGroup, NameSelector, Percent, Range, Rule, Setting, Spec, TypeSelector, Within,
+)  # fmt: skip
 
 __all__ = [
     "identifiers",
@@ -18,6 +20,8 @@ __all__ = [
     "globs",
     "numbers",
     "percents",
+    "ranges",
+    "budgets",
     "strings",
     "values",
     "calls",
@@ -75,7 +79,22 @@ percents = st.builds(Percent, st.floats(allow_nan=False, allow_infinity=False, m
 strings = st.one_of(words, st.text(max_size=12), st.sampled_from(["true", "false", "nan", "Inf", "", "a b", "5"]))
 """Strings: bare words, arbitrary text, and words that must be quoted to stay strings."""
 
-_scalars = st.one_of(numbers, percents, strings, st.booleans())
+ranges = st.builds(lambda low, width: Range(low, low + width), st.integers(0, 10**6), st.integers(0, 300))
+"""``Range`` values ``low..high`` (non-empty, ends ≥ 0)."""
+
+_positive = st.floats(min_value=1e-6, max_value=1e15, allow_nan=False, allow_infinity=False)
+budgets = st.one_of(
+    st.builds(Within, _positive, st.sampled_from(["bits", "params", "flops"])),
+    st.builds(
+        lambda percent, unit: Within(percent / 100.0, unit, relative=True),  # as the parser makes it from `p%`
+        st.floats(min_value=1e-3, max_value=100.0),
+        st.sampled_from(["bits", "params", "flops"]),
+    ),
+)
+"""``within`` budgets as built in code (no text): absolute amounts, and fractions of dense sizes
+made from a percentage as the parser makes them (not every float is some ``p/100``)."""
+
+_scalars = st.one_of(numbers, percents, ranges, strings, st.booleans())
 
 
 def _extend(children: st.SearchStrategy) -> st.SearchStrategy:
@@ -119,6 +138,7 @@ rules = st.builds(
     Rule,
     st.lists(selectors, min_size=1, max_size=3).map(tuple),
     st.lists(calls, min_size=1, max_size=3).map(tuple),
+    st.none() | budgets,
     leading=_leading,
     comment=_comment,
 )

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "lcdsl._version": 0, "lcdsl.errors": 0, "lcdsl.faults": 0, "lcdsl.formats": 0, "lcdsl._compat": 0,
     "lcdsl.language": 1,
     "lcdsl.operators": 2, "lcdsl.testing": 2,
-    "lcdsl.plugins": 3,
+    "lcdsl.plugins": 3, "lcdsl.budget": 3,
     "lcdsl.plan": 4, "lcdsl.project": 4,
     "lcdsl.engine": 5,
     "lcdsl.store": 6, "lcdsl.deploy": 6,

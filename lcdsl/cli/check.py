@@ -16,9 +16,9 @@ from lcdsl.operators.base import describe
 from lcdsl.plan.binder import check_spec
 from lcdsl.plan.model import Plan
 from lcdsl.plan.settings import settings_from_spec
-from lcdsl.plan.summary import penalty_sizes, plan_summary, schedule_ends
+from lcdsl.plan.summary import budget_choices, penalty_sizes, plan_summary, schedule_ends
 from lcdsl.report.console import console
-from lcdsl.report.plan import PENALTY_NOTE, penalty_table, plan_table
+from lcdsl.report.plan import PENALTY_NOTE, budget_table, penalty_table, plan_table
 from lcdsl.report.run import schedule_lines, settings_json
 from lcdsl.store.atomic import load_checkpoint
 from lcdsl.store.checkpoint import load_reference
@@ -104,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
     plan = spec.bind(model)
     weights = f"the reference {args.reference}" if args.reference else f"{args.model}'s initial weights"
     penalties = _penalties(plan, model, weights)
+    budgets = budget_choices(plan, model)  # what direct compression would choose under each budget
     if args.json:
         summary = plan_summary(plan)
         summary["penalty_forms"] = penalties
+        summary["budgets"] = budgets
         summary["spec"] = args.spec
         summary["model"] = args.model
         summary["settings"] = settings_json(plan.settings)
@@ -124,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         out.print(plan_table(plan, title=f"{args.spec} on {args.model}"))
         if penalties is not None:
             _print_penalties(penalties, reference=bool(args.reference))
+        for row in budgets:
+            out.print(budget_table(row, weights))
         for line in schedule_lines(plan.settings):
             out.print(line)
     return 0

@@ -14,6 +14,7 @@ from lcdsl.language.spec import (
     JointGroup,
     NameSelector,
     Percent,
+    Range,
     Rule,
     Selector,
     Setting,
@@ -21,10 +22,11 @@ from lcdsl.language.spec import (
     Statement,
     TypeSelector,
     Value,
+    Within,
 )  # fmt: skip
 
 __all__ = [
     "parse", "load", "parse_expression", "format_spec", "format_value", "format_call",
-    "Spec", "Rule", "Setting", "Statement", "Call", "Argument", "Percent", "Value",
+    "Spec", "Rule", "Setting", "Statement", "Call", "Argument", "Percent", "Range", "Within", "Value",
     "NameSelector", "TypeSelector", "Exclude", "JointGroup", "Selector",
 ]  # fmt: skip

@@ -21,6 +21,7 @@ are checked against the grammar's own terminals (:func:`~lcdsl.language.grammar.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from lcdsl.errors import Diagnostic, SpecError
@@ -31,15 +32,21 @@ from lcdsl.language.spec import (
     JointGroup,
     NameSelector,
     Percent,
+    Range,
     Rule,
     Selector,
     Spec,
     Statement,
     TypeSelector,
     Value,
+    Within,
 )
+from lcdsl.language.budgets import RELATIVE_UNITS, UNITS, absolute_amount, canonical_text
 
-__all__ = ["format_spec", "format_value", "format_call", "format_expression", "format_selector", "format_number"]
+__all__ = [
+    "format_spec", "format_value", "format_call", "format_expression", "format_selector", "format_number",
+    "format_budget",
+]  # fmt: skip
 
 _RESERVED_WORDS = frozenset({"true", "false"})
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -120,6 +127,10 @@ def format_value(value: Value) -> str:
         return format_number(value)
     if isinstance(value, Percent):
         return _percent(value.value)
+    if isinstance(value, Range):
+        if isinstance(value.low, bool) or isinstance(value.high, bool) or min(value.low, value.high) < 0:
+            raise _unwritable(f"cannot write the range {value.low}..{value.high}: its ends are counts ≥ 0", value)
+        return f"{int(value.low)}..{int(value.high)}"
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, Call):
@@ -142,6 +153,59 @@ def format_call(call: Call) -> str:
         else:
             raise _unwritable(f"'{arg.name}' cannot be written as an argument name", arg)
     return f"{call.name}({', '.join(args)})"
+
+
+_BUDGET_TEXT = re.compile(r"(?P<number>[0-9.eE+-]+)(?P<percent>%?) ?(?P<unit>[A-Za-z]*)")
+
+
+def _reads_back(within: Within, text: str) -> bool:
+    """Whether ``text`` (a ``Within.text``) means exactly ``within``'s amount, unit and kind."""
+    match = _BUDGET_TEXT.fullmatch(text)
+    if match is None:
+        return False
+    try:
+        number = float(match["number"])
+    except ValueError:
+        return False
+    unit, relative = match["unit"], bool(match["percent"])
+    if relative:
+        quantity = RELATIVE_UNITS.get(unit)
+        return quantity == within.unit and within.relative and number / 100.0 == within.amount
+    if unit not in UNITS:
+        return False
+    return not within.relative and absolute_amount(number, unit) == (within.amount, within.unit)
+
+
+def _shortest(value: float, reads_back) -> str | None:
+    """The shortest decimal text of ``value`` that ``reads_back`` accepts, or None."""
+    if value == int(value) and abs(value) < 1e16 and reads_back(str(int(value))):
+        return str(int(value))
+    for digits in range(1, 18):
+        text = format_number(float(f"{value:.{digits}g}"))
+        if reads_back(text):
+            return text
+    return None
+
+
+def format_budget(within: Within) -> str:
+    """``within 40kB``, ``within 20000 params``, ``within 30% flops``: the user's unit when the
+    spec was parsed (:attr:`Within.text`), else bits, params or flops.
+
+    Raises:
+        SpecError: a budget built in code with no spelling (a NaN, an unknown quantity).
+    """
+    if within.text and _reads_back(within, within.text):
+        return f"within {within.text}"
+    if within.unit not in RELATIVE_UNITS.values() or not math.isfinite(within.amount):
+        raise _unwritable(f"cannot write a budget of {within.amount!r} {within.unit}", within)
+    unit = "" if within.relative and within.unit == "bits" else within.unit
+    if within.relative:
+        number = _shortest(within.amount * 100.0, lambda t: float(t) / 100.0 == within.amount)
+    else:
+        number = _shortest(within.amount, lambda t: float(t) == within.amount)
+    if number is None:
+        raise _unwritable(f"cannot write a budget of {within.amount!r} {within.unit}", within)
+    return "within " + canonical_text(number, unit, relative=within.relative)
 
 
 def format_expression(terms: Sequence[Call]) -> str:
@@ -186,7 +250,10 @@ def _head_and_tail(statement: Statement) -> tuple[str, str, str]:
         if not statement.selectors or not statement.terms:
             raise _unwritable("a rule needs at least one selector and one operator call", statement)
         left = ", ".join(format_selector(s) for s in statement.selectors)
-        return left, ":", format_expression(statement.terms)
+        right = format_expression(statement.terms)
+        if statement.budget is not None:
+            right += " " + format_budget(statement.budget)
+        return left, ":", right
     if identifier_pattern().fullmatch(statement.name) is None:
         raise _unwritable(f"'{statement.name}' cannot be written as a setting name", statement)
     return statement.name, "=", format_value(statement.value)

@@ -22,7 +22,8 @@ import attrs
 from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedInput
 
-from lcdsl.errors import Diagnostic, Diagnostics, Span, SpecError
+from lcdsl.errors import Diagnostic, Diagnostics, Span, SpecError, did_you_mean
+from lcdsl.language.fmt import format_number
 from lcdsl.language.grammar import (
     MAX_DEPTH,
     NON_FINITE_WORDS,
@@ -40,13 +41,16 @@ from lcdsl.language.spec import (
     JointGroup,
     NameSelector,
     Percent,
+    Range,
     Rule,
     Setting,
     Spec,
     Statement,
     TypeSelector,
     Value,
+    Within,
 )
+from lcdsl.language.budgets import RELATIVE_UNITS, UNITS, absolute_amount, canonical_text, unit_hint
 from lcdsl.language.syntax_errors import describe_syntax_error, offset_span, token_span
 
 __all__ = ["parse", "load", "parse_expression", "MAX_NUMBER_LENGTH", "MAX_SPEC_LENGTH"]
@@ -62,6 +66,11 @@ _MAX_SPEC_BYTES = 4 * MAX_SPEC_LENGTH  # more bytes than any spec of MAX_SPEC_LE
 
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+
+
+def _percent_number(number: float) -> str:
+    """The number of a percentage as fmt writes it: ``30`` for 30.0, ``2.5`` for 2.5."""
+    return str(int(number)) if number == int(number) and abs(number) < 1e16 else format_number(number)
 
 
 def _meta_span(meta) -> Span:
@@ -85,6 +94,51 @@ class _Builder(Transformer):
         token = children[0]
         value = self._number(str(token)[:-1], token_span(token), as_float=True)
         return Percent(value)
+
+    def range(self, meta, children: list[Token]) -> Range:
+        token = children[0]
+        span = token_span(token)
+        low_text, high_text = str(token).split("..")
+        low, high = (self._number(t, span) for t in (low_text, high_text))
+        if high < low:
+            self.diagnostics.add(
+                "empty-range",
+                f"the range {token} is empty: it counts up from its first value to its last",
+                span,
+                hint=f"write {high}..{low}",
+            )
+        return Range(low, high, span=span)
+
+    def budget(self, meta, children: list[Token]) -> Within:
+        amount, *unit_token = children
+        span = _meta_span(meta)
+        relative = amount.type == "PERCENT"
+        number_text = str(amount)[:-1] if relative else str(amount)
+        number = self._number(number_text, token_span(amount))  # an int stays one in the text: 40kB
+        unit = str(unit_token[0]) if unit_token else ""
+        where = token_span(unit_token[0]) if unit_token else span
+        if relative:
+            quantity = RELATIVE_UNITS.get(unit)
+            if quantity is None:
+                self.diagnostics.add(
+                    "unknown-unit",
+                    f"a percentage budget is a share of the dense bits, flops or params, not '{unit}'",
+                    where,
+                    hint="write within 30%, within 30% flops or within 30% params",
+                )
+                quantity = "bits"
+            value = number / 100.0
+        elif unit not in UNITS:
+            message = "a budget needs a unit" if not unit else f"unknown unit '{unit}'{did_you_mean(unit, UNITS)}"
+            self.diagnostics.add("unknown-unit", message, where, hint=unit_hint())
+            value, quantity = number, "bits"
+        else:
+            value, quantity = absolute_amount(number, unit)
+        if number <= 0:
+            self.diagnostics.add("bad-budget", f"a budget must be more than zero, got {amount}", token_span(amount))
+        written = format_number(number) if not relative else _percent_number(number)
+        text = canonical_text(written, unit, relative=relative)
+        return Within(value, quantity, relative, text, span=span)
 
     def _number(self, text: str, span: Span, as_float: bool = False) -> int | float:
         if len(text) > MAX_NUMBER_LENGTH:
@@ -199,8 +253,16 @@ class _Builder(Transformer):
         return tuple(children)
 
     def rule(self, meta, children: list) -> Rule:
-        selectors, terms = children
-        return Rule(selectors, terms, span=_meta_span(meta))
+        selectors, terms, *budgets = children
+        for repeated in budgets[1:]:
+            self.diagnostics.add(
+                "repeated-budget",
+                f"a rule has one budget: 'within {budgets[0].text}' is already given",
+                repeated.span,
+                hint="keep one 'within …'",
+            )
+        budget = budgets[0] if budgets else None
+        return Rule(selectors, terms, budget, span=_meta_span(meta))
 
     def setting(self, meta, children: list) -> Setting:
         name, value = children

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Percent",
+    "Range",
+    "Within",
     "Argument",
     "Call",
     "Value",
@@ -60,6 +62,42 @@ class Percent:
 
 
 @attrs.frozen
+class Range:
+    """An inclusive integer range of choices, ``1..8``: the task picks one value under a budget."""
+
+    low: int
+    """The first value."""
+    high: int
+    """The last value (included)."""
+    span: Span | None = _SPAN
+    """Where the range stands in the source."""
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        """Every value of the range, in increasing order (empty when ``high < low``)."""
+        return tuple(range(self.low, self.high + 1))
+
+
+@attrs.frozen
+class Within:
+    """``within AMOUNT``: one budget over every task of a rule (``within 40kB``, ``within 30% flops``).
+
+    Bytes are converted to bits when parsed: ``40kB`` is ``Within(320000.0, "bits")``; a percentage
+    is a fraction of the dense size: ``30% flops`` is ``Within(0.3, "flops", relative=True)``."""
+
+    amount: float = attrs.field(converter=float)
+    """The limit in :attr:`unit`, or the fraction of the dense size when :attr:`relative`."""
+    unit: str
+    """What is limited: ``"bits"`` (storage), ``"params"`` or ``"flops"`` (multiply-adds of one example)."""
+    relative: bool = False
+    """Whether :attr:`amount` is a fraction of the rule's dense tasks (``30%`` → 0.3)."""
+    text: str = attrs.field(default="", eq=False)
+    """The amount as ``lcdsl fmt`` writes it (``40kB``), for fmt and messages; empty when built in code."""
+    span: Span | None = _SPAN
+    """Where ``within …`` stands in the source."""
+
+
+@attrs.frozen
 class Argument:
     """One argument of a call: ``k=4`` (``name="k"``) or a positional ``4`` (``name=None``)."""
 
@@ -87,8 +125,8 @@ class Call:
         return {a.name: a.value for a in self.args if a.name is not None}
 
 
-Value = Union[int, float, bool, str, Percent, Call, tuple]
-"""A spec value: numbers, booleans, strings, percents, calls, and tuples (lists) of values."""
+Value = Union[int, float, bool, str, Percent, Range, Call, tuple]
+"""A spec value: numbers, booleans, strings, percents, ranges, calls, and tuples (lists) of values."""
 
 
 @attrs.frozen
@@ -148,6 +186,8 @@ class Rule:
     """The comma-separated selectors."""
     terms: tuple[Call, ...] = attrs.field(converter=tuple)
     """The operator calls joined by ``+``."""
+    budget: Within | None = None
+    """The ``within …`` budget over the rule's tasks, or None."""
     span: Span | None = _SPAN
     """The whole statement."""
     leading: tuple[str, ...] = _LEADING
@@ -198,11 +238,14 @@ class Spec:
         """The settings as a dict (the parser rejects repeated names)."""
         return {s.name: s.value for s in self.statements if isinstance(s, Setting)}
 
-    def bind(self, model: torch.nn.Module, *, registry: Registry | None = None) -> Plan:
-        """Bind this spec to a model's parameters; see :func:`lcdsl.plan.binder`."""
+    def bind(
+        self, model: torch.nn.Module, *, registry: Registry | None = None, example_input: torch.Tensor | None = None
+    ) -> Plan:
+        """Bind this spec to a model's parameters; see :func:`lcdsl.plan.binder.bind` (``example_input``:
+        one batch, needed only by a flops budget over a convolution)."""
         from lcdsl.plan.binder import bind
 
-        return bind(self, model, registry=registry)
+        return bind(self, model, registry=registry, example_input=example_input)
 
     def format(self) -> str:
         """The canonical text of this spec; see :func:`lcdsl.language.fmt.format_spec`."""

@@ -103,6 +103,10 @@ _SYNTAX_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("fc1 : quant(k=2) prune(l0=1)", "fc1 : quant(k=2) fc2 : quant(k=2)", "fc1 : quant(k=2) = 1"),
     ),
     (
+        "missing-value", "expected an amount after 'within', such as 40kB or 30%",
+        ("fc1 : quant(k=2) within", "fc1 : quant(k=2) within kB", "fc1 : quant(k=2) within (", "fc1 : quant(k=2) within ,"),
+    ),
+    (
         "comma-for-plus", "operators are joined with '+', not ','",
         ("fc1 : quant(k=2), prune(l0=1)", "fc1 : quant(k=2),", "fc1 : quant(k=2) + prune(l0=1),"),
     ),

@@ -6,6 +6,9 @@ Everything a plugin needs to write an operator and register it::
 
 - the contract (:mod:`.base`): :class:`Operator`, :class:`Storage`, :data:`Theta`,
   :data:`Encoded`, :func:`describe`;
+- :class:`Choice` (:mod:`.choice`): one of several operators, the task of a budgeted rule; an
+  operator class offers a fast distortion table for its choice-sets with the classmethod
+  ``distortion_table(w, options, mu)``;
 - views (:mod:`.view`): :class:`View` (a task's tensors as the operator sees them, gathered
   and scattered back), :data:`ViewKind`, :func:`view_shape`;
 - layouts (:mod:`.layout`): :class:`Layout` (which axis of a layer's weight is its outputs and
@@ -44,6 +47,7 @@ from lcdsl.operators.base import (
     position_dtype,
     view_shape,
 )  # fmt: skip
+from lcdsl.operators.choice import CHOICE_KEY, Choice
 from lcdsl.operators.bitpack import decode_tensor, encode_tensor, pack_bits, pack_uint, unpack_bits, unpack_uint
 from lcdsl.operators.compact import (
     CodebookConv2d,
@@ -72,6 +76,8 @@ from lcdsl.operators.units import (
 __all__ = [
     # the contract
     "Operator", "Storage", "Theta", "Encoded", "View", "ViewKind", "view_shape", "describe",
+    # choices among options (budgets)
+    "Choice", "CHOICE_KEY",
     # layouts
     "Layout", "LayoutRule", "STORAGE_ORDER",
     # bit costs

@@ -154,6 +154,17 @@ class Operator:
         convention of :meth:`project` on it."""
         return False
 
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The values a spec's ``auto`` (``lowrank(rank=auto)``) means for ``argument`` on a task
+        of view ``shape``, in increasing order; None when ``argument`` is not an integer size this
+        operator can choose under a budget (a range ``1..8`` is refused for it too).
+
+        The binder asks twice: first with the task's flat shape ``(numel,)``, to build one
+        option and learn the task's view, then with the view's shape. The answer must hold at
+        least one value for any shape. The default: no argument is a choice."""
+        return None
+
     def resolve(self, shape: tuple[int, ...]) -> Operator:
         """This operator with relative amounts made absolute for a task of view ``shape``.
 
@@ -354,5 +365,11 @@ def describe(op: Operator) -> str:
     Raises:
         SpecError: a field holds a value that a spec cannot spell (fields are spec keywords, so
             only an operator that converts its values to something else can get here).
+
+    An operator that is not one call or a sum of them (a :class:`~lcdsl.operators.choice.Choice`
+    among options) writes itself through its own ``spec_text()`` method.
     """
+    spec_text = getattr(op, "spec_text", None)
+    if callable(spec_text):
+        return str(spec_text())
     return format_expression(_calls(op))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import attrs
@@ -141,6 +142,16 @@ class LowRank(Operator):
         """True for rank selection (``alpha``): the answer depends on μ."""
         return self.alpha is not None
 
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``auto`` for ``rank``: every rank 1…min(m, n) of an ``(m, n)`` view (1 alone for a flat
+        shape); ``alpha`` is not a choice."""
+        if argument != "rank":
+            return None
+        if len(shape) < 2:
+            return (1,)
+        return tuple(range(1, min(int(shape[0]), int(math.prod(shape[1:]))) + 1))
+
     def resolve(self, shape: tuple[int, ...]) -> LowRank:
         """Checks that ``rank`` fits the ``(m, n)`` matrix; nothing is relative here."""
         m, n = self._matrix(tuple(shape))
@@ -173,6 +184,18 @@ class LowRank(Operator):
     def chosen(self, theta: Theta, shape: tuple[int, ...]) -> str:
         """``rank r of k``."""
         return f"rank {theta['V'].shape[0]} of {min(self._matrix(tuple(shape)))}"
+
+    @classmethod
+    def distortion_table(cls, w: torch.Tensor, options: tuple[LowRank, ...], mu: float = 0.0) -> torch.Tensor | None:
+        """``‖W − U·V‖²`` of each fixed-rank option from one SVD: the squared singular values past
+        the rank (Eckart–Young); None when an option selects its rank (``alpha``)."""
+        if not options or not all(o.rank is not None for o in options) or w.dim() != 2:
+            return None
+        s = svd(w, 0)[1]  # (k,) every singular value, decreasing; no vectors needed
+        s2 = s.square().cpu()  # (k,)
+        # tail[r] = Σ_{i≥r} σ_i² (0-based), summed from the small end; tail[k] = 0
+        tail = torch.cat([torch.flip(torch.cumsum(torch.flip(s2, (0,)), 0), (0,)), s2.new_zeros(1)])  # (k+1,)
+        return torch.stack([tail[min(o.rank, s2.numel())] for o in options])
 
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the (m, n) target ``w``; ``warm`` is unused (one SVD is exact and cheap enough)."""

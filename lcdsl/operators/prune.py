@@ -187,6 +187,24 @@ class Prune(Operator):
             return resolve_amount(self.l0, math.prod(shape), "l0")
         return resolve_amount(self.l0, shape[self._group_dim(shape)], "l0")
 
+    AUTO_STEPS: ClassVar[int] = 32
+    """How many counts ``l0=auto`` offers: a geometric ladder from 1 to all."""
+
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``auto`` for ``l0``: about :attr:`AUTO_STEPS` counts in geometric steps from 1 to ``n``
+        (every count when ``n`` is small), where ``n`` is the number of weights of a flat view,
+        or of output groups (``shape[0]``) of a ``"tensor"`` view; the other forms are not choices."""
+        if argument != "l0":
+            return None
+        n = int(shape[0]) if len(shape) > 1 else int(math.prod(shape))
+        n = max(n, 1)
+        if n <= cls.AUTO_STEPS:
+            return tuple(range(1, n + 1))
+        ratio = n ** (1.0 / (cls.AUTO_STEPS - 1))
+        ladder = {min(n, max(1, round(ratio**i))) for i in range(cls.AUTO_STEPS)}
+        return tuple(sorted(ladder | {n}))
+
     def resolve(self, shape: tuple[int, ...]) -> Prune:
         """``l0`` as an absolute count for a task of view ``shape``; other forms unchanged."""
         if self.l0 is None:
@@ -238,6 +256,25 @@ class Prune(Operator):
         shrink = self.l1_penalty / mu if mu > 0 else math.inf  # μ → 0⁺: everything shrinks to 0
         soft = torch.sign(x) * torch.clamp(x.abs() - shrink, min=0)  # (n,)
         return _sparse_theta(soft)
+
+    @classmethod
+    def distortion_table(cls, w: torch.Tensor, options: tuple[Prune, ...], mu: float = 0.0) -> torch.Tensor | None:
+        """``‖w − θ‖²`` of each ``l0`` option (every one of one ``by``) from one sort: the squares
+        (or groups' squared norms) left out of the κ largest. None for other forms."""
+        if not options or not all(o.l0 is not None for o in options) or len({o.by for o in options}) != 1:
+            return None
+        first = options[0]
+        acc = _accumulation_dtype(w)
+        if first.by == "weights":
+            scores = w.reshape(-1).to(acc).square()  # (n,)
+        else:
+            dim = first._group_dim(tuple(w.shape))
+            scores = w.movedim(dim, 0).reshape(w.shape[dim], -1).to(acc).square().sum(1)  # (G,)
+        ordered = torch.sort(scores, descending=True).values.cpu().to(torch.float64)  # (N,)
+        # left[κ] = Σ_{i≥κ} ordered[i], summed from the small end to keep digits; left[N] = 0
+        left = torch.cat([torch.flip(torch.cumsum(torch.flip(ordered, (0,)), 0), (0,)), ordered.new_zeros(1)])
+        counts = [min(o._count(tuple(w.shape)), ordered.numel()) for o in options]
+        return torch.stack([left[c] for c in counts])
 
     def _project_groups(self, w: torch.Tensor) -> Theta:
         dim = self._group_dim(tuple(w.shape))

@@ -19,7 +19,7 @@ from lcdsl.operators.base import (
     expect,
     expect_codes,
 )  # fmt: skip
-from lcdsl.operators.kmeans1d.dp import kmeans1d
+from lcdsl.operators.kmeans1d.dp import kmeans1d, kmeans1d_costs
 from lcdsl.operators.units import int_at_least
 
 __all__ = ["Quant", "OPERATORS"]
@@ -113,6 +113,17 @@ class Quant(Operator):
         sort = n * max(1.0, math.log2(max(n, 1)))
         return sort * max(1.0, math.log2(self.size)) if self.adaptive else sort
 
+    @classmethod
+    def distortion_table(cls, w: torch.Tensor, options: tuple[Quant, ...], mu: float = 0.0) -> torch.Tensor | None:
+        """``‖w − Δ(Π(w))‖²`` of each learned-codebook option (``quant(bits=1)`` … ``quant(k=16)``)
+        from one k-means dynamic programme that yields every ``k`` up to the largest
+        (:func:`~lcdsl.operators.kmeans1d.kmeans1d_costs`); None when an option has a fixed
+        codebook (the generic table projects on it)."""
+        if not options or not all(o.adaptive for o in options):
+            return None
+        costs = kmeans1d_costs(w, max(o.size for o in options))  # (K,) entry k − 1 for k
+        return torch.stack([costs[o.size - 1] for o in options])
+
     def project(self, w: torch.Tensor, mu: float = 0.0, warm: Theta | None = None) -> Theta:
         """θ for the flat target ``w`` (``(n,)``); ``mu`` and ``warm`` do not change the answer
         and are not used."""
@@ -132,6 +143,17 @@ class Quant(Operator):
         # the upper neighbour wins only when strictly closer
         take_hi = (sorted_cb[hi] - flat).abs() < (flat - sorted_cb[lo]).abs()
         return order[torch.where(take_hi, hi, lo)]
+
+    @classmethod
+    def auto_values(cls, argument: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``auto`` for ``bits``: 1…8; for ``k``: the powers of two 2…256 (each a whole number of
+        index bits); both without codebooks larger than the task's ``n`` weights (but never
+        empty); ``codebook`` is not a choice."""
+        if argument not in ("bits", "k"):
+            return None
+        n = math.prod(shape)
+        bits = [b for b in range(1, 9) if 2**b <= n] or [1]
+        return tuple(bits) if argument == "bits" else tuple(2**b for b in bits)
 
     def resolve(self, shape: tuple[int, ...]) -> Quant:
         """Refuses a learned codebook with more codewords than the task has weights."""

@@ -12,7 +12,11 @@ from lcdsl.operators.base import Operator, View
 from lcdsl.operators.layout import Layout
 from lcdsl.plan.calls import broken_message, build_operator, build_terms, operator_name, registry_or_default
 from lcdsl.plan.matching import QUOTE, listed, norm_warnings, rule_groups
-from lcdsl.plan.model import Plan, Task
+from lcdsl.operators.choice import Choice
+from lcdsl.language.spec import Range
+from lcdsl.plan.budgets import make_budget, needs_positions, output_positions
+from lcdsl.plan.choices import ChoiceArgument, choice_arguments, choice_values, expand
+from lcdsl.plan.model import Budget, Plan, Task
 from lcdsl.plan.names import buffers_by_name, task_name
 from lcdsl.plan.selectors import ModelIndex
 from lcdsl.plan.settings import Settings, settings_from_spec
@@ -64,8 +68,22 @@ def _line(span: Span | None) -> str:
     return f"line {span.line}" if span is not None else "another rule"
 
 
-def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None) -> Plan:
+def bind(
+    spec: Spec,
+    model: torch.nn.Module,
+    *,
+    registry: Registry | None = None,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+) -> Plan:
     """Bind ``spec`` to ``model``.
+
+    Args:
+        spec: the parsed spec.
+        model: the model whose parameters the selectors name.
+        registry: the operators; the installed plugins' by default.
+        example_input: one batch of the model's input (or a tuple of its forward's arguments),
+            needed only by a ``within … flops`` budget over a convolution, to count its output
+            positions; the model runs once on it.
 
     Raises:
         SpecError: every problem of the spec, together (selectors matching nothing, tensors
@@ -80,8 +98,17 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
     tasks: list[Task] = []
     named: dict[str, Rule] = {}
     warnings: list[Diagnostic] = []
+    budgeted: list[tuple[Rule, list[Task]]] = []
     for rule in spec.rules:
-        op = build_terms(rule.terms, registry, settings.additive_rounds, diags)
+        choices = choice_arguments(rule.terms, registry, diags)
+        if choices is None:
+            op = None  # a range or auto where no choice can be made: reported, nothing to build
+        elif choices:
+            op = _choice_probe(rule, choices, registry, settings.additive_rounds, diags)
+        else:
+            op = build_terms(rule.terms, registry, settings.additive_rounds, diags)
+        _check_budget_and_choices(rule, choices, diags)
+        rule_tasks: list[Task] = []
         claimed: list[str] = []
         for names, joint, span, label in rule_groups(rule, index, diags):
             fresh = []
@@ -108,14 +135,22 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
                 warnings.append(frozen)
             if not fresh or op is None:
                 continue
-            task = _make_task(fresh, joint, op, rule, span, index, registry, diags)
+            if choices:
+                task = _make_choice_task(fresh, joint, rule, choices, span, index, registry, settings, diags)
+            else:
+                task = _make_task(fresh, joint, op, rule, span, index, registry, diags)
             if task is not None:
-                tasks.append(attrs.evolve(task, label=label) if label is not None else task)
+                task = attrs.evolve(task, label=label) if label is not None else task
+                tasks.append(task)
+                rule_tasks.append(task)
         warnings += norm_warnings(rule, claimed, index)
+        if rule.budget is not None and choices and rule_tasks:
+            budgeted.append((rule, rule_tasks))
     for task in tasks:
         if task.label is None and task.name in named:  # a root parameter called like a group
             message = f"the name '{task.name}' is already the name of a task on {_line(task.rule.span if task.rule else None)}"
             diags.add("repeated-name", message, named[task.name].span, hint="give the joint group another name")
+    budgets = _budgets(budgeted, model, example_input, index, diags) if not diags else []
     diags.raise_if_any(source=spec.source, filename=spec.filename)
     dense = [n for n in index.parameters if n not in owner]
     buffers = buffers_by_name(model)  # stored as they are: counted at their own dtype's bits
@@ -130,7 +165,124 @@ def bind(spec: Spec, model: torch.nn.Module, *, registry: Registry | None = None
         spec=spec,
         ties=tuple(index.ties.items()),
         warnings=tuple(warnings),
+        budgets=tuple(budgets),
     )
+
+
+def _check_budget_and_choices(rule: Rule, choices: list[ChoiceArgument] | None, diags: Diagnostics) -> None:
+    """A range or ``auto`` needs a ``within``; a ``within`` needs something to choose."""
+    if choices and rule.budget is None:
+        for choice in choices:
+            written = "auto" if isinstance(choice.value, str) else f"{choice.value.low}..{choice.value.high}"
+            diags.add(
+                "range-needs-budget",
+                f"'{choice.name}={written}' offers choices: a range needs a budget to choose by",
+                choice.value.span if isinstance(choice.value, Range) else choice.span,
+                hint="add `within …` at the end of the rule, e.g. within 40kB or within 30%",
+            )
+    if choices == [] and rule.budget is not None:
+        diags.add(
+            "budget-without-choice",
+            f"'within {rule.budget.text}' has nothing to choose: no argument of the rule is a range or auto",
+            rule.budget.span,
+            hint="give a size as a range (bits=1..8) or auto (rank=auto), or drop the budget",
+        )
+
+
+def _choice_probe(
+    rule: Rule, choices: list[ChoiceArgument], registry: Registry, rounds: int, diags: Diagnostics
+) -> Operator | None:
+    """One operator of the rule's choices (its first range value, or the largest ``auto`` value of a
+    flat shape), built once so that bad arguments are reported once for the rule, not per task."""
+    values = [c.value.values[:1] or (c.value.low,) if isinstance(c.value, Range) else None for c in choices]
+    for i, choice in enumerate(choices):
+        if values[i] is None:
+            cls = registry.operator(rule.terms[choice.term].name)
+            with plugin_code():
+                values[i] = (cls.auto_values(choice.name, (1,)) or (1,))[-1:]
+    (_, calls), = expand(rule.terms, choices, values)
+    return build_terms(calls, registry, rounds, diags)
+
+
+def _make_choice_task(
+    names: list[str],
+    joint: bool,
+    rule: Rule,
+    choices: list[ChoiceArgument],
+    span: Span | None,
+    index: ModelIndex,
+    registry: Registry,
+    settings: Settings,
+    diags: Diagnostics,
+) -> Task | None:
+    """The task of a rule with choices: a :class:`Choice` over one option per value at the task's view."""
+    numel = sum(index.parameters[n].numel() for n in names)
+    flat = expand(rule.terms, choices, [v[-1:] for v in choice_values(rule.terms, choices, registry, (numel,))])
+    probe = build_terms(flat[0][1], registry, settings.additive_rounds, Diagnostics())
+    if probe is None:
+        return None
+    task = _make_task(names, joint, probe, rule, span, index, registry, diags)
+    if task is None:
+        return None
+    shape = task.view_shape
+    options, labels = [], []
+    where = rule.terms[0].span if len(rule.terms) == 1 else rule.span
+    for label, calls in expand(rule.terms, choices, choice_values(rule.terms, choices, registry, shape)):
+        local = Diagnostics()
+        op = build_terms(calls, registry, settings.additive_rounds, local)
+        if op is None:
+            diags.extend(local)
+            return None
+        try:
+            with plugin_code():
+                options.append(op.resolve(shape))
+        except (ValueError, TypeError) as exc:
+            message = f"{label} on {task.name} ({task.numel} weights): {exception_message(exc)}"
+            diags.add("does-not-fit", message, where)
+            return None
+        labels.append(label)
+    if not options:
+        diags.add("does-not-fit", f"{task.name} leaves no value to choose from", where)
+        return None
+    try:
+        choice = Choice(options=tuple(options), labels=tuple(labels))
+    except ValueError as exc:  # e.g. a penalty form, whose size only its C step tells
+        diags.add("unmeasurable", f"{task.name} cannot be chosen under a budget: {exception_message(exc)}", where)
+        return None
+    return attrs.evolve(task, operator=choice)
+
+
+def _budgets(
+    budgeted: list[tuple[Rule, list[Task]]],
+    model: torch.nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None,
+    index: ModelIndex,
+    diags: Diagnostics,
+) -> list[Budget]:
+    """The plan budget of each rule with ``within``, in rule order."""
+    out = []
+    for rule, rule_tasks in budgeted:
+        positions: dict[str, int] = {}
+        if rule.budget.unit == "flops" and any(needs_positions(t) for t in rule_tasks):
+            if example_input is None:
+                convs = [t.name for t in rule_tasks if needs_positions(t)]
+                diags.add(
+                    "flops-need-example",
+                    f"a flops budget over a convolution ({convs[0]}) needs an example input to count its output positions",
+                    rule.budget.span,
+                    hint="bind with example_input=… (one batch), or budget storage instead (within 40kB, within 30%)",
+                )
+                continue
+            names = [n for t in rule_tasks for n in t.parameters]
+            try:
+                positions = output_positions(model, example_input, names, index)
+            except Exception as exc:  # the user's model or input
+                diags.add("flops-need-example", f"the example input does not run through the model: {exception_message(exc)}", rule.budget.span)
+                continue
+        budget = make_budget(rule, rule_tasks, positions, diags)
+        if budget is not None:
+            out.append(budget)
+    return out
 
 
 def _trainable(

@@ -17,9 +17,11 @@ from lcdsl.operators.view import View, split_view
 from lcdsl.plan.names import task_name
 from lcdsl.plan.settings import Settings
 
-__all__ = ["Task", "Plan", "split_view"]
+__all__ = ["Task", "Budget", "Plan", "split_view", "BUDGET_UNITS"]
 
-
+BUDGET_UNITS = ("bits", "params", "flops")
+"""What a :class:`Budget` counts: storage bits, stored numbers, or multiply-adds of one forward
+example."""
 
 @attrs.frozen
 class Task:
@@ -85,6 +87,53 @@ class Task:
         return self.operator.axes(self.view_shape)
 
 
+def _to_costs(value: object) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(c) for c in row) for row in value)  # type: ignore[union-attr]
+
+
+def _check_costs(instance: Budget, attribute: object, costs: tuple[tuple[int, ...], ...]) -> None:
+    if len(costs) != len(instance.tasks):
+        raise ValueError(f"a budget needs one row of costs per task: {len(instance.tasks)} tasks, {len(costs)} rows")
+    for name, row in zip(instance.tasks, costs):
+        if not row:
+            raise ValueError(f"task {name} of a budget has no option to choose from")
+        if any(c < 0 for c in row):
+            raise ValueError(f"task {name} of a budget has a negative cost")
+
+
+@attrs.frozen
+class Budget:
+    """One ``within …`` of a rule: the options its tasks choose must cost at most ``limit``.
+
+    Each task of :attr:`tasks` has a :class:`~lcdsl.operators.choice.Choice` operator; the C step
+    picks one option per task minimising the summed distortion with ``Σ cost ≤ limit``."""
+
+    tasks: tuple[str, ...] = attrs.field(converter=tuple)
+    """``Task.name`` of every task the budget spans, in plan order."""
+    limit: int = attrs.field(converter=int)
+    """The most the chosen options may cost together, in :attr:`unit`; absolute."""
+    unit: str = attrs.field(validator=attrs.validators.in_(BUDGET_UNITS))
+    """``"bits"``, ``"params"`` or ``"flops"``."""
+    costs: tuple[tuple[int, ...], ...] = attrs.field(converter=_to_costs, validator=_check_costs)
+    """Per task, the cost of each of its Choice's options, in :attr:`unit` (computed when the plan
+    is made, :func:`lcdsl.budget.costs.option_cost`, so the engine needs no model probe)."""
+    rule: Rule | None = attrs.field(default=None, eq=False, repr=False)
+    """The rule the budget came from, for messages."""
+    text: str = ""
+    """The ``within …`` as written (``within 40kB``), for messages and the report."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"a budget's limit is at least 0, got {self.limit}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("a budget names one task twice")
+
+    @property
+    def shown(self) -> str:
+        """The budget as messages name it: its text, else ``within LIMIT UNIT``."""
+        return self.text or f"within {self.limit} {self.unit}"
+
+
 @attrs.frozen
 class Plan:
     """A spec bound to a model: the tasks, the parameters left dense, and the settings."""
@@ -116,6 +165,9 @@ class Plan:
     """What binding found that may not be meant, as diagnostics of severity ``"warning"`` with a
     code and a span (``norm-parameters``: a wildcard claims BatchNorm/LayerNorm γ and β). The plan
     is made anyway; ``lcdsl check`` and ``lcdsl compress`` print them (:meth:`render_warnings`)."""
+    budgets: tuple[Budget, ...] = attrs.field(default=(), converter=tuple)
+    """The rules' ``within …`` budgets, each over tasks whose operator is a
+    :class:`~lcdsl.operators.choice.Choice`; a task is in at most one budget."""
 
     def tied(self, name: str) -> tuple[str, ...]:
         """The other names of a parameter's tensor (``("lm_head.weight",)``), or ``()``."""

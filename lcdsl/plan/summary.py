@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lcdsl.budget.knapsack import allocate
 from lcdsl.operators.base import FLOAT_BITS, Storage, describe
 from lcdsl.plan.model import Plan
 from lcdsl.plan.names import parameters_by_name
@@ -131,3 +132,47 @@ def penalty_sizes(plan: Plan, model: nn.Module, mus: Sequence[float]) -> list[di
             )
         rows.append({"task": task.name, "operator": describe(op), "weights": task.numel, "at": at})
     return rows
+
+
+def budget_choices(plan: Plan, model: nn.Module) -> list[dict[str, Any]]:
+    """What each budget of the plan would choose by direct compression of the model's current
+    weights: each task's option distortions (:meth:`~lcdsl.operators.choice.Choice.distortions`,
+    μ → 0), the exact allocation under the limit (:func:`lcdsl.budget.knapsack.allocate`), and
+    the chosen options' costs against the limit.
+
+    Returns:
+        One dict a budget: ``budget`` (its text), ``unit``, ``limit``, ``total`` (the chosen
+        options' summed cost), and ``tasks``: one ``{"task", "choice", "cost", "cheapest",
+        "dearest"}`` per task, in the budget's order.
+    """
+    by_name = parameters_by_name(model)
+    tasks = {task.name: task for task in plan.tasks}
+    out = []
+    for budget in plan.budgets:
+        distortions = []
+        for name in budget.tasks:
+            task = tasks[name]
+            w = task.view.gather([by_name[p].detach() for p in task.parameters])  # the view's shape
+            distortions.append(task.operator.distortions(w).tolist())
+        picked = allocate(budget.costs, distortions, budget.limit)
+        rows = [
+            {
+                "task": name,
+                "choice": tasks[name].operator.labels[i],
+                "cost": budget.costs[t][i],
+                "cheapest": min(budget.costs[t]),
+                "dearest": max(budget.costs[t]),
+            }
+            for t, (name, i) in enumerate(zip(budget.tasks, picked))
+        ]
+        out.append(
+            {
+                "budget": budget.shown,
+                "line": budget.rule.span.line if budget.rule is not None and budget.rule.span is not None else None,
+                "unit": budget.unit,
+                "limit": budget.limit,
+                "total": sum(r["cost"] for r in rows),
+                "tasks": rows,
+            }
+        )
+    return out

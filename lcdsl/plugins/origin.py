@@ -25,6 +25,19 @@ def plugin_versions() -> dict[str, str]:
     return {str(k): str(v) for k, v in default_registry().versions().items()}
 
 
+def _leaves(op: Operator) -> tuple[Operator, ...]:
+    """The operators a plugin provides inside ``op``: an additive combination's terms, a choice's
+    options (each expanded the same way; one operator of each class), or ``op`` itself."""
+    inner = getattr(op, "terms", None) or getattr(op, "options", None)
+    if not inner:
+        return (op,)
+    leaves: dict[type, Operator] = {}
+    for part in inner:
+        for leaf in _leaves(part):
+            leaves.setdefault(type(leaf), leaf)
+    return tuple(leaves.values())
+
+
 def operator_origin(op: Operator) -> str:
     """Where an operator comes from, for messages: ``plugin 'builtin' (lcdsl 0.1.0)``.
 
@@ -33,7 +46,7 @@ def operator_origin(op: Operator) -> str:
         registry = default_registry()
     except Exception:  # a broken plugin set must not hide the error being reported
         registry = None
-    terms = getattr(op, "terms", None) or (op,)
+    terms = _leaves(op)
     parts = []
     for term in terms:
         name = getattr(term, "name", type(term).__name__)
@@ -62,7 +75,7 @@ def operator_plugin(op: Operator, registry: Registry | None = None) -> str:
         except Exception:  # a broken plugin set must not stop a file from being written
             return UNKNOWN_PLUGIN
     names: list[str] = []
-    for term in getattr(op, "terms", None) or (op,):
+    for term in _leaves(op):
         name = getattr(term, "name", type(term).__name__)
         plugin = UNKNOWN_PLUGIN
         if registry.operators.get(name) is type(term):

@@ -139,3 +139,24 @@ def penalty_table(rows: list[dict[str, Any]], ends: tuple[float, float], weights
             })  # fmt: skip
         table.add_row("total", "", f"{weights_total:,}", *(_kept_text(t) for t in totals), style="bold")
     return table
+
+
+def _budget_amount(value: int, unit: str) -> str:
+    return human_bits(value) if unit == "bits" else f"{value:,} {unit}"
+
+
+def budget_table(row: dict[str, Any], weights: str) -> Table:
+    """One budget of ``lcdsl check``: what each task would choose by direct compression of
+    ``weights``, its cost, and the total against the limit (a row of
+    :func:`lcdsl.plan.summary.budget_choices`)."""
+    unit = row["unit"]
+    where = f" (line {row['line']})" if row.get("line") else ""
+    table = Table(title=f"{row['budget']}{where}: limit {_budget_amount(row['limit'], unit)}, choices on {weights}")
+    for column in ("task", "choice", "size", "options from … to"):
+        table.add_column(column, justify="left" if column in ("task", "choice") else "right")
+    for task in row["tasks"]:
+        span = f"{_budget_amount(task['cheapest'], unit)} … {_budget_amount(task['dearest'], unit)}"
+        table.add_row(task["task"], task["choice"], _budget_amount(task["cost"], unit), span)
+    share = row["total"] / row["limit"] if row["limit"] else 0.0
+    table.add_row("total", "", _budget_amount(row["total"], unit), f"{share:.0%} of the limit")
+    return table
