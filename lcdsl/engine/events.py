@@ -129,6 +129,10 @@ class StepRecord:
     change: float | None = None
     """``Σ_tasks ‖Δ(θ) − Δ(θ) of the previous C step‖²``: how much the C step moved the
     compressed weights (None for direct compression)."""
+    budgets: list[dict[str, Any]] = attrs.field(factory=list, hash=False)
+    """Per ``within …`` budget of the plan, the C step's allocation: ``budget`` (as written),
+    ``unit``, ``limit``, ``cost`` (the chosen options' total, ``≤ limit``), ``distortion``, and
+    ``choices`` (task name → the chosen option's label, ``bits=3``); empty without budgets."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain data (JSON-ready, and loadable with ``weights_only=True``)."""
@@ -137,4 +141,5 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         """The record :meth:`to_dict` wrote."""
-        return cls(**{**data, "metrics": dict(data.get("metrics", {}))})
+        budgets = [dict(b, choices=dict(b.get("choices", {}))) for b in data.get("budgets", [])]
+        return cls(**{**data, "metrics": dict(data.get("metrics", {})), "budgets": budgets})
