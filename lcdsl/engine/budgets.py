@@ -99,15 +99,16 @@ class BudgetSolver:
             except BudgetError as exc:
                 raise BudgetError(f"{_where(budget)} cannot be met: {exc} {budget.unit}") from None
             cost = sum(row[p] for row, p in zip(budget.costs, picks))
-            choices = {}
-            for i, pick in zip(indices, picks):
+            choices, costs = {}, {}
+            for i, pick, row in zip(indices, picks, budget.costs):
                 chosen[i] = pick
                 state = self._states[i]
                 choices[state.task.name] = state.task.operator.labels[pick]
+                costs[state.task.name] = int(row[pick])
             distortion = float(sum(float(t[p]) for t, p in zip(tables, picks)))
             self.last.append({
                 "budget": budget.shown, "unit": budget.unit, "limit": budget.limit, "cost": int(cost),
-                "distortion": distortion, "choices": choices,
+                "distortion": distortion, "choices": choices, "costs": costs,
             })  # fmt: skip
         return chosen
 
@@ -138,5 +139,6 @@ class BudgetSolver:
     def record(self) -> list[dict[str, Any]]:
         """The last C step's allocation per budget, as plain data: ``budget`` (its text), ``unit``,
         ``limit``, ``cost`` (the chosen options' total), ``distortion`` (their summed table
-        entries), and ``choices`` (task name → option label)."""
-        return [dict(entry, choices=dict(entry["choices"])) for entry in self.last]
+        entries), ``choices`` (task name → option label) and ``costs`` (task name → the chosen
+        option's cost)."""
+        return [dict(entry, choices=dict(entry["choices"]), costs=dict(entry["costs"])) for entry in self.last]
