@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from lcdsl.budget import choice_costs, dense_cost, option_cost
 from lcdsl.operators import Choice, describe
 from lcdsl.operators.binary import Binarize
+from lcdsl.operators.kmeans1d import kmeans1d, kmeans1d_costs
 from lcdsl.operators.lowrank import LowRank
 from lcdsl.operators.prune import Prune
 from lcdsl.operators.quant import Quant
@@ -28,6 +29,18 @@ def small_tensors(shape: tuple[int, ...]) -> st.SearchStrategy[torch.Tensor]:
 def test_quant_table_from_one_dp_equals_projecting_each_k(w):
     check_choice_set([Quant(bits=b) for b in (1, 2, 3)], w)
     check_choice_set([Quant(k=k) for k in range(2, 9)], w)
+
+
+@given(small_tensors((17,)))
+def test_the_dp_table_of_every_k_equals_solving_each_k(w):
+    # the route of tensors off the CPU kernel (GPU, half precision); float32 CPU tensors solve each k
+    table = kmeans1d_costs(w, 9)  # (9,)
+    for k in range(1, 10):
+        codebook, assignments = kmeans1d(w, k)
+        assert float(table[k - 1]) == pytest.approx(float((w.double() - codebook.double()[assignments]).square().sum()),
+                                                    rel=1e-9, abs=1e-9)  # fmt: skip
+    half = Quant.distortion_table(w.to(torch.float16), tuple(Quant(k=k) for k in (2, 3, 9)))
+    assert torch.allclose(half, table[[1, 2, 8]], rtol=1e-9, atol=1e-9)
 
 
 @given(small_tensors((4, 6)))
