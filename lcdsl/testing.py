@@ -66,6 +66,7 @@ __all__ = [
     "operator_properties",
     "DeployReport",
     "check_deploy_layer",
+    "check_choice_set",
 ]
 
 Feasibility = Callable[[torch.Tensor], bool]
@@ -496,6 +497,61 @@ class DeployReport:
     """Bytes of the layer's parameters and buffers, dense."""
     deployed_bytes: int
     """Bytes of the deployed module's parameters and buffers."""
+
+
+def check_choice_set(
+    options: Sequence[Operator], w: torch.Tensor, *, mu: float = 0.0, rtol: float | None = None
+) -> torch.Tensor:
+    """Check an operator class's ``distortion_table`` hook on one choice-set: it must give, for
+    every option, the distortion ``‖w − Δ(Π_i(w))‖²`` of projecting ``w`` on that option (what
+    a budget's allocation is decided from). Raises :class:`OperatorCheckError` naming the first
+    option that differs, or a hook that returns the wrong number of values or non-finite ones.
+
+    A class without the hook, or whose hook returns None for these options, passes: the generic
+    table (each option projected) is used for it.
+
+    Args:
+        options: operators of one class, resolved for ``w``'s shape (``Quant(bits=1)`` …).
+        w: the target, in the options' view.
+        mu: passed to the hook and to each projection.
+        rtol: tolerance relative to ``‖w‖²`` (default: by ``w``'s dtype, 1e-4 for float32).
+
+    Returns:
+        The generic table, ``(len(options),)`` float64.
+    """
+    from lcdsl.operators.choice import generic_distortions
+
+    options = tuple(options)
+    if not options:
+        raise OperatorCheckError("check_choice_set needs at least one option")
+    classes = {type(o) for o in options}
+    if len(classes) != 1:
+        raise OperatorCheckError(f"a choice-set is of one operator class, got {sorted(c.__name__ for c in classes)}")
+    cls = next(iter(classes))
+    reference = generic_distortions(options, w, mu)
+    hook = getattr(cls, "distortion_table", None)
+    if hook is None:
+        return reference
+    table = hook(w, options, mu)
+    if table is None:
+        return reference
+    if not isinstance(table, torch.Tensor):
+        raise OperatorCheckError(f"{cls.__name__}.distortion_table returned {type(table).__name__}, not a tensor")
+    table = table.detach().to(torch.float64).cpu().reshape(-1)
+    if table.numel() != len(options):
+        raise OperatorCheckError(
+            f"{cls.__name__}.distortion_table returned {table.numel()} values for {len(options)} options"
+        )
+    if not bool(torch.isfinite(table).all()):
+        raise OperatorCheckError(f"{cls.__name__}.distortion_table returned non-finite values")
+    tol = (rtol if rtol is not None else _default_rtol(w.dtype)) * max(float(w.double().square().sum()), 1e-30)
+    for option, fast, slow in zip(options, table.tolist(), reference.tolist()):
+        if abs(fast - slow) > tol:
+            raise OperatorCheckError(
+                f"{cls.__name__}.distortion_table gives {fast!r} for {_label(option)}, but projecting on it "
+                f"gives a distortion of {slow!r}"
+            )
+    return reference
 
 
 def _tensor_bytes(module: torch.nn.Module) -> int:

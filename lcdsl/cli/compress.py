@@ -45,7 +45,15 @@ from lcdsl.plan.summary import plan_summary
 from lcdsl.report.console import console
 from lcdsl.report.plan import plan_table
 from lcdsl.report.progress import CStepProgress
-from lcdsl.report.run import StepPrinter, build_report, plot_curves, schedule_line, size_table, write_report
+from lcdsl.report.run import (
+    StepPrinter,
+    budget_lines,
+    build_report,
+    plot_curves,
+    schedule_line,
+    size_table,
+    write_report,
+)
 from lcdsl.store.atomic import check_writable, remove_stale_temporaries, run_lock, save_atomic
 from lcdsl.store.checkpoint import check_reuse, read_run_checkpoint, restore_run_checkpoint, run_checkpoint
 from lcdsl.store.model import compressed_state
@@ -317,6 +325,8 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
     note = plot_curves(engine.history, folder / "curves.png", title=title, convergence=convergence)
 
     out.print(size_table(report["size"], title="compressed model"))
+    for budget_line in budget_lines(engine.history):
+        out.print(budget_line)
     key = "test_error" if "test_error" in final else "test_loss"
     direct = engine.history[0].metrics.get(key) if engine.history else None
     line = f"{key.replace('_', ' ')}: reference {_format(key, reference.get(key))}"

@@ -18,11 +18,20 @@ Example::
     fast = deployed.module
 """
 
-from lcdsl.deploy.core import TOLERANCE, Change, Deployment, Kept, deploy, describe_module, relative_difference
+from lcdsl.deploy.core import (
+    TOLERANCE,
+    Change,
+    Deployment,
+    Kept,
+    deploy,
+    deployed_operator,
+    describe_module,
+    relative_difference,
+)
 from lcdsl.deploy.onnx import OnnxExport, export_onnx, run_onnx
 from lcdsl.deploy.units import ELEMENTWISE, ConstantInputs, UnitCut
 
 __all__ = [
-    "Change", "Kept", "Deployment", "deploy", "describe_module", "relative_difference", "TOLERANCE", "ELEMENTWISE",
+    "Change", "Kept", "Deployment", "deploy", "deployed_operator", "describe_module", "relative_difference", "TOLERANCE", "ELEMENTWISE",
     "ConstantInputs", "UnitCut", "OnnxExport", "export_onnx", "run_onnx",
 ]  # fmt: skip

@@ -5,7 +5,8 @@ Two passes over a model that holds ``Δ(θ)``:
 1. **Layers** (no graph needed): each module that owns a compressed parameter is offered to the
    plugins' ``lcdsl_deploy_layer`` hook (:meth:`lcdsl.plugins.registry.Registry.deploy_layer`);
    the built-ins turn ``quant``/``binarize``/``ternarize`` layers into codebook layers and
-   ``lowrank`` ones into two layers. This works on any model, fx-traceable or not.
+   ``lowrank`` ones into two layers. A task of a budget (a ``Choice``) deploys as the option its
+   C step chose (:func:`deployed_operator`). This works on any model, fx-traceable or not.
 2. **Units** (a graph needed, :mod:`lcdsl.deploy.units`): units that are never read or always
    constant are removed from pairs of layers, BatchNorms between convolutions included.
 
@@ -28,14 +29,18 @@ from torch import nn
 
 from lcdsl.deploy.units import UnitCut, is_hf_conv1d, remove_units
 from lcdsl.errors import PluginError
-from lcdsl.operators.base import Theta, View, describe
+from lcdsl.operators.base import Operator, Theta, View, describe
+from lcdsl.operators.choice import Choice
 from lcdsl.operators.compact import CodebookLayer, set_cache
 from lcdsl.plan.model import Plan
 from lcdsl.plan.names import unwrap
 from lcdsl.plugins.registry import Registry, default_registry
 from lcdsl.store.probe import logits_of
 
-__all__ = ["Change", "Kept", "Deployment", "deploy", "TOLERANCE", "describe_module", "relative_difference"]
+__all__ = [
+    "Change", "Kept", "Deployment", "deploy", "deployed_operator", "TOLERANCE", "describe_module",
+    "relative_difference",
+]  # fmt: skip
 
 TOLERANCE = 1e-4
 """The largest relative output difference the unit pass may cause before it is undone."""
@@ -147,9 +152,14 @@ def _deploy_layers(
     by: dict[str, str] = {}
     kept: list[Kept] = []
     for task in plan.tasks:
-        op_text = describe(task.operator)
         theta = thetas.get(task.name)
-        view = View.of(task.operator, task.shapes, task.layout)
+        try:
+            operator, theta = deployed_operator(task.operator, theta)
+        except ValueError as exc:
+            kept += [Kept(name, describe(task.operator), f"its θ chooses no option: {exc}") for name in task.parameters]
+            continue
+        op_text = describe(operator)
+        view = View.of(operator, task.shapes, task.layout)
         for index, name in enumerate(task.parameters):
             try:
                 param = model.get_parameter(name)
@@ -165,18 +175,31 @@ def _deploy_layers(
                 device = param.device
                 on_device = {key: value.to(device) for key, value in theta.items()}
                 try:
-                    found = registry.deploy_layer(module=module, parameter=leaf, operator=task.operator,
+                    found = registry.deploy_layer(module=module, parameter=leaf, operator=operator,
                                                   theta=on_device, view=view, index=index)  # fmt: skip
                 except PluginError as exc:
                     kept.append(Kept(module_name, what, str(exc)))
                     continue
                 if found is None:
-                    kept.append(Kept(module_name, what, _why_not(task.operator.name, module, leaf)))
+                    kept.append(Kept(module_name, what, _why_not(operator.name, module, leaf)))
                     continue
                 new, plugin = found
                 deployed[module_name] = set_cache(new.to(device), cache)
                 by[module_name] = f"{op_text}, plugin '{plugin}'"
     return deployed, by, kept
+
+
+def deployed_operator(operator: Operator, theta: Theta | None) -> tuple[Operator, Theta | None]:
+    """The operator and θ a task deploys as: a :class:`~lcdsl.operators.choice.Choice` as the
+    option its θ selected, with that option's own θ (so the option's plugin is asked first and
+    the layer becomes what that option's layers become); any other operator as it is.
+
+    Raises:
+        ValueError: a Choice's θ holds no valid option index.
+    """
+    if isinstance(operator, Choice) and theta is not None:
+        return operator.option_of(theta)
+    return operator, theta
 
 
 def _why_not(operator: str, module: nn.Module, leaf: str) -> str:

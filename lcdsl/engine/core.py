@@ -31,6 +31,7 @@ import attrs
 import torch
 from torch import nn
 
+from lcdsl.engine.budgets import BudgetSolver
 from lcdsl.engine.events import EventBus, StepRecord
 from lcdsl.engine.loop import EngineLoop
 from lcdsl.engine.memory import TaskState, keeps_delta, lambda_dtype, nbytes, state_bytes
@@ -51,8 +52,13 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 
-def _checked_projection(state: TaskState, target: torch.Tensor, mu: float) -> tuple[Theta, torch.Tensor]:
+def _checked_projection(
+    state: TaskState, target: torch.Tensor, mu: float, option: int | None = None
+) -> tuple[Theta, torch.Tensor]:
     """``θ = Π(target)`` and ``Δ(θ)``, refusing what breaks the operator contract.
+
+    ``option``: for a task of a budget, the option of its :class:`~lcdsl.operators.choice.Choice`
+    the budget's allocation chose (:meth:`Choice.project_option`); None: the operator's own C step.
 
     Raises:
         PluginError: the operator raised, or returned a θ that is not named tensors, or a
@@ -68,7 +74,10 @@ def _checked_projection(state: TaskState, target: torch.Tensor, mu: float) -> tu
 
     try:
         with plugin_code():  # SystemExit and the like from the plugin come out as PluginRaised
-            theta = op.project(target, mu=mu, warm=state.theta)
+            if option is None:
+                theta = op.project(target, mu=mu, warm=state.theta)
+            else:
+                theta = op.project_option(target, option, mu=mu, warm=state.theta)
             if not isinstance(theta, dict) or not all(
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in theta.items()
             ):
@@ -143,6 +152,7 @@ class Engine(EngineState, EngineLoop):
         self._last_change: float | None = None  # Σ ‖Δ(θ) − previous Δ(θ)‖² of the last C step
         self._moved: dict[str, tuple[torch.Tensor, bool]] = {}  # per task of a C step: (moved², sharded)
         self._tasks = self._bind(model, plan, self.settings)
+        self._budgets = BudgetSolver(plan.budgets, self._tasks)  # EngineError for budgets it cannot solve
         self.c_step_sharing: CStepSharing | None = None
         """Who solves which task's C step and how the others receive its θ and Δ(θ); None: this
         process solves every task (see :func:`lcdsl.engine.distributed.share_c_steps`)."""
@@ -264,7 +274,14 @@ class Engine(EngineState, EngineLoop):
         mu = self._mu
         step = self.step + 1 if mu > 0 else self.step  # the LC step this C step ends (0: direct)
         sharing = self.c_step_sharing
+        if sharing is not None and self._budgets:
+            raise EngineError(
+                "budgets (within …) are not supported yet with C steps shared across ranks (share_c_steps): "
+                "run without sharing them"
+            )
         solves = sharing.assignment(self) if sharing is not None else [True] * len(self._tasks)
+        # the option of every task of a budget: the exact knapsack over the tasks' distortion tables
+        options = self._budgets.allocate(lambda state: self._c_step_target(state, mu), mu)
         gathered: dict[int, torch.Tensor] = {}
         for index, state in enumerate(self._tasks):
             if state.tensors.sharded:
@@ -279,7 +296,7 @@ class Engine(EngineState, EngineLoop):
             self.events.emit("c_step_task", engine=self, step=step, index=index + 1, total=len(self._tasks),
                              task=state.task)  # fmt: skip
             target = gathered.pop(index) if index in gathered else self._c_step_target(state, mu)
-            theta, delta = _checked_projection(state, target, mu)  # Δ(θ): the whole view
+            theta, delta = _checked_projection(state, target, mu, options.get(index))  # Δ(θ): the whole view
             del target
             fault_point("c_step")
             self._adopt(state, theta, delta)

@@ -135,6 +135,11 @@ class StepRecord:
     held: bool = False
     """Whether the multiplier step was skipped (``λ`` kept): under ``auto``, an L step too
     weak to move ``w`` toward ``Δ(θ)`` (:func:`lcdsl.engine.schedule.holds_multipliers`)."""
+    budgets: list[dict[str, Any]] = attrs.field(factory=list, hash=False)
+    """Per ``within …`` budget of the plan, the C step's allocation: ``budget`` (as written),
+    ``unit``, ``limit``, ``cost`` (the chosen options' total, ``≤ limit``), ``distortion``, and
+    ``choices`` (task name → the chosen option's label, ``bits=3``) and ``costs`` (task name →
+    the chosen option's cost, in ``unit``); empty without budgets."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain data (JSON-ready, and loadable with ``weights_only=True``)."""
@@ -143,4 +148,7 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         """The record :meth:`to_dict` wrote."""
-        return cls(**{**data, "metrics": dict(data.get("metrics", {}))})
+        budgets = [
+            dict(b, choices=dict(b.get("choices", {})), costs=dict(b.get("costs", {}))) for b in data.get("budgets", [])
+        ]
+        return cls(**{**data, "metrics": dict(data.get("metrics", {})), "budgets": budgets})

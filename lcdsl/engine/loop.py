@@ -78,7 +78,8 @@ class EngineLoop:
         seconds = time.perf_counter() - start
         bits, params = self._total_storage()
         record = StepRecord(
-            0, 0.0, None, self.distortion(), self._evaluate(evaluate), bits, params, seconds_c_step=seconds
+            0, 0.0, None, self.distortion(), self._evaluate(evaluate), bits, params, seconds_c_step=seconds,
+            budgets=self._budgets.record(),
         )
         self.history.append(record)
         self.events.emit("direct_compression", engine=self, record=record)
@@ -210,6 +211,7 @@ class EngineLoop:
         record = StepRecord(
             k + 1, mu, loss, distortion, self._evaluate(evaluate), bits, params,
             seconds_l, seconds_c, self._penalty_seconds, self._last_change, iterations, held,
+            budgets=self._budgets.record(),
         )  # fmt: skip
         previous = self.history[-1] if self.history else None
         earlier = self.history[-2] if len(self.history) > 1 else None

@@ -44,6 +44,10 @@ def plan_fingerprint(plan: Plan) -> str:
         + (f" layout=({task.layout.outputs}, {task.layout.inputs})" if task.layout is not None else "")
         for task in plan.tasks
     ]
+    lines.extend(  # budgets change which options the C steps choose (a plan without any prints as before)
+        f"budget tasks={list(b.tasks)} limit={b.limit} unit={b.unit} costs={[list(c) for c in b.costs]}"
+        for b in plan.budgets
+    )
     lines.append("settings " + json.dumps(settings_data(plan.settings), sort_keys=True))
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 

@@ -33,6 +33,10 @@ __all__ = ["Choice", "CHOICE_KEY", "generic_distortions", "option_distortions"]
 CHOICE_KEY = "choice"
 """The key of ``θ`` holding the chosen option's index (a 0-d ``int64`` tensor)."""
 
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+"""The dtypes an option index may be read in (a file may hold it narrower than ``int64``; a
+boolean or a float is no index)."""
+
 
 def _check_options(instance: Any, attribute: Any, options: tuple[Operator, ...]) -> None:
     if not options:
@@ -146,14 +150,23 @@ class Choice(Operator):
             ValueError: ``θ`` has no valid ``"choice"`` entry.
         """
         value = theta.get(CHOICE_KEY)
-        if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.is_floating_point():
-            raise ValueError(f"{CHOICE_KEY} is missing or not one integer, expected the chosen option's index")
+        if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.dtype not in _INDEX_DTYPES:
+            found = "missing" if not isinstance(value, torch.Tensor) else (
+                f"{str(value.dtype).removeprefix('torch.')} of shape {list(value.shape)}"
+            )
+            raise ValueError(f"{CHOICE_KEY} is {found}, expected the chosen option's index as one integer")
         index = int(value.reshape(()).item())
         if not 0 <= index < len(self.options):
             raise ValueError(f"{CHOICE_KEY} holds {index}, expected an option index in [0, {len(self.options)})")
         return index
 
-    def _chosen_option(self, theta: Theta) -> tuple[Operator, Theta]:
+    def option_of(self, theta: Theta) -> tuple[Operator, Theta]:
+        """The option ``θ`` is of and that option's own ``θ`` (without ``"choice"``): what a
+        task of this choice is, once its C step has chosen (deployment, export).
+
+        Raises:
+            ValueError: ``θ`` has no valid ``"choice"`` entry.
+        """
         return self.options[self.selected(theta)], _option_theta(theta)
 
     def label(self, theta: Theta) -> str:
@@ -201,19 +214,19 @@ class Choice(Operator):
 
     def check_theta(self, theta: Theta, shape: tuple[int, ...]) -> None:
         """A valid ``"choice"`` index, and the rest a valid θ of that option."""
-        op, rest = self._chosen_option(theta)
+        op, rest = self.option_of(theta)
         if theta[CHOICE_KEY].dim() != 0:
             raise ValueError(f"{CHOICE_KEY} has shape {tuple(theta[CHOICE_KEY].shape)}, expected a 0-d tensor")
         op.check_theta(rest, shape)
 
     def decompress(self, theta: Theta, shape: tuple[int, ...]) -> torch.Tensor:
         """``Δ(θ)`` of the chosen option."""
-        op, rest = self._chosen_option(theta)
+        op, rest = self.option_of(theta)
         return op.decompress(rest, shape)
 
     def decompress_range(self, theta: Theta, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
         """Entries ``start:stop`` of the chosen option's ``Δ(θ)``."""
-        op, rest = self._chosen_option(theta)
+        op, rest = self.option_of(theta)
         return op.decompress_range(rest, shape, start, stop)
 
     @property
@@ -227,12 +240,12 @@ class Choice(Operator):
         size, so that a budget priced with the options' storage is what the report shows)."""
         if theta is None:
             return None
-        op, rest = self._chosen_option(theta)
+        op, rest = self.option_of(theta)
         return op.storage(shape, rest)
 
     def chosen(self, theta: Theta, shape: tuple[int, ...]) -> str:
         """The chosen option's label, and what it kept where it says (``rank=3 (rank 3 of 8)``)."""
-        op, rest = self._chosen_option(theta)
+        op, rest = self.option_of(theta)
         detail = op.chosen(rest, shape)
         label = self.label(theta)
         return f"{label} ({detail})" if detail else label
@@ -240,7 +253,7 @@ class Choice(Operator):
     def encode(self, theta: Theta, shape: tuple[int, ...]) -> Encoded | None:
         """The chosen option's fields plus ``"choice"``, when the option encodes itself; else None
         (every tensor, the index with them, by content)."""
-        op, rest = self._chosen_option(theta)
+        op, rest = self.option_of(theta)
         fields = op.encode(rest, shape)
         if fields is None:
             return None

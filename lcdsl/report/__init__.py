@@ -1,10 +1,12 @@
 """What lcdsl shows and saves about a plan and a run: tables, report.json, plots, sweeps.
 
 Computing (:func:`build_report`, :func:`lcdsl.plan.plan_summary`) is kept apart from printing
-(:class:`StepPrinter`, :func:`size_table`, :func:`plan_table`) and from writing files.
+(:class:`StepPrinter`, :func:`size_table`, :func:`plan_table`, :func:`budget_lines`) and from
+writing files.
 """
 
 from lcdsl.plugins.origin import versions
+from lcdsl.report.budgets import budget_amount, budget_lines, plot_budget
 from lcdsl.report.console import console, human_bits
 from lcdsl.report.plan import plan_table
 from lcdsl.report.run import (
@@ -21,5 +23,6 @@ from lcdsl.report.run import (
 
 __all__ = [
     "REPORT_FORMAT", "StepPrinter", "size_table", "versions", "build_report", "write_report", "settings_json",
-    "plot_curves", "pyplot", "save_figure", "plan_table", "console", "human_bits",
+    "plot_curves", "pyplot", "save_figure", "plan_table", "console", "human_bits", "budget_amount", "budget_lines",
+    "plot_budget",
 ]  # fmt: skip

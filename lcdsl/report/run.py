@@ -1,4 +1,5 @@
-"""What ``lcdsl compress`` shows and saves: the step rows, the size table, report.json, curves.png.
+"""What ``lcdsl compress`` shows and saves: the step rows, the size table, the budgets'
+allocations (:mod:`lcdsl.report.budgets`), report.json, curves.png.
 
 Computing (:func:`build_report`, :func:`~lcdsl.plan.summary.plan_summary`) is kept apart from printing
 (:class:`StepPrinter`, :func:`size_table`) and from writing files (:func:`write_report`,
@@ -22,6 +23,7 @@ from lcdsl.plan.model import Plan
 from lcdsl.plan.settings import Auto, Settings, settings_data
 from lcdsl.plan.summary import plan_summary
 from lcdsl.plugins.origin import versions
+from lcdsl.report.budgets import budget_lines, budget_names, plot_budget
 from lcdsl.report.console import human_bits
 from lcdsl.report.plan import buffer_text
 from lcdsl.store.atomic import write_atomic
@@ -37,6 +39,7 @@ __all__ = [
     "schedule_line",
     "schedule_lines",
     "plot_curves",
+    "budget_lines",
     "pyplot",
     "save_figure",
 ]
@@ -271,7 +274,9 @@ def plot_curves(
 ) -> str | None:
     """Plot test/train error (test loss for a model measured by loss) and ``‖w − Δ(θ)‖²`` against
     the LC step into ``path`` (PNG), with μ on a second axis and, for a run that did not reach
-    ``w = Δ(θ)``, the "not converged" line.
+    ``w = Δ(θ)``, the "not converged" line; for a run with budgets, one panel more per budget:
+    its tasks' chosen option costs over the LC steps, stacked, against its limit
+    (:func:`~lcdsl.report.budgets.plot_budget`).
 
     Returns:
         None when the plot was written; a one-line note when matplotlib is not installed.
@@ -280,7 +285,11 @@ def plot_curves(
     if plt is None:
         return "curves.png skipped: matplotlib is not installed (pip install matplotlib)"
     steps = [r.step for r in history]
-    fig, (ax_err, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
+    budgets = budget_names(history)  # one more panel each: its tasks' chosen costs against the limit
+    fig, axes = plt.subplots(1, 2 + len(budgets), figsize=(10 + 5 * len(budgets), 4), squeeze=False)
+    ax_err, ax_dist = axes[0][0], axes[0][1]
+    for ax, name in zip(axes[0][2:], budgets):
+        plot_budget(ax, history, name)
     by_loss = any("test_loss" in r.metrics for r in history) and not any("test_error" in r.metrics for r in history)
     if by_loss:  # a model measured by its loss (a language model)
         ax_err.plot(steps, [r.metrics.get("test_loss", float("nan")) for r in history], marker="o", label="test")

@@ -54,7 +54,7 @@ from lcdsl.plan.model import Plan
 from lcdsl.plugins.origin import versions
 from lcdsl.store.atomic import write_atomic
 from lcdsl.store.fields import ExportSizes, Field, decode_field, decode_theta, encode_model, field_limit
-from lcdsl.store.model import bind_saved_spec, check_operator, restore_model
+from lcdsl.store.model import check_operator, loading_plan, restore_model
 from lcdsl.store.safetensors_file import export_safetensors
 
 if TYPE_CHECKING:
@@ -259,7 +259,9 @@ def _decode_theta(op: Operator, saved: dict[str, Any], shape: tuple[int, ...], p
     return decode_theta(op, saved.get("encoder"), fields, shape, where)
 
 
-def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None) -> dict[str, Theta]:
+def load_lcz(
+    path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None, plan: Plan | None = None
+) -> dict[str, Theta]:
     """Set ``model``'s weights and buffers from a ``.lcz`` file: ``Δ(θ)`` per task, the rest as saved.
 
     The saved spec is bound to ``model`` to rebuild each task's operator, so the model must have
@@ -269,6 +271,8 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
         path: the ``.lcz`` file.
         model: the architecture; its weights and buffers are overwritten.
         registry: where the spec's operators come from (default: the installed plugins).
+        plan: the plan to read the file with instead of the saved spec bound again (one built
+            in code; :func:`~lcdsl.store.model.loading_plan`).
 
     Returns:
         ``θ`` by task name, on the model's device.
@@ -278,7 +282,7 @@ def load_lcz(path: str | os.PathLike[str], model: nn.Module, *, registry: Regist
     """
     manifest, payload = _read(path)
     where, legacy = str(path), manifest["format"] == 1
-    plan = bind_saved_spec(manifest.get("spec"), model, where=where, registry=registry)
+    plan = loading_plan(manifest.get("spec"), model, plan=plan, where=where, registry=registry)
     try:
         saved_tasks = {t["name"]: t for t in manifest["tasks"]}
         dense = dict(manifest["dense"])

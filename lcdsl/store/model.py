@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from lcdsl.plugins.registry import Registry
 
 __all__ = [
-    "COMPRESSED_FORMAT", "operator_identity", "model_record", "bind_saved_spec", "check_operator", "restore_model",
+    "COMPRESSED_FORMAT", "operator_identity", "model_record", "bind_saved_spec", "loading_plan", "check_operator",
+    "restore_model",
     "compressed_state", "read_compressed", "load_compressed", "write_theta", "pack_theta", "unpack_theta",
 ]  # fmt: skip
 
@@ -106,6 +107,35 @@ def bind_saved_spec(spec_text: Any, model: nn.Module, *, where: str, registry: R
     if not isinstance(spec_text, str):
         raise ModelError(f"{where}: no saved spec")
     return parse(spec_text, filename=f"{where} (saved spec)").bind(model, registry=registry)
+
+
+def loading_plan(
+    spec_text: Any, model: nn.Module, *, plan: Plan | None, where: str, registry: Registry | None = None
+) -> Plan:
+    """The plan a loader rebuilds θ with: ``plan`` when the caller gives one, else the saved spec
+    bound to ``model`` (:func:`bind_saved_spec`).
+
+    A plan given in code is for what a spec cannot say (a plan built by hand, a budget's Choice
+    tasks before the spec language spells them); its tasks' operators are then checked against
+    the file's as a saved spec's would be (:func:`check_operator`), and its parameters against
+    ``model`` here.
+
+    Raises:
+        ModelError: no plan and no saved spec, or a task of ``plan`` names a parameter ``model``
+            lacks or has in another shape.
+    """
+    if plan is None:
+        return bind_saved_spec(spec_text, model, where=where, registry=registry)
+    params = parameters_by_name(model)
+    for task in plan.tasks:
+        for name, shape in zip(task.parameters, task.shapes):
+            if name not in params or tuple(params[name].shape) != tuple(shape):
+                found = "missing" if name not in params else f"of shape {list(params[name].shape)}"
+                raise ModelError(
+                    f"{where}: the plan given has task {task.name} over parameter '{name}' of shape "
+                    f"{list(shape)}, which is {found} in this model"
+                )
+    return plan
 
 
 def check_operator(
@@ -346,7 +376,7 @@ def read_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_compressed(
-    model: nn.Module, path: str | os.PathLike[str], *, registry: Registry | None = None
+    model: nn.Module, path: str | os.PathLike[str], *, registry: Registry | None = None, plan: Plan | None = None
 ) -> dict[str, Theta]:
     """Set ``model``'s weights and buffers from ``compressed.pt``: ``Δ(θ)`` per task, the rest as saved.
 
@@ -357,6 +387,8 @@ def load_compressed(
         model: the architecture; its weights and buffers are overwritten.
         path: the file.
         registry: where the spec's operators come from (default: the installed plugins).
+        plan: the plan to read the file with instead of the saved spec bound again (one built
+            in code; :func:`loading_plan`).
 
     Returns:
         ``θ`` by task name.
@@ -366,7 +398,7 @@ def load_compressed(
     """
     state = read_compressed(path)
     where, legacy = str(path), state["format"] == 1
-    plan = bind_saved_spec(state.get("spec"), model, where=where, registry=registry)
+    plan = loading_plan(state.get("spec"), model, plan=plan, where=where, registry=registry)
     thetas = {}
     for task in plan.tasks:
         saved = state["tasks"].get(task.name)

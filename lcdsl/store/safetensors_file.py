@@ -58,7 +58,7 @@ from lcdsl.plan.names import buffers_by_name
 from lcdsl.plugins.origin import versions
 from lcdsl.store.atomic import write_atomic
 from lcdsl.store.fields import ExportSizes, Field, decode_field, decode_theta, encode_model, field_limit
-from lcdsl.store.model import bind_saved_spec, check_operator, restore_model
+from lcdsl.store.model import check_operator, loading_plan, restore_model
 
 if TYPE_CHECKING:
     from lcdsl.plugins.registry import Registry
@@ -325,7 +325,7 @@ def _field(name: Any, tensors: dict[str, torch.Tensor], codecs: dict[str, Any], 
 
 
 def load_safetensors(
-    path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None
+    path: str | os.PathLike[str], model: nn.Module, *, registry: Registry | None = None, plan: Plan | None = None
 ) -> dict[str, Theta]:
     """Set ``model``'s weights and buffers from an lcdsl ``.safetensors`` file: ``Δ(θ)`` per task,
     the rest as saved.
@@ -338,6 +338,8 @@ def load_safetensors(
         path: the ``.safetensors`` file.
         model: the architecture; its weights and buffers are overwritten.
         registry: where the spec's operators come from (default: the installed plugins).
+        plan: the plan to read the file with instead of the saved spec bound again (one built
+            in code; :func:`~lcdsl.store.model.loading_plan`).
 
     Returns:
         ``θ`` by task name, on the model's device.
@@ -356,7 +358,7 @@ def load_safetensors(
         raise ModelError(f"{where}: damaged safetensors data: {exc}") from exc
     saved_tasks = _json(metadata, "plan", list, where)
     codecs = _json(metadata, "codecs", dict, where)
-    plan = bind_saved_spec(metadata.get("spec"), model, where=where, registry=registry)
+    plan = loading_plan(metadata.get("spec"), model, plan=plan, where=where, registry=registry)
     by_name = {t["name"]: t for t in saved_tasks if isinstance(t, dict) and isinstance(t.get("name"), str)}
     if len(by_name) != len(saved_tasks) or set(by_name) != {task.name for task in plan.tasks}:
         ours = ", ".join(t.name for t in plan.tasks) or "none"
