@@ -132,14 +132,14 @@ def _budgeted_position(spec: Spec, selector: str) -> int:
     raise EngineError(f"the variant spec has no rule '{selector} : …' with a budget")
 
 
-def _stored(report: dict[str, Any], tasks: Sequence[str], unit: str) -> float | None:
+def _stored(report: dict[str, Any], tasks: Sequence[str], unit: str) -> int | None:
     """What the compressed ``tasks`` take in ``unit`` as stored (the size table's rows); None for
     flops, which a size table does not count, or when a row lacks it."""
     if unit not in ("bits", "params"):
         return None
     rows = {row.get("task"): row for row in report["size"].get("tasks", [])}
     values = [rows.get(task, {}).get(f"{unit}_after") for task in tasks]
-    return None if any(v is None for v in values) else float(sum(values))
+    return None if any(v is None for v in values) else sum(values)
 
 
 def budget_results(
