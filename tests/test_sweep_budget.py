@@ -81,6 +81,12 @@ def test_a_budget_needs_the_equals_sign():
         parse_variation("fc* : within 10kB, 20kB")
 
 
+@pytest.mark.parametrize("text", ["fc* : within = 10kB\nfc3 : x() within 1kB", "fc* : within = 10kB\r20kB"])
+def test_amounts_cannot_smuggle_in_more_lines(text):
+    with pytest.raises(SpecError, match="a --vary option is one line"):
+        parse_variation(text)
+
+
 def test_the_rule_must_have_a_budget_and_be_varied_once():
     spec = lcdsl.parse(BASE)
     with pytest.raises(SpecError, match=r"the rule 'fc3 : prune\(l0=10\)' has no budget to vary") as info:
@@ -164,9 +170,11 @@ def test_cli_budget_sweep_runs_each_budget_and_records_its_limit(tmp_path, capsy
     assert (out / "01-fc1-fc2-within-20kB" / "spec.lc").read_text() == "fc1, fc2 : quant(bits=1..4) within 20kB\n"
     for run, limit in ((small, 80_000), (large, 160_000)):
         (budget,) = run["budgets"]
-        assert budget["limit"] == limit and budget["unit"] == "bits" and budget["within"] == run["values"]["fc1, fc2: within"]
+        assert budget["limit"] == limit and budget["unit"] == "bits"
+        assert budget["within"] == run["values"]["fc1, fc2: within"]
         report = json.loads((out / run["dir"].split("/")[-1] / "report.json").read_text())
-        stored = sum(row["bits_after"] for row in report["size"]["tasks"] if row["task"] in ("fc1.weight", "fc2.weight"))
+        rows = report["size"]["tasks"]
+        stored = sum(row["bits_after"] for row in rows if row["task"] in ("fc1.weight", "fc2.weight"))
         assert budget["achieved"] == stored <= limit and budget["within_budget"] is True
     assert small["bits"] < large["bits"]  # a larger budget buys a larger model
     assert (out / "sweep.png").is_file()

@@ -167,8 +167,8 @@ def _locate(spec: Spec, variation: AnyVariation) -> tuple[int, int | None]:
     index, rule = matches[0]
     if isinstance(variation, BudgetVariation):
         if rule.budget is None:
-            raise _error(f"the rule '{selector_text(rule)} : {format_expression(rule.terms)}' has no budget to vary",
-                         name, hint="give the rule a 'within …' in the spec (with a range or auto to choose by)")  # fmt: skip
+            what = f"the rule '{selector_text(rule)} : {format_expression(rule.terms)}' has no budget to vary"
+            raise _error(what, name, hint="give the rule a 'within …' in the spec (with a range or auto to choose by)")
         return index, None
     terms = [t for t, call in enumerate(rule.terms) if call.name == variation.operator]
     if len(terms) != 1:

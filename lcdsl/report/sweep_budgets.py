@@ -92,7 +92,7 @@ def parse_amounts(text: str, start: int) -> tuple[Within, ...]:
     def error(diagnostics: Sequence[Diagnostic]) -> SpecError:
         return SpecError(diagnostics, source=text, filename="--vary")
 
-    if "\n" in text:
+    if "\n" in text or "\r" in text:
         raise error([Diagnostic("a --vary option is one line", code="bad-variation")])
     pieces = _pieces(text, start)
     empty = [offset for offset, piece in pieces if not piece]
