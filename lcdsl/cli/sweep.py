@@ -1,5 +1,8 @@
 """``lcdsl sweep SPEC --vary 'fc* : prune.l0 = 1%, 2%, 5%'``: the error-against-size trade-off.
 
+``--vary 'fc* : within = 10kB, 20kB, 40kB'`` varies a rule's budget instead; the table and
+sweep.json then also say, per variant, what the budget's tasks take against its limit.
+
 Runs ``lcdsl compress`` once per variant (every combination of the ``--vary`` values), all from
 one reference (``--reference``, or one trained into ``OUT/reference.pt`` and reused), each into
 ``OUT/NN-…/``; then writes ``OUT/sweep.json`` and ``OUT/sweep.png`` (test error against size,
@@ -22,6 +25,7 @@ from lcdsl.cli.compress import add_settings_arguments, prepare_reference, settin
 from lcdsl.cli.train import add_model_data_arguments, load_model_data
 from lcdsl.errors import EngineError
 from lcdsl.language.parser import load
+from lcdsl.plan.budgets import amount_text
 from lcdsl.report.console import console, human_bits
 from lcdsl.report.sweep import (
     MADE_FROM,
@@ -44,15 +48,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``sweep`` sub-command."""
     parser = subparsers.add_parser(
         "sweep",
-        help="compress with several values of one operator argument and plot error against size",
+        help="compress with several values of an operator argument or a budget and plot error against size",
         description="Vary arguments of a spec's operators (--vary 'SELECTOR : OPERATOR.ARGUMENT = V1, V2, …', "
-        "the selector as the spec writes the rule), run 'lcdsl compress' for every combination from one "
+        "the selector as the spec writes the rule) or a rule's budget (--vary 'SELECTOR : within = 10kB, 20kB'), "
+        "run 'lcdsl compress' for every combination from one "
         "reference model, and write OUT/sweep.json and OUT/sweep.png (test error against size).",
     )
     parser.add_argument("spec", metavar="SPEC", help="the base .lc file")
     parser.add_argument(
         "--vary", metavar="'SEL : OP.ARG = V1, V2, …'", action="append", required=True,
-        help="e.g. 'fc* : prune.l0 = 1%%, 2%%, 5%%' (repeat for a grid)",
+        help="e.g. 'fc* : prune.l0 = 1%%, 2%%, 5%%' or 'fc* : within = 10kB, 20kB' (repeat for a grid)",
     )  # fmt: skip
     add_model_data_arguments(parser)
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
@@ -61,6 +66,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rerun", action="store_true", help="run variants again even if they finished")
     add_settings_arguments(parser, "settings passed to every run (override the spec)")
     parser.set_defaults(func=run)
+
+
+def _budget_cell(budgets: list[dict[str, Any]]) -> str:
+    """``39.2 kB of 40 kB`` per varied budget, ``OVER`` marking one whose tasks take more."""
+    return "; ".join(f"{amount_text(b['achieved'], b['unit'])} of {amount_text(b['limit'], b['unit'])}"
+                     + ("" if b["within_budget"] else " OVER") for b in budgets)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,17 +127,20 @@ def _sweep(args: argparse.Namespace, variations: list, todo: list, settings: Any
     result = collect(runs, reference, spec_path=str(args.spec), variations=variations)
     write_result(folder / "sweep.json", result)
     note = plot_tradeoff(result, folder / "sweep.png", title=f"{Path(args.spec).name}: {args.model} on {args.data}")
+    budgeted = any("budgets" in row for row in result["runs"])
     table = Table(title="sweep", title_justify="left")
-    for column in ("variant", "size", "ratio", "test error", "direct"):
+    for column in ("variant", "size", "ratio", "test error", "direct", *(("budget",) if budgeted else ())):
         table.add_column(column, justify="left" if column == "variant" else "right")
     ref_error = reference["test_error"]
     table.add_row("reference", human_bits(result["reference"]["bits"] or 0), "×1.0",
-                  "?" if ref_error is None else f"{100 * ref_error:.2f}%", "", end_section=True)  # fmt: skip
+                  "?" if ref_error is None else f"{100 * ref_error:.2f}%", "", *([""] if budgeted else []),
+                  end_section=True)  # fmt: skip
     for row in result["runs"]:
         direct = row["direct_test_error"]
         table.add_row(row["label"], "?" if row["bits"] is None else human_bits(row["bits"]),
                       "?" if row["ratio"] is None else f"×{row['ratio']:.1f}", f"{100 * row['test_error']:.2f}%",
-                      "" if direct is None else f"{100 * direct:.2f}%")  # fmt: skip
+                      "" if direct is None else f"{100 * direct:.2f}%",
+                      *([_budget_cell(row.get("budgets", []))] if budgeted else []))  # fmt: skip
     show.print(table)
     if note:
         show.print(note)

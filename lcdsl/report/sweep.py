@@ -7,12 +7,19 @@ the argument, then the values, in the spec's own syntax::
     [fc1, fc2] : quant.k = 2, 4, 8
     fc2 : lowrank.rank = 5, 10, 20
 
+or the rule's budget, ``within``, then amounts as a spec's ``within`` takes them
+(:mod:`lcdsl.report.sweep_budgets`)::
+
+    fc* : within = 10kB, 20kB, 40kB
+    conv* : within = 20% flops, 40% flops
+
 The selector is compared with each rule's selectors in canonical form, whitespace ignored (so
 ``@Linear,!fc2`` names the rule ``@Linear, !fc2 : …``); values are parsed as spec values
 (``5%``, ``0.05``, ``[-1, 0, 1]``), never evaluated. Several variations make a grid (every
 combination). Each variant is a whole spec, run by ``lcdsl compress`` against one shared
 reference; :func:`collect` gathers their reports and :func:`plot_tradeoff` draws test error
-against size, with the reference model marked.
+against size, with the reference model marked (and, for a budget of storage, each variant's
+limit as a tick at the model size it allows).
 
 A finished variant's folder keeps ``made-from.json`` (:func:`made_from`): its spec text, the
 settings given on the command line, the model, data and loss names, the reference file's sha256
@@ -28,22 +35,24 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import attrs
 
 from lcdsl._version import __version__
 from lcdsl.errors import Diagnostic, EngineError, SpecError
 from lcdsl.formats import SWEEP_FORMAT
-from lcdsl.language.fmt import format_selector, format_value
+from lcdsl.language.fmt import format_expression, format_value
 from lcdsl.language.parser import parse
-from lcdsl.language.spec import Argument, Call, Rule, Setting, Spec, Value
+from lcdsl.language.spec import Argument, Call, Rule, Setting, Spec, Value, Within
 from lcdsl.report.run import pyplot, save_figure
+from lcdsl.report.sweep_budgets import BudgetVariation, budget_results, parse_amounts, selector_text
 from lcdsl.store.atomic import write_atomic
 
 __all__ = [
     "SWEEP_FORMAT",
     "Variation",
+    "BudgetVariation",
     "Variant",
     "parse_variation",
     "variants",
@@ -62,6 +71,8 @@ MADE_FROM = "made-from.json"
 """The file in a variant's folder that records what its results were made from."""
 
 _HEAD = re.compile(r"^\s*(?P<selector>.+?)\s*:\s*(?P<op>[A-Za-z_]\w*)\.(?P<arg>[A-Za-z_]\w*)\s*$")
+_BUDGET_HEAD = re.compile(r"^\s*(?P<selector>.+?)\s*:\s*within\s*$")
+_FORMS = "expected SELECTOR : OPERATOR.ARGUMENT = V1, V2, … or SELECTOR : within = AMOUNT1, AMOUNT2, …"
 
 
 def _error(message: str, text: str, hint: str | None = None) -> SpecError:
@@ -81,6 +92,11 @@ class Variation:
     values: tuple[Value, ...] = attrs.field(converter=tuple)
     """The values, as spec values."""
 
+    @property
+    def key(self) -> str:
+        """``fc*: prune.l0``: the variation's name in :attr:`Variant.values` and sweep.json."""
+        return f"{self.selector}: {self.operator}.{self.argument}"
+
     def label(self, value: Value) -> str:
         """``fc*: prune.l0=5%``."""
         return f"{self.selector}: {self.operator}.{self.argument}={format_value(value)}"
@@ -92,24 +108,34 @@ class Variant:
 
     label: str
     """What differs from the base spec, e.g. ``fc*: prune.l0=5%``."""
-    values: dict[str, Value]
-    """The value of each variation, by ``selector: operator.argument``."""
+    values: dict[str, Value | Within]
+    """The value of each variation, by its :attr:`~Variation.key` (``selector: operator.argument``,
+    or ``selector: within`` for a budget)."""
     spec: Spec
     """The whole spec (its ``source`` is the canonical text)."""
 
 
-def parse_variation(text: str) -> Variation:
-    """``SELECTOR : OPERATOR.ARGUMENT = V1, V2, …`` as a :class:`Variation`.
+AnyVariation = Union[Variation, BudgetVariation]
+"""What one ``--vary`` option says: an operator argument or a rule's budget varied."""
+
+
+def parse_variation(text: str) -> AnyVariation:
+    """``SELECTOR : OPERATOR.ARGUMENT = V1, V2, …`` as a :class:`Variation`, or
+    ``SELECTOR : within = AMOUNT1, AMOUNT2, …`` as a :class:`BudgetVariation`.
 
     Raises:
-        SpecError: the text does not have that form, or a value is not a spec value.
+        SpecError: the text has neither form, a value is not a spec value, or an amount is not
+            one a spec's ``within`` takes (located in the text).
     """
     head, eq, tail = text.partition("=")
     match = _HEAD.match(head)
-    if not eq or match is None:
-        raise _error("expected SELECTOR : OPERATOR.ARGUMENT = V1, V2, …", text, hint="e.g. 'fc* : prune.l0 = 1%, 5%'")
+    budget = _BUDGET_HEAD.match(head)
+    if not eq or (match is None and budget is None):
+        raise _error(_FORMS, text, hint="e.g. 'fc* : prune.l0 = 1%, 5%' or 'fc* : within = 10kB, 20kB'")
     if not tail.strip():
         raise _error("no values after '='", text)
+    if budget is not None:
+        return BudgetVariation(" ".join(budget["selector"].split()), parse_amounts(text, len(head) + 1))
     try:
         setting = parse(f"values = [{tail}]\n", filename="--vary").statements[0]
     except SpecError as exc:
@@ -124,40 +150,46 @@ def _squash(text: str) -> str:
     return "".join(text.split())
 
 
-def _selector_text(rule: Rule) -> str:
-    return ", ".join(format_selector(s) for s in rule.selectors)
-
-
-def _locate(spec: Spec, variation: Variation) -> tuple[int, int]:
-    """(statement index, term index) of the call a variation changes."""
+def _locate(spec: Spec, variation: AnyVariation) -> tuple[int, int | None]:
+    """(statement index, term index) of the call a variation changes; (statement index, None)
+    for a budget."""
     rules = [(i, s) for i, s in enumerate(spec.statements) if isinstance(s, Rule)]
-    matches = [(i, s) for i, s in rules if _squash(_selector_text(s)) == _squash(variation.selector)]
-    name = f"{variation.selector} : {variation.operator}.{variation.argument}"
+    matches = [(i, s) for i, s in rules if _squash(selector_text(s)) == _squash(variation.selector)]
+    if isinstance(variation, BudgetVariation):
+        name = f"{variation.selector} : within"
+    else:
+        name = f"{variation.selector} : {variation.operator}.{variation.argument}"
     if not matches:
-        known = ", ".join(f"'{_selector_text(s)}'" for _, s in rules)
+        known = ", ".join(f"'{selector_text(s)}'" for _, s in rules)
         raise _error(f"no rule has the selector '{variation.selector}'", name, hint=f"the rules' selectors: {known}")
     if len(matches) > 1:
         raise _error(f"{len(matches)} rules have the selector '{variation.selector}'", name)
     index, rule = matches[0]
+    if isinstance(variation, BudgetVariation):
+        if rule.budget is None:
+            what = f"the rule '{selector_text(rule)} : {format_expression(rule.terms)}' has no budget to vary"
+            raise _error(what, name, hint="give the rule a 'within …' in the spec (with a range or auto to choose by)")
+        return index, None
     terms = [t for t, call in enumerate(rule.terms) if call.name == variation.operator]
     if len(terms) != 1:
         ops = " + ".join(call.name for call in rule.terms)
         what = "no" if not terms else "more than one"
-        raise _error(f"the rule '{_selector_text(rule)} : …' has {what} '{variation.operator}' term", name,
+        raise _error(f"the rule '{selector_text(rule)} : …' has {what} '{variation.operator}' term", name,
                      hint=f"its operators: {ops}")  # fmt: skip
     return index, terms[0]
 
 
-def canonical(spec: Spec, variations: Sequence[Variation]) -> list[Variation]:
+def canonical(spec: Spec, variations: Sequence[AnyVariation]) -> list[AnyVariation]:
     """The variations with their selectors as ``fmt`` writes the rules' (``@Linear, !fc2``).
 
     Raises:
-        SpecError: a variation names no rule, several rules, or an operator the rule lacks.
+        SpecError: a variation names no rule, several rules, an operator the rule lacks, or the
+            budget of a rule without one.
     """
     out = []
     for variation in variations:
         index, _ = _locate(spec, variation)
-        out.append(attrs.evolve(variation, selector=_selector_text(spec.statements[index])))
+        out.append(attrs.evolve(variation, selector=selector_text(spec.statements[index])))
     return out
 
 
@@ -168,43 +200,69 @@ def _with_argument(call: Call, name: str, value: Value) -> Call:
     return attrs.evolve(call, args=tuple(args))
 
 
-def variants(spec: Spec, variations: Sequence[Variation]) -> list[Variant]:
+def _changed(rule: Rule, term: int | None, variation: AnyVariation, value: Value | Within) -> Rule:
+    """``rule`` with the variation's value: its ``within`` replaced, or one call's argument."""
+    if isinstance(variation, BudgetVariation):
+        return attrs.evolve(rule, budget=value)
+    terms = list(rule.terms)
+    terms[term] = _with_argument(terms[term], variation.argument, value)
+    return attrs.evolve(rule, terms=tuple(terms))
+
+
+def variants(spec: Spec, variations: Sequence[AnyVariation]) -> list[Variant]:
     """Every combination of the variations' values, each as a whole spec.
 
     Raises:
-        SpecError: a variation names no rule (or several), or an operator the rule lacks; or two
-            variations name the same argument.
+        SpecError: a variation names no rule (or several), an operator the rule lacks, or the
+            budget of a rule without one; or two variations change the same argument or budget.
     """
     variations = canonical(spec, variations)
     places = [_locate(spec, v) for v in variations]
-    keys = [(p, v.argument) for p, v in zip(places, variations)]
+    keys = [(p, "within" if isinstance(v, BudgetVariation) else v.argument) for p, v in zip(places, variations)]
     if len(set(keys)) != len(keys):
-        diag = Diagnostic("two --vary options change the same argument", code="bad-variation")
+        diag = Diagnostic("two --vary options change the same argument (or budget)", code="bad-variation")
         raise SpecError(diag, filename="--vary")
     out = []
     for combo in itertools.product(*(v.values for v in variations)):
         statements = list(spec.statements)
         for (index, term), variation, value in zip(places, variations, combo):
-            rule = statements[index]
-            terms = list(rule.terms)
-            terms[term] = _with_argument(terms[term], variation.argument, value)
-            statements[index] = attrs.evolve(rule, terms=tuple(terms))
+            statements[index] = _changed(statements[index], term, variation, value)
         text = attrs.evolve(spec, statements=tuple(statements)).format()
         label = "; ".join(v.label(value) for v, value in zip(variations, combo))
-        values = {f"{v.selector}: {v.operator}.{v.argument}": value for v, value in zip(variations, combo)}
+        values = {v.key: value for v, value in zip(variations, combo)}
         out.append(Variant(label, values, parse(text, filename=f"variant '{label}'")))
     return out
 
 
+def _slug_part(key: str, value: Value | Within) -> str:
+    """``prune.l0-5%``; for a budget the rule's selector too, words apart: ``fc-within-30%-flops``."""
+    selector, what = key.rsplit(": ", 1)
+    if not isinstance(value, Within):
+        return f"{what}-{format_value(value)}"
+    words = re.findall(r"[A-Za-z0-9._]+", selector) + [what, *value.text.split()]
+    return "-".join(words)
+
+
 def slug(index: int, variant: Variant) -> str:
-    """A folder name for a variant: ``03-prune.l0-5pct``."""
-    parts = [f"{key.split(': ')[1]}-{format_value(value)}" for key, value in variant.values.items()]
-    text = "_".join(parts).replace("%", "pct")
+    """A folder name for a variant: ``03-prune.l0-5pct``, ``01-fc-within-10kB``."""
+    text = "_".join(_slug_part(key, value) for key, value in variant.values.items()).replace("%", "pct")
     return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "", text)[:60]
 
 
-def _json_value(value: Value) -> Any:
+def _json_value(value: Value | Within) -> Any:
+    if isinstance(value, Within):
+        return value.text
     return value if isinstance(value, (int, float, str, bool)) else format_value(value)
+
+
+def _variation_json(variation: AnyVariation) -> dict[str, Any]:
+    """A variation in sweep.json; a budget's has ``operator`` null and ``argument`` ``within``."""
+    if isinstance(variation, BudgetVariation):
+        operator, argument = None, "within"
+    else:
+        operator, argument = variation.operator, variation.argument
+    return {"selector": variation.selector, "operator": operator, "argument": argument,
+            "values": [_json_value(x) for x in variation.values]}  # fmt: skip
 
 
 _REPORT_KEYS = {"size": ("bits_before", "bits_after", "ratio"), "final": ("test_error", "train_error")}
@@ -228,12 +286,16 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def collect(runs: Sequence[tuple[Variant, Path]], reference: dict[str, Any], *, spec_path: str,
-            variations: Sequence[Variation]) -> dict[str, Any]:  # fmt: skip
+            variations: Sequence[AnyVariation]) -> dict[str, Any]:  # fmt: skip
     """sweep.json's content from the variants' ``report.json`` files.
 
+    When a budget is varied, each run also has ``budgets``: per budget variation its limit, what
+    the run achieved and whether that is within the limit (:func:`~lcdsl.report.sweep_budgets.budget_results`).
+
     Raises:
-        EngineError: a variant's report is missing or malformed.
+        EngineError: a variant's report is missing or malformed, or lacks a varied budget's allocation.
     """
+    budgeted = [v for v in variations if isinstance(v, BudgetVariation)]
     rows = []
     bits_before = None
     for variant, folder in runs:
@@ -254,21 +316,26 @@ def collect(runs: Sequence[tuple[Variant, Path]], reference: dict[str, Any], *, 
             "train_error": final["train_error"],
             "direct_test_error": final.get("direct_compression", {}).get("test_error"),
         })  # fmt: skip
+        if budgeted:
+            rows[-1]["budgets"] = budget_results(report, variant.spec, budgeted, path=str(path))
     return {
         "format": SWEEP_FORMAT,
         "spec": spec_path,
-        "variations": [
-            {"selector": v.selector, "operator": v.operator, "argument": v.argument,
-             "values": [_json_value(x) for x in v.values]}
-            for v in variations
-        ],  # fmt: skip
+        "variations": [_variation_json(v) for v in variations],
         "reference": {**reference, "bits": bits_before},
         "runs": rows,
     }
 
 
+def _allowed_sizes(run: dict[str, Any], kb: float) -> list[float]:
+    """The model sizes (kB) a run's storage budgets allow: its size with each budgeted rule at its
+    limit instead of what it achieved (a point left of its tick is within the budget)."""
+    return [kb + (b["limit"] - b["achieved"]) / 8000 for b in run.get("budgets", ()) if b["unit"] == "bits"]
+
+
 def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str = "") -> str | None:
-    """Test error against size (log scale) of every run, the reference marked; PNG at ``path``.
+    """Test error against size (log scale) of every run, the reference marked, and for a varied
+    storage budget a tick at the size each run's limit allows; PNG at ``path``.
 
     Returns:
         None when the plot was written; a one-line note when matplotlib is not installed.
@@ -286,6 +353,10 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str = "") -> 
     direct = [(x, 100 * r["direct_test_error"]) for r, x in zip(runs, kb) if r["direct_test_error"] is not None]
     if direct:
         ax.plot(*zip(*direct), marker="x", linestyle=":", color="tab:gray", label="direct compression")
+    ticks = [(x, 100 * r["test_error"]) for r, x in zip(runs, kb) for x in _allowed_sizes(r, x)]
+    if ticks:
+        ax.plot(*zip(*ticks), marker="|", markersize=16, linestyle="none", color="tab:green",
+                label="budget: the size it allows")  # fmt: skip
     ref = result["reference"]
     if ref.get("bits") and ref.get("test_error") is not None:
         ax.plot([ref["bits"] / 8000], [100 * ref["test_error"]], marker="*", markersize=14, color="tab:red",
