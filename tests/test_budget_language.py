@@ -219,3 +219,13 @@ def test_check_chooses_by_direct_compression_within_the_limit():
     # the larger layer can afford fewer bits than the smaller one within a shared limit
     bits = [int(t["choice"].split("=")[1]) for t in row["tasks"]]
     assert bits[0] <= bits[1]
+
+
+def test_a_spec_with_choices_checks_without_a_model_and_a_bad_range_value_is_said_once():
+    from lcdsl.plan.binder import check_spec
+
+    ops = check_spec(parse("fc* : quant(bits=1..8) within 40kB\nfc9 : prune(l0=5%)\n"))
+    assert list(ops) == [1]  # the choice has no operator before its tensors are known
+    with pytest.raises(SpecError) as caught:
+        check_spec(parse("fc* : quant(bits=1..40) within 10kB\n"))
+    assert len(caught.value.diagnostics) == 1 and "got 32" in str(caught.value)

@@ -40,7 +40,7 @@ from tests.test_engine import accuracy, data, full_batch_l_step, mlp, plan_for
 
 def test_auto_is_the_default_and_parses_with_its_knobs() -> None:
     assert Settings().mu == Auto()
-    assert settings_from_spec(parse("fc1 : quant(k=2)\n")).mu == Auto(steps=20, tolerance=1e-3)
+    assert settings_from_spec(parse("fc1 : quant(k=2)\n")).mu == Auto(steps=20, tolerance=1e-4)
     spec = parse("mu = auto(steps=12, tolerance=1e-4, start=2e-4, max_growth=3, retries=1)\nfc1 : quant(k=2)\n")
     assert settings_from_spec(spec).mu == Auto(steps=12, tolerance=1e-4, start=2e-4, max_growth=3.0, retries=1)
     text = format_spec(spec)
@@ -69,7 +69,7 @@ def test_bad_auto_arguments_are_located_errors(value: str, message: str) -> None
 
 def test_settings_data_names_the_kind_and_no_values() -> None:
     data_ = settings_data(Settings(mu=Auto(steps=7)))["mu"]
-    assert data_ == {"kind": "auto", "steps": 7, "tolerance": 1e-3, "start": None, "max_growth": 4.0,
+    assert data_ == {"kind": "auto", "steps": 7, "tolerance": 1e-4, "start": None, "max_growth": 4.0,
                      "retries": 3, "values": None}  # fmt: skip
 
 
@@ -95,8 +95,8 @@ def test_growth_is_faster_when_the_distortion_stalls() -> None:
     g_falling = auto_mu(schedule, falling, scale=400.0) / 2e-4
     assert g_stalled > g_falling >= MIN_GROWTH
     assert g_stalled <= schedule.max_growth
-    # the growth is what reaches 1e-3 · D₀ within the steps left, for D ∝ μ^-p
-    rho = (1e-3 * 400.0 / 100.0) ** (1 / (20 - 2 - 2))
+    # the growth is what reaches tolerance · D₀ within the steps left, for D ∝ μ^-p
+    rho = (schedule.tolerance * 400.0 / 100.0) ** (1 / (20 - 2 - 2))
     assert g_falling == pytest.approx(rho ** (-1 / 2))
 
 

@@ -11,12 +11,13 @@ from torch import nn
 
 from lcdsl.cli.train import build_model
 from lcdsl.errors import Diagnostic, ModelError, SpecError
+from lcdsl.language.fmt import format_budget, format_expression
 from lcdsl.language.parser import load
 from lcdsl.operators.base import describe
 from lcdsl.plan.binder import check_spec
 from lcdsl.plan.model import Plan
 from lcdsl.plan.settings import settings_from_spec
-from lcdsl.plan.summary import budget_choices, penalty_sizes, plan_summary, schedule_ends
+from lcdsl.plan.summary import budget_choices, chosen_storages, penalty_sizes, plan_summary, schedule_ends
 from lcdsl.report.console import console
 from lcdsl.report.plan import PENALTY_NOTE, budget_table, penalty_table, plan_table
 from lcdsl.report.run import schedule_lines, settings_json
@@ -84,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
         operators = check_spec(spec)
         settings = settings_from_spec(spec)
         rules = [
-            {"line": rule.span.line if rule.span else None, "operator": describe(operators[i])}
+            {
+                "line": rule.span.line if rule.span else None,
+                "operator": describe(operators[i]) if i in operators else (
+                    format_expression(rule.terms) + (f" {format_budget(rule.budget)}" if rule.budget else "")
+                ),  # a choice: no operator before the tensors are known
+            }
             for i, rule in enumerate(spec.rules)
         ]
         if args.json:
@@ -105,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
     weights = f"the reference {args.reference}" if args.reference else f"{args.model}'s initial weights"
     penalties = _penalties(plan, model, weights)
     budgets = budget_choices(plan, model)  # what direct compression would choose under each budget
+    storages = chosen_storages(plan, budgets)
     if args.json:
-        summary = plan_summary(plan)
+        summary = plan_summary(plan, storages)
         summary["penalty_forms"] = penalties
         summary["budgets"] = budgets
         summary["spec"] = args.spec
@@ -123,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if plan.warnings:
             print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
         out = console()
-        out.print(plan_table(plan, title=f"{args.spec} on {args.model}"))
+        out.print(plan_table(plan, storages, title=f"{args.spec} on {args.model}"))
         if penalties is not None:
             _print_penalties(penalties, reference=bool(args.reference))
         for row in budgets:

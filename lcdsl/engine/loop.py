@@ -111,7 +111,7 @@ class EngineLoop:
             raise EngineError("the μ of an auto schedule needs direct compression first: call direct_step()")
         return rules.auto_mu(
             self.settings.mu, self.history, scale=self.distortion_scale, backoff=self._backoff,
-            cap=rules.mu_cap(self.settings, k),
+            cap=rules.mu_cap(self.settings, k), release=rules.release_mu(self.settings, k, self.history[-1].iterations),
         )  # fmt: skip
 
     def _warn(self, step: int, mu: float, kind: str, message: str) -> None:

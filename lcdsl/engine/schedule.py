@@ -17,7 +17,9 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
   loss rose by more than :data:`LOSS_RISE` or the C step moved ``Δ(θ)`` by more than the
   distortion left (the compressed model is still being rearranged); it stays in
   [:data:`MIN_GROWTH`, ``max_growth``]. After a step whose multipliers were held (below), μ
-  grows by ``max_growth``: the L step could not move ``w``, so its distortion says nothing.
+  grows by ``max_growth`` but not past the μ at which the next L step pulls :data:`HOLD_PULL`
+  (:func:`release_mu`): the L step could not move ``w``, so its distortion says nothing, and
+  ``w`` must then meet ``Δ(θ)`` gradually, not in one jump.
 - **Stability**: SGD on ``μ/2 ‖w − t‖²`` diverges once ``lr · μ`` passes the optimizer's limit
   (:func:`sgd_limit`); μ stays below :data:`STABLE_SHARE` of it.
 - **Divergence** (:func:`divergence`): an L-step loss more than :data:`LOSS_JUMP` times the
@@ -50,8 +52,8 @@ from lcdsl.plan.settings import Auto, Settings
 
 __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
-    "DEFAULT_TOLERANCE", "HOLD_PULL", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "mu_cap", "distortion_scale",
-    "auto_mu", "divergence", "feasible",
+    "DEFAULT_TOLERANCE", "HOLD_PULL", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "release_mu",
+    "mu_cap", "distortion_scale", "auto_mu", "divergence", "feasible",
     "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
 
@@ -75,8 +77,11 @@ previous step's (:func:`settled`)."""
 HOLD_PULL = 0.5
 """Under ``auto``, the multiplier step waits until an L step can close this share of the gap
 between ``w`` and its target (:func:`pull`)."""
-DEFAULT_TOLERANCE = Auto().tolerance
-"""What a fixed schedule's run is judged against (``tolerance · D₀``) for the "not converged" note."""
+DEFAULT_TOLERANCE = 1e-3
+"""What a fixed schedule's run is judged against (``tolerance · D₀``) for the "not converged" note:
+``w`` within a thousandth of direct compression's distortion. ``auto`` aims ten times closer by
+default (``Auto.tolerance``): the steps that take it there are the ones that fine-tune the
+compressed model, and stopping at a thousandth leaves low-rank runs a point or more short."""
 _SCALE_FLOOR = 1e-4
 """``D₀`` counts as at least this share of ``‖w‖²`` (a penalty form may keep everything at μ = 0)."""
 
@@ -151,8 +156,17 @@ def _estimated_power(last: StepRecord, previous: StepRecord) -> float:
     return min(2.0, max(0.5, p))
 
 
+def release_mu(settings: Settings, k: int, iterations: int | None) -> float | None:
+    """The μ at which LC step ``k``'s L step, of ``iterations`` like the last one's, has a
+    :func:`pull` of :data:`HOLD_PULL`; None without a pull (Adam) or iterations."""
+    if settings.optimizer != "sgd" or not iterations:
+        return None
+    return -math.log1p(-HOLD_PULL) * (1 - settings.momentum) / (_lr(settings, k) * iterations)
+
+
 def auto_mu(
-    schedule: Auto, history: Sequence[StepRecord], *, scale: float, backoff: int = 0, cap: float | None = None
+    schedule: Auto, history: Sequence[StepRecord], *, scale: float, backoff: int = 0, cap: float | None = None,
+    release: float | None = None,
 ) -> float:
     """The μ of the next LC step under ``schedule``, from the records so far (see the module doc).
 
@@ -161,6 +175,8 @@ def auto_mu(
         scale: the distortion scale (:func:`distortion_scale`).
         backoff: how often this step was rolled back: the growth is square-rooted that often.
         cap: the largest μ (:func:`mu_cap`), or None.
+        release: the μ at which the next L step pulls :data:`HOLD_PULL` (:func:`release_mu`):
+            after a held step μ grows by ``max_growth`` but not past it.
     """
     k = history[-1].step
     if k == 0:
@@ -169,8 +185,10 @@ def auto_mu(
             mu /= 2  # a first step that diverged: start lower
         return mu if cap is None else min(mu, cap)
     last, previous = history[-1], history[-2]
-    if last.held:  # the L step could not move w: nothing to plan from, and nothing to lose by growing
+    if last.held:  # the L step could not move w: nothing to plan from, nothing to lose by growing to the release
         mu = last.mu * schedule.max_growth ** (0.5**backoff)
+        if release is not None:
+            mu = min(mu, max(release, last.mu * MIN_GROWTH))
         return mu if cap is None else min(mu, cap)
     target = schedule.tolerance * scale
     left = schedule.steps - k
@@ -311,7 +329,7 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
         _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
         (
             f"the multiplier step waits until an L step can close {HOLD_PULL:g} of the gap between w and Δ(θ) "
-            f"(SGD: iterations·lr·μ/(1 − momentum) ≥ {-math.log(1 - HOLD_PULL):.3g}); until then μ grows ×{schedule.max_growth:g}"
+            f"(SGD: iterations·lr·μ/(1 − momentum) ≥ {-math.log(1 - HOLD_PULL):.3g}); until then μ grows ×{schedule.max_growth:g} up to the μ where it can"
         ),
         (
             f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "

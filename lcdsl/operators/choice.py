@@ -138,8 +138,21 @@ class Choice(Operator):
         return self.options[0].view
 
     def spec_text(self) -> str:
-        """The options' spec texts joined by ``|`` (alternatives): ``quant(bits=1) | quant(bits=2)``."""
-        return " | ".join(describe(o) for o in self.options)
+        """The options as a spec writes them: ``quant(bits=1..8)`` when they are one call with one
+        argument over consecutive integers, ``prune(l0=[1, 2, 4])`` over other integers, else
+        their texts joined by ``|`` (alternatives): ``quant(bits=1) | lowrank(rank=2)``."""
+        texts = [describe(o) for o in self.options]
+        keys = {label.partition("=")[0] for label in self.labels}
+        values = [label.partition("=")[2] for label in self.labels]
+        if len(keys) == 1 and len(texts) > 1 and all(v.isdigit() for v in values):
+            key = keys.pop()
+            template = texts[0].replace(f"{key}={values[0]}", f"{key}={{}}", 1)
+            if "{}" in template and all(t == template.format(v) for t, v in zip(texts, values)):
+                numbers = [int(v) for v in values]
+                consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+                shown = f"{numbers[0]}..{numbers[-1]}" if consecutive else f"[{', '.join(values)}]"
+                return template.format(shown)
+        return " | ".join(texts)
 
     # ---------------------------------------------------------------- the choice
 

@@ -7,13 +7,12 @@ import attrs
 import torch
 
 from lcdsl.errors import Diagnostic, Diagnostics, Span, SpecError, exception_message
-from lcdsl.language.spec import Rule, Spec
+from lcdsl.language.spec import Range, Rule, Spec
 from lcdsl.operators.base import Operator, View
 from lcdsl.operators.layout import Layout
 from lcdsl.plan.calls import broken_message, build_operator, build_terms, operator_name, registry_or_default
 from lcdsl.plan.matching import QUOTE, listed, norm_warnings, rule_groups
 from lcdsl.operators.choice import Choice
-from lcdsl.language.spec import Range
 from lcdsl.plan.budgets import make_budget, needs_positions, output_positions
 from lcdsl.plan.choices import ChoiceArgument, choice_arguments, choice_values, expand
 from lcdsl.plan.model import Budget, Plan, Task
@@ -47,7 +46,8 @@ def check_spec(spec: Spec, *, registry: Registry | None = None) -> dict[int, Ope
     """Validate a spec without a model: settings, operator names and arguments.
 
     Returns:
-        The operator of each rule, by the rule's index in ``spec.rules``.
+        The operator of each rule, by the rule's index in ``spec.rules``; a rule with ranges or
+        ``auto`` (a choice under a budget) has none before it is bound to tensors.
 
     Raises:
         SpecError: every problem, together.
@@ -57,6 +57,18 @@ def check_spec(spec: Spec, *, registry: Registry | None = None) -> dict[int, Ope
     settings = _settings(spec, diags)
     ops = {}
     for i, rule in enumerate(spec.rules):
+        choices = choice_arguments(rule.terms, registry, diags)
+        if choices is None:
+            continue
+        if choices:  # every value of a range is built; for ``auto``, one of the class's own values
+            sample = choice_values(rule.terms, choices, registry, (4, 4))
+            values = [v if isinstance(c.value, Range) else v[:1] for c, v in zip(choices, sample)]
+            before = len(diags)
+            for _, calls in expand(rule.terms, choices, values):
+                build_terms(calls, registry, settings.additive_rounds, diags)
+                if len(diags) > before:
+                    break  # the first value that cannot be says it; the rest of the range would repeat it
+            continue  # no operator before the tensors are known (a range's values may not all fit them)
         op = build_terms(rule.terms, registry, settings.additive_rounds, diags)
         if op is not None:
             ops[i] = op

@@ -5,7 +5,7 @@ spec errors at the setting's span, all reported together.
 
 Example spec lines::
 
-    mu        = auto(steps=20, tolerance=1e-3)        # the default: μ chosen from what each step measured
+    mu        = auto(steps=20, tolerance=1e-4)        # the default: μ chosen from what each step measured
     mu        = geometric(start=9e-5, factor=1.21, steps=20)
     penalty   = "quadratic"
     lr        = 0.09
@@ -125,7 +125,7 @@ class Auto:
 
     steps: int = attrs.field(default=20, validator=int_at_least(1, MAX_STEPS))
     """The budget: at most this many LC steps (rolled-back retries not counted)."""
-    tolerance: float = attrs.field(default=1e-3, converter=float, validator=_fraction)
+    tolerance: float = attrs.field(default=1e-4, converter=float, validator=_fraction)
     """Feasible when ``‖w − Δ(θ)‖² ≤ tolerance · D₀`` (``D₀``: direct compression's distortion)
     and the last C step moved ``Δ(θ)`` by no more (squared); in (0, 1)."""
     start: float | None = attrs.field(

@@ -134,6 +134,17 @@ def penalty_sizes(plan: Plan, model: nn.Module, mus: Sequence[float]) -> list[di
     return rows
 
 
+def chosen_storages(plan: Plan, budgets: list[dict[str, Any]]) -> list[Storage | None]:
+    """Each task's predicted size, a budgeted task's that of the option :func:`budget_choices`
+    chose for it (a choice has no size of its own before its C step)."""
+    chosen = {row["task"]: row["index"] for budget in budgets for row in budget["tasks"]}
+    return [
+        task.operator.options[chosen[task.name]].storage(task.view_shape) if task.name in chosen
+        else task.predicted_storage()
+        for task in plan.tasks
+    ]  # fmt: skip
+
+
 def budget_choices(plan: Plan, model: nn.Module) -> list[dict[str, Any]]:
     """What each budget of the plan would choose by direct compression of the model's current
     weights: each task's option distortions (:meth:`~lcdsl.operators.choice.Choice.distortions`,
@@ -142,7 +153,7 @@ def budget_choices(plan: Plan, model: nn.Module) -> list[dict[str, Any]]:
 
     Returns:
         One dict a budget: ``budget`` (its text), ``unit``, ``limit``, ``total`` (the chosen
-        options' summed cost), and ``tasks``: one ``{"task", "choice", "cost", "cheapest",
+        options' summed cost), and ``tasks``: one ``{"task", "index", "choice", "cost", "cheapest",
         "dearest"}`` per task, in the budget's order.
     """
     by_name = parameters_by_name(model)
@@ -158,6 +169,7 @@ def budget_choices(plan: Plan, model: nn.Module) -> list[dict[str, Any]]:
         rows = [
             {
                 "task": name,
+                "index": i,
                 "choice": tasks[name].operator.labels[i],
                 "cost": budget.costs[t][i],
                 "cheapest": min(budget.costs[t]),
