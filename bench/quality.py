@@ -80,7 +80,13 @@ LENET300_ROWS = (
     Row("binarize", "lenet300", "binarize every layer, own scale", "specs/lenet300-binarize.lc"),
     Row("ternarize", "lenet300", "ternarize every layer, own scale", "specs/lenet300-ternarize.lc"),
     Row("structured", "lenet300", "keep 25% of fc1's inputs and 50% of fc2's neurons", "specs/lenet300-structured.lc"),
+    Row("quant2", "lenet300", "quantize every layer, own 4-entry codebook (2 bits, uniform)", "specs/lenet300-quant2.lc"),
+    Row("quant-budget", "lenet300", "1 to 8 bits a layer within quant2's size (532,784 bits)",
+        "specs/lenet300-quant-budget.lc"),
+    Row("lowrank-budget", "lenet300", "every layer's rank within lowrank's 90,510 parameters",
+        "specs/lenet300-lowrank-budget.lc"),
 )
+"""The last three rows are the budgets' (``within``): each against the uniform or fixed row of its size."""
 
 # LeNet5 trains ~10× slower than LeNet300 on a CPU: a reference of 10 epochs and 8 LC steps
 # (2 epochs for the first L step, 1 after) spanning the same μ range as the LeNet300 schedules.
@@ -186,6 +192,10 @@ def run_row(
         "bits": size["bits_after"],
         "dense_bits": size["bits_before"],
         "ratio": size["ratio"],
+        # a budget row: the last allocation, and whether every C step kept to the limit
+        "budgets": [{k: b[k] for k in ("budget", "unit", "limit", "cost", "choices")} for b in steps[-1].get("budgets", [])],
+        "within_budget": all(b["cost"] <= b["limit"] for s in steps for b in s.get("budgets", []))
+        if steps[-1].get("budgets") else None,
         "seconds": seconds,
         "seconds_l_steps": report["seconds"]["l_steps"],
         "seconds_c_steps": report["seconds"]["c_steps"],

@@ -244,7 +244,8 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
     data = load_data(args.data, data_dir=args.data_dir, seed=settings.seed).to(resolve_device(args.device))
     loss_fn = load_loss(args.loss)
     model = build_model(args.model, data, seed=settings.seed, device=args.device, loss_fn=loss_fn)
-    plan = attrs.evolve(spec.bind(model), settings=settings)  # spec errors before any training
+    # spec errors before any training; two training inputs size a flops budget's convolutions
+    plan = attrs.evolve(spec.bind(model, example_input=data.x_train[:2]), settings=settings)
     if plan.warnings:
         print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
 

@@ -74,7 +74,7 @@ STABLE_SHARE = 0.5
 SETTLE = 0.02
 """``auto`` stops at a feasible step only once the L-step loss moved by at most this share of the
 previous step's (:func:`settled`)."""
-HOLD_PULL = 0.5
+HOLD_PULL = 0.1
 """Under ``auto``, the multiplier step waits until an L step can close this share of the gap
 between ``w`` and its target (:func:`pull`)."""
 DEFAULT_TOLERANCE = 1e-3
