@@ -68,12 +68,19 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def collect(work: Path, rows: list[str], seeds: list[int], hand_tags: dict[str, str]) -> dict[str, Any]:
-    """Every row's runs under both schedules, with what is missing named."""
+def collect(
+    work: Path, rows: list[str], seeds: list[int], hand_tags: dict[str, str], hand_table: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every row's runs under both schedules, with what is missing named; with ``hand_table`` (an
+    earlier table's ``rows``), the hand column is that table's, as it was measured."""
     table: dict[str, Any] = {}
     for row in rows:
         entry: dict[str, Any] = {}
+        if hand_table is not None:
+            entry["hand"] = hand_table[row]["hand"]
         for schedule, infix in (("hand", hand_tags.get(row, "")), ("auto", "auto")):
+            if schedule in entry:
+                continue
             name = row + (f"-{infix}" if infix else "")
             runs, missing = [], []
             for seed in seeds:
@@ -142,13 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--hand-tag", action="append", default=[], metavar="ROW=TAG",
                         help="the hand runs of ROW were made with quality.py --tag TAG")  # fmt: skip
+    parser.add_argument(
+        "--hand-from", metavar="JSON",
+        help="take the hand column from an earlier table written with --out (fixed schedules run the same "
+        "whatever auto's rules are), and read only the auto runs from --work",
+    )  # fmt: skip
     parser.add_argument("--plain", help="quality.py --straightforward's results JSON (the plain LC loop)")
     parser.add_argument("--out", help="where to write the table as JSON")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown instead")
     args = parser.parse_args(argv)
     hand_tags = dict(item.split("=", 1) for item in args.hand_tag)
     seeds = [int(s) for s in args.seeds.split(",")]
-    table = collect(Path(args.work), args.rows.split(","), seeds, hand_tags)
+    hand_table = json.loads(Path(args.hand_from).read_text())["rows"] if args.hand_from else None
+    table = collect(Path(args.work), args.rows.split(","), seeds, hand_tags, hand_table)
     plain: dict[str, float] = {}
     if args.plain:
         plain = {r["name"]: r["final_error"] for r in json.loads(Path(args.plain).read_text())["rows"]}

@@ -102,6 +102,11 @@ class EngineLoop:
         tolerance = mu.tolerance if self.adaptive else rules.DEFAULT_TOLERANCE
         return tolerance * self.distortion_scale
 
+    @property
+    def _hold_share(self) -> float:
+        """The pull below which ``auto`` holds ``λ`` (:func:`~lcdsl.engine.schedule.hold_share`)."""
+        return rules.hold_share(any(s.task.operator.penalty_form for s in self._tasks))
+
     def next_mu(self, k: int) -> float:
         """The μ of LC step ``k + 1`` (``k`` 0-based): ``mus[k]`` of a fixed schedule; under
         ``auto``, the rule's choice from the records so far (:func:`~lcdsl.engine.schedule.auto_mu`)."""
@@ -111,7 +116,8 @@ class EngineLoop:
             raise EngineError("the μ of an auto schedule needs direct compression first: call direct_step()")
         return rules.auto_mu(
             self.settings.mu, self.history, scale=self.distortion_scale, backoff=self._backoff,
-            cap=rules.mu_cap(self.settings, k), release=rules.release_mu(self.settings, k, self.history[-1].iterations),
+            cap=rules.mu_cap(self.settings, k),
+            release=rules.release_mu(self.settings, k, self.history[-1].iterations, self._hold_share),
         )  # fmt: skip
 
     def _warn(self, step: int, mu: float, kind: str, message: str) -> None:
@@ -200,7 +206,7 @@ class EngineLoop:
         self.events.emit("l_step_end", engine=self, step=k + 1, mu=mu, loss=loss)
         start = time.perf_counter()
         iterations = self._penalty_calls
-        held = self.adaptive and rules.holds_multipliers(self.settings, k, mu, iterations)
+        held = self.adaptive and rules.holds_multipliers(self.settings, k, mu, iterations, self._hold_share)
         self.c_step()
         if not held:
             self.multiplier_step()

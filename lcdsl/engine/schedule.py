@@ -17,8 +17,8 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
   loss rose by more than :data:`LOSS_RISE` or the C step moved ``Δ(θ)`` by more than the
   distortion left (the compressed model is still being rearranged); it stays in
   [:data:`MIN_GROWTH`, ``max_growth``]. After a step whose multipliers were held (below), μ
-  grows by ``max_growth`` but not past the μ at which the next L step pulls :data:`HOLD_PULL`
-  (:func:`release_mu`): the L step could not move ``w``, so its distortion says nothing, and
+  grows by ``max_growth`` but not past the μ at which the next L step pulls enough to release
+  them (:func:`release_mu`): the L step could not move ``w``, so its distortion says nothing, and
   ``w`` must then meet ``Δ(θ)`` gradually, not in one jump.
 - **Stability**: SGD on ``μ/2 ‖w − t‖²`` diverges once ``lr · μ`` passes the optimizer's limit
   (:func:`sgd_limit`); μ stays below :data:`STABLE_SHARE` of it.
@@ -29,7 +29,8 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
 - **Multipliers** (:func:`holds_multipliers`): the multiplier step ``λ ← λ − μ (w − Δ(θ))``
   assumes the L step (nearly) solved its problem. SGD moves ``w`` toward its target, where the
   loss does not resist, only by the share :func:`pull` of the gap in an L step's iterations;
-  while that share is below :data:`HOLD_PULL` the step is skipped and ``λ`` kept. Updated
+  while that share is below :func:`hold_share` (:data:`HOLD_PULL`, :data:`PENALTY_HOLD_PULL`
+  with a penalty form) the step is skipped and ``λ`` kept. Updated
   anyway, ``λ/μ`` piles up the residuals of L steps that could not move ``w`` and the C step's
   target ``w − λ/μ`` runs away from ``w``: ``‖w − Δ(θ)‖²`` grows and the compressed model
   swings from one step to the next (what a slow start used to do on every LeNet300 row).
@@ -52,7 +53,7 @@ from lcdsl.plan.settings import Auto, Settings
 
 __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
-    "DEFAULT_TOLERANCE", "HOLD_PULL", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "release_mu",
+    "DEFAULT_TOLERANCE", "HOLD_PULL", "PENALTY_HOLD_PULL", "hold_share", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "release_mu",
     "mu_cap", "distortion_scale", "auto_mu", "divergence", "feasible",
     "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
@@ -74,9 +75,13 @@ STABLE_SHARE = 0.5
 SETTLE = 0.02
 """``auto`` stops at a feasible step only once the L-step loss moved by at most this share of the
 previous step's (:func:`settled`)."""
-HOLD_PULL = 0.1
+HOLD_PULL = 0.05
 """Under ``auto``, the multiplier step waits until an L step can close this share of the gap
 between ``w`` and its target (:func:`pull`)."""
+PENALTY_HOLD_PULL = 0.5
+"""The same for a plan with a penalty form (``lowrank(alpha=…)``, ``prune(l0_penalty=…)``): its C
+step sizes the result from the target ``w − λ/μ``, so ``λ`` waits until an L step can close half
+the gap (:func:`hold_share`)."""
 DEFAULT_TOLERANCE = 1e-3
 """What a fixed schedule's run is judged against (``tolerance · D₀``) for the "not converged" note:
 ``w`` within a thousandth of direct compression's distortion. ``auto`` aims ten times closer by
@@ -121,11 +126,24 @@ def pull(settings: Settings, k: int, mu: float, iterations: int) -> float | None
     return -math.expm1(-iterations * rate)
 
 
-def holds_multipliers(settings: Settings, k: int, mu: float, iterations: int) -> bool:
+def hold_share(penalty_forms: bool) -> float:
+    """The :func:`pull` below which ``auto`` holds ``λ``: :data:`HOLD_PULL`, or
+    :data:`PENALTY_HOLD_PULL` for a plan with a penalty form.
+
+    Any multiplier step after an L step that could not move ``w`` piles up noise in ``λ/μ``. A
+    penalty form's C step also decides the size from ``w − λ/μ``: multipliers that run ahead of
+    ``w`` inflate its singular values (its weights) and the size with them (LeNet300 rank
+    selection at α = 1e-6 ends ×3.0 smaller than dense holding ``λ`` below a pull of 0.1, ×4.0
+    below 0.5), while a constraint form loses by holding long: the early multipliers of a
+    1-bit quantization, at pulls of 5–50 %, are what rearranges its codebooks."""
+    return PENALTY_HOLD_PULL if penalty_forms else HOLD_PULL
+
+
+def holds_multipliers(settings: Settings, k: int, mu: float, iterations: int, share: float = HOLD_PULL) -> bool:
     """Whether ``auto`` skips the multiplier step of LC step ``k``: its L step's :func:`pull` is
-    below :data:`HOLD_PULL` (never under an optimizer without one)."""
-    share = pull(settings, k, mu, iterations)
-    return share is not None and share < HOLD_PULL
+    below ``share`` (:func:`hold_share`; never under an optimizer without a pull)."""
+    closed = pull(settings, k, mu, iterations)
+    return closed is not None and closed < share
 
 
 def unstable(settings: Settings, k: int, mu: float) -> str | None:
@@ -156,12 +174,12 @@ def _estimated_power(last: StepRecord, previous: StepRecord) -> float:
     return min(2.0, max(0.5, p))
 
 
-def release_mu(settings: Settings, k: int, iterations: int | None) -> float | None:
+def release_mu(settings: Settings, k: int, iterations: int | None, share: float = HOLD_PULL) -> float | None:
     """The μ at which LC step ``k``'s L step, of ``iterations`` like the last one's, has a
-    :func:`pull` of :data:`HOLD_PULL`; None without a pull (Adam) or iterations."""
+    :func:`pull` of ``share``; None without a pull (Adam) or iterations."""
     if settings.optimizer != "sgd" or not iterations:
         return None
-    return -math.log1p(-HOLD_PULL) * (1 - settings.momentum) / (_lr(settings, k) * iterations)
+    return -math.log1p(-share) * (1 - settings.momentum) / (_lr(settings, k) * iterations)
 
 
 def auto_mu(
@@ -175,8 +193,8 @@ def auto_mu(
         scale: the distortion scale (:func:`distortion_scale`).
         backoff: how often this step was rolled back: the growth is square-rooted that often.
         cap: the largest μ (:func:`mu_cap`), or None.
-        release: the μ at which the next L step pulls :data:`HOLD_PULL` (:func:`release_mu`):
-            after a held step μ grows by ``max_growth`` but not past it.
+        release: the μ at which the next L step pulls enough to release the multipliers
+            (:func:`release_mu`): after a held step μ grows by ``max_growth`` but not past it.
     """
     k = history[-1].step
     if k == 0:
@@ -329,7 +347,8 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
         _stability_rule(settings if settings is not None else Settings(mu=schedule), schedule.steps),
         (
             f"the multiplier step waits until an L step can close {HOLD_PULL:g} of the gap between w and Δ(θ) "
-            f"(SGD: iterations·lr·μ/(1 − momentum) ≥ {-math.log(1 - HOLD_PULL):.3g}); until then μ grows ×{schedule.max_growth:g} up to the μ where it can"
+            f"({PENALTY_HOLD_PULL:g} with a penalty form; SGD: 1 − exp(−iterations·lr·μ/(1 − momentum))); "
+            f"until then μ grows ×{schedule.max_growth:g}, up to the μ where it can"
         ),
         (
             f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
