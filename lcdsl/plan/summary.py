@@ -11,6 +11,7 @@ from torch import nn
 
 from lcdsl.budget.knapsack import allocate
 from lcdsl.operators.base import FLOAT_BITS, Storage, describe
+from lcdsl.operators.choice import Choice
 from lcdsl.plan.model import Plan
 from lcdsl.plan.names import parameters_by_name
 
@@ -48,6 +49,7 @@ def plan_rows(plan: Plan, storages: list[Storage | None] | None = None) -> list[
                 "params_after": storage.params if storage else None,
                 "bits_after": storage.bits if storage else None,
                 "ratio": _ratio(before_bits, storage.bits if storage else None),
+                "budgeted": isinstance(task.operator, Choice),  # its size is chosen by a budget
             }
         )
     return rows

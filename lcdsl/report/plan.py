@@ -67,7 +67,7 @@ def plan_table(plan: Plan, storages: list[Storage | None] | None = None, title: 
             row["operator"] + (f"\n{row['axes']}" if row["axes"] else ""),  # the axis a structured operator works on
             f"{row['params_after']:,}" if row["params_after"] is not None else "?",
             human_bits(row["bits_after"]) if row["bits_after"] is not None else "?",
-            _fmt_ratio(row["ratio"]),
+            "by budget" if row["ratio"] is None and row.get("budgeted") else _fmt_ratio(row["ratio"]),
         )
     if summary["dense"]:
         table.add_row(
