@@ -113,9 +113,15 @@ def test_choice_refuses_mixed_views_penalty_forms_and_label_counts():
         Choice(options=(Quant(k=2),), labels=())
 
 
-def test_choice_describes_itself_as_alternatives():
-    choice = Choice(options=(Quant(bits=1), Quant(bits=2)), labels=("bits=1", "bits=2"))
-    assert describe(choice) == "quant(bits=1) | quant(bits=2)"
+def test_choice_describes_itself_as_a_spec_writes_it():
+    def choice(options, labels):
+        return describe(Choice(options=options, labels=labels))
+
+    assert choice(tuple(Quant(bits=b) for b in (1, 2, 3)), ("bits=1", "bits=2", "bits=3")) == "quant(bits=1..3)"
+    assert choice((Quant(bits=1), Quant(bits=4)), ("bits=1", "bits=4")) == "quant(bits=[1, 4])"
+    # options that are not one call over one argument: alternatives
+    assert choice((Quant(bits=1), Quant(k=3)), ("bits=1", "k=3")) == "quant(bits=1) | quant(k=3)"
+    assert choice((Prune(l0=5), Quant(bits=1)), ("l0=5", "bits=1")) == "prune(l0=5) | quant(bits=1)"
 
 
 def test_option_costs_in_bits_params_and_flops():
