@@ -203,5 +203,7 @@ def test_auto_schedule_through_the_callback() -> None:
     assert lc.driver.done and t.current_epoch == len(history) - 1 + rolled_back
     assert list(lc.engine.mus) == [r.mu for r in history[1:]] and history[1].mu > 0
     assert all(b > a for a, b in zip(lc.engine.mus, lc.engine.mus[1:]))
-    assert lc.engine.converged == (len(history) - 1 < 12 or lc.engine.convergence().converged)
+    # stopped early only when feasible (with a settled loss); otherwise the budget ran out
+    assert lc.engine.converged <= lc.engine.convergence().converged
+    assert lc.engine.converged or len(history) - 1 == 12
     assert len(torch.unique(net.fc1.weight)) <= 2  # finalized: the weights are Δ(θ)

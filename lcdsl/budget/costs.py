@@ -8,8 +8,8 @@
   position. Dense: every weight once. Low rank ``r`` of an ``(m, n)`` matrix: ``r·(m + n)`` (the
   two factors). Pruning to ``κ`` weights (or groups): the kept weights. Quantization and every
   other operator that keeps one value per weight: dense (a codebook does not cut multiply-adds).
-  A plugin operator says otherwise with a method ``multiply_adds(view_shape) -> int`` (per
-  output position).
+  An operator says otherwise with a method ``multiply_adds(view_shape) -> int`` (per output
+  position), as ``lowrank`` and ``prune`` do; a plugin's operator can too.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import math
 
 from lcdsl.operators.base import Operator
 from lcdsl.operators.choice import Choice
-from lcdsl.operators.lowrank import LowRank
-from lcdsl.operators.prune import Prune
 
 __all__ = ["UNITS", "option_cost", "choice_costs", "dense_cost"]
 
@@ -54,22 +52,12 @@ def dense_cost(view_shape: tuple[int, ...], unit: str, positions: int = 1) -> in
 
 
 def _multiply_adds(op: Operator, view_shape: tuple[int, ...]) -> int:
-    """Multiply-adds per output position of a layer whose weight ``op`` compresses."""
+    """Multiply-adds per output position of a layer whose weight ``op`` compresses: the
+    operator's own ``multiply_adds(view_shape)`` (low rank and pruning have one), else dense."""
     custom = getattr(op, "multiply_adds", None)
     if callable(custom):
         return int(custom(view_shape))
-    n = math.prod(view_shape)
-    if isinstance(op, LowRank):
-        if op.rank is None:
-            raise ValueError("lowrank(alpha=…) chooses its rank in the C step, so its multiply-adds have no price")
-        m, k = int(view_shape[0]), int(math.prod(view_shape[1:]))
-        return min(op.rank, m, k) * (m + k)
-    if isinstance(op, Prune):
-        storage = op.storage(tuple(view_shape))
-        if storage is None:
-            raise ValueError("a pruning penalty keeps what its C step finds, so its multiply-adds have no price")
-        return min(storage.params, n)
-    return n
+    return math.prod(view_shape)
 
 
 def option_cost(op: Operator, view_shape: tuple[int, ...], unit: str, positions: int = 1) -> int:

@@ -59,7 +59,7 @@ from lcdsl.store.checkpoint import check_reuse, read_run_checkpoint, restore_run
 from lcdsl.store.model import compressed_state
 from lcdsl.store.probe import probe_outputs
 from lcdsl.training.batch import LossFn
-from lcdsl.training.data import Data, Dataset, LoaderData, load_data
+from lcdsl.training.data import Data, Dataset, LoaderData, example_inputs, load_data
 from lcdsl.training.epochs import evaluate as evaluate_model
 from lcdsl.training.lstep import make_l_step
 from lcdsl.training.reference import default_recipe
@@ -245,7 +245,7 @@ def _run(args: argparse.Namespace, spec: Spec, settings: Settings, folder: Path)
     loss_fn = load_loss(args.loss)
     model = build_model(args.model, data, seed=settings.seed, device=args.device, loss_fn=loss_fn)
     # spec errors before any training; two training inputs size a flops budget's convolutions
-    plan = attrs.evolve(spec.bind(model, example_input=data.x_train[:2]), settings=settings)
+    plan = attrs.evolve(spec.bind(model, example_input=example_inputs(data)), settings=settings)
     if plan.warnings:
         print(plan.render_warnings(color=sys.stderr.isatty()), file=sys.stderr)
 

@@ -41,6 +41,7 @@ from lcdsl.report.sweep import (
     write_result,
 )  # fmt: skip
 from lcdsl.store.atomic import check_writable, run_lock, write_atomic
+from lcdsl.training.data import example_inputs
 
 __all__ = ["add_parser", "run"]
 
@@ -91,7 +92,7 @@ def _sweep(args: argparse.Namespace, variations: list, todo: list, settings: Any
     show = console()
     data, model = load_model_data(args, settings.seed)
     for variant in todo:  # every variant must bind before anything is trained
-        variant.spec.bind(model, example_input=data.x_train[:2])
+        variant.spec.bind(model, example_input=example_inputs(data))
     meta = prepare_reference(args, model, data, folder, settings)  # checks it fits model and data
     reference_path = meta["path"]
     reference = {"path": reference_path, "test_error": meta.get("test_error"), "train_error": meta.get("train_error")}

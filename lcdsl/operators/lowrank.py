@@ -170,6 +170,17 @@ class LowRank(Operator):
             raise ValueError(f"U has shape {tuple(u.shape)}, expected ({m}, r) with r = {wanted}")
         expect(theta, "V", (r, n), integer=False)
 
+    def multiply_adds(self, shape: tuple[int, ...]) -> int:
+        """Multiply-adds per output position of the layer (a flops budget's price): ``r·(m + n)``
+        for the two factors of rank ``r`` of an ``(m, n)`` matrix.
+
+        Raises:
+            ValueError: a penalty form, whose rank only its C step tells."""
+        if self.rank is None:
+            raise ValueError("lowrank(alpha=…) chooses its rank in the C step, so its multiply-adds have no price")
+        m, n = int(shape[0]), int(math.prod(shape[1:]))
+        return min(self.rank, m, n) * (m + n)
+
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
         """r·(m + n) numbers at 32 bits; ``None`` before training for rank selection."""
         m, n = self._matrix(tuple(shape))

@@ -211,6 +211,16 @@ class Prune(Operator):
             return self
         return attrs.evolve(self, l0=self._count(tuple(shape)))
 
+    def multiply_adds(self, shape: tuple[int, ...]) -> int:
+        """Multiply-adds per output position of the layer (a flops budget's price): the kept weights.
+
+        Raises:
+            ValueError: a pruning penalty, which keeps what its C step finds."""
+        storage = self.storage(tuple(shape))
+        if storage is None:
+            raise ValueError("a pruning penalty keeps what its C step finds, so its multiply-adds have no price")
+        return min(storage.params, math.prod(shape))
+
     def storage(self, shape: tuple[int, ...], theta: Theta | None = None) -> Storage | None:
         """Kept values at 32 bits plus their positions; ``None`` before training unless ``l0``."""
         shape = tuple(shape)

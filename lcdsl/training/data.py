@@ -39,7 +39,7 @@ from lcdsl.errors import DataError, ModelError, did_you_mean
 from lcdsl.training.batch import LossFn, batch_loss, forward, logits_of, to_device
 from lcdsl.training.zoo import load_factory
 
-__all__ = ["Dataset", "LoaderData", "Data", "DATASETS", "load_data", "read_idx", "model_kwargs", "check_fits"]
+__all__ = ["Dataset", "LoaderData", "Data", "DATASETS", "load_data", "read_idx", "model_kwargs", "check_fits", "example_inputs"]
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
 """Built-in dataset names."""
@@ -364,6 +364,12 @@ def load_data(name: str, *, data_dir: str | None = None, seed: int = 0) -> Data:
         f"unknown dataset '{name}'{did_you_mean(name, DATASETS)} (built-in: {', '.join(DATASETS)}; "
         "or give module:function)"
     )
+
+
+def example_inputs(data: Dataset | LoaderData, n: int = 2) -> torch.Tensor | None:
+    """``n`` training inputs to run a model on once (what a flops budget over a convolution counts
+    output positions with); None for loader data, whose batches take the user's own forward."""
+    return data.x_train[:n] if isinstance(data, Dataset) else None
 
 
 def model_kwargs(model: str, data: Data) -> dict[str, int]:
