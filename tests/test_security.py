@@ -338,7 +338,11 @@ def test_a_real_ctrl_c_during_a_plugin_import_still_interrupts(installed):
     from lcdsl.plugins.registry import Registry
 
     def load():
-        os.kill(os.getpid(), signal.SIGINT)
+        # raised in this (the main) thread: os.kill may hand it to another of the process's threads
+        # (torch's, numba's), whose C handler can flag it only after this frame has moved on
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(100):  # Python runs the handler at its next check for pending signals
+            pass
         raise AssertionError("the signal arrives before this line")
 
     installed.append(_EntryPoint("slow", "slow_plugin", "lcdsl-slow", load))
