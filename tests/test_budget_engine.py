@@ -7,6 +7,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from lcdsl.budget import choice_costs
@@ -54,23 +56,63 @@ def l_step(engine: Engine, k: int) -> float:
 LIMIT = 2 * 32 * 4 + 30 * 2 + 20 * 1  # 4 codewords' floats each, then 2 bits on fc0 and 1 bit on fc2
 
 
-def test_direct_compression_equals_brute_force_over_every_combination():
-    model = mlp()
-    plan = budgeted_plan(model, LIMIT)
-    engine = Engine(model, plan)
-    engine.direct_compression()
+def brute_force(plan: Plan, targets: dict[str, torch.Tensor]) -> float:
+    """The least ``Σ_t ‖target_t − Δ_t‖²`` over every combination of options within the budget,
+    each option by its own exact projection."""
     budget = plan.budgets[0]
     best = None
-    for combo in itertools.product(range(3), range(3)):
+    for combo in itertools.product(*(range(len(row)) for row in budget.costs)):
         if sum(row[i] for row, i in zip(budget.costs, combo)) > budget.limit:
             continue
         total = 0.0
         for task, i in zip(plan.tasks, combo):
-            w = dict(model.named_parameters())[task.parameters[0]].detach().reshape(-1)
+            w = targets[task.parameters[0]].reshape(-1)
             op = task.operator.options[i]
             total += float((w.double() - op.decompress(op.project(w), w.shape).double()).square().sum())
         best = total if best is None else min(best, total)
-    assert engine.distortion() == pytest.approx(best, rel=1e-6)
+    assert best is not None
+    return best
+
+
+# every limit from the cheapest combination (1 bit on both) to the dearest (3 bits on both)
+CHEAPEST, DEAREST = 2 * 32 * 2 + 30 + 20, 2 * 32 * 8 + 30 * 3 + 20 * 3
+
+
+@given(seed=st.integers(0, 2**16), limit=st.integers(CHEAPEST, DEAREST))
+def test_direct_compression_equals_brute_force_over_every_combination(seed: int, limit: int):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    plan = budgeted_plan(model, limit)
+    engine = Engine(model, plan)
+    engine.direct_compression()
+    targets = {name: p.detach() for name, p in model.named_parameters()}
+    assert engine.distortion() == pytest.approx(brute_force(plan, targets), rel=1e-6, abs=1e-9)
+
+
+@given(seed=st.integers(0, 2**16), limit=st.integers(CHEAPEST, DEAREST))
+def test_a_c_step_with_multipliers_equals_brute_force_on_its_targets(seed: int, limit: int):
+    # after an L step and a multiplier step the C step's targets are w − λ/μ, not w
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    plan = budgeted_plan(model, limit)
+    engine = Engine(model, plan)
+    engine.direct_compression()
+    engine.begin_step(0)
+    l_step(engine, 0)
+    engine.c_step()
+    engine.multiplier_step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape))  # the next L step moved the weights
+    mu = engine.mu
+    lams = {s.task.parameters[0]: s.lam.reshape(-1).clone() for s in engine._tasks}
+    targets = {name: p.detach().reshape(-1) - lams[name] / mu for name, p in model.named_parameters() if name in lams}
+    engine.c_step()
+    got = 0.0
+    for task in engine.tasks:
+        delta = task.operator.decompress(engine.thetas[task.name], task.view_shape)
+        got += float((targets[task.parameters[0]].double() - delta.reshape(-1).double()).square().sum())
+    assert got == pytest.approx(brute_force(plan, targets), rel=1e-6, abs=1e-9)
 
 
 def test_run_respects_the_limit_at_every_step_and_records_the_allocation():
