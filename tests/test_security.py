@@ -346,10 +346,14 @@ def test_a_real_ctrl_c_during_a_plugin_import_still_interrupts(installed):
         raise AssertionError("the signal arrives before this line")
 
     installed.append(_EntryPoint("slow", "slow_plugin", "lcdsl-slow", load))
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        Registry.load()
-    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    # Python's own handler, as in a fresh `lcdsl` process (a test run may have left another one)
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Registry.load()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 # ------------------------------------------------------------------- files never choose code
