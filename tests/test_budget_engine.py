@@ -22,8 +22,8 @@ from lcdsl.plan.settings import Geometric, Settings
 from lcdsl.store.fields import decode_theta
 
 
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
 
 
@@ -78,13 +78,18 @@ def brute_force(plan: Plan, targets: dict[str, torch.Tensor]) -> float:
 CHEAPEST, DEAREST = 2 * 32 * 2 + 30 + 20, 2 * 32 * 8 + 30 * 3 + 20 * 3
 
 
-@given(seed=st.integers(0, 2**16), limit=st.integers(CHEAPEST, DEAREST))
-def test_direct_compression_equals_brute_force_over_every_combination(seed: int, limit: int):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+def directly_compressed(seed: int, limit: int) -> tuple[nn.Module, Plan, Engine]:
+    """A fresh MLP under ``quant(bits=1..3) within limit``, after direct compression."""
+    model = mlp(seed)
     plan = budgeted_plan(model, limit)
     engine = Engine(model, plan)
     engine.direct_compression()
+    return model, plan, engine
+
+
+@given(seed=st.integers(0, 2**16), limit=st.integers(CHEAPEST, DEAREST))
+def test_direct_compression_equals_brute_force_over_every_combination(seed: int, limit: int):
+    model, plan, engine = directly_compressed(seed, limit)
     targets = {name: p.detach() for name, p in model.named_parameters()}
     assert engine.distortion() == pytest.approx(brute_force(plan, targets), rel=1e-6, abs=1e-9)
 
@@ -92,11 +97,7 @@ def test_direct_compression_equals_brute_force_over_every_combination(seed: int,
 @given(seed=st.integers(0, 2**16), limit=st.integers(CHEAPEST, DEAREST))
 def test_a_c_step_with_multipliers_equals_brute_force_on_its_targets(seed: int, limit: int):
     # after an L step and a multiplier step the C step's targets are w − λ/μ, not w
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
-    plan = budgeted_plan(model, limit)
-    engine = Engine(model, plan)
-    engine.direct_compression()
+    model, plan, engine = directly_compressed(seed, limit)
     engine.begin_step(0)
     l_step(engine, 0)
     engine.c_step()
