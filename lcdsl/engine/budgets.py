@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from lcdsl.budget.knapsack import allocate
+from lcdsl.budget.tables import checked_table
 from lcdsl.engine.memory import TaskState
-from lcdsl.errors import BudgetError, EngineError, LcdslError, PluginError
+from lcdsl.errors import BudgetError, EngineError
 from lcdsl.operators.choice import Choice
 from lcdsl.plan.model import Budget
 
@@ -116,25 +117,11 @@ class BudgetSolver:
     def _table(
         budget: Budget, state: TaskState, target_of: Callable[[TaskState], torch.Tensor], mu: float
     ) -> torch.Tensor:
-        op: Choice = state.task.operator  # type: ignore[assignment]
         target = target_of(state)
         try:
-            table = op.distortions(target, mu)
-        except LcdslError:
-            raise
-        except Exception as exc:  # a plugin's distortion_table hook may raise anything
-            raise PluginError(
-                f"the distortion table of task {state.task.name} ({_where(budget)}) raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            return checked_table(state.task.operator, target, mu, f"task {state.task.name} ({_where(budget)})")
         finally:
             del target
-        if table.numel() != len(op.options) or not bool(torch.isfinite(table).all()):
-            raise PluginError(
-                f"the distortion table of task {state.task.name} ({_where(budget)}) is not one finite "
-                f"number per option"
-            )
-        return table
 
     def record(self) -> list[dict[str, Any]]:
         """The last C step's allocation per budget, as plain data: ``budget`` (its text), ``unit``,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lcdsl.budget.knapsack import allocate
+from lcdsl.budget.tables import checked_table
 from lcdsl.operators.base import FLOAT_BITS, Storage, describe
 from lcdsl.operators.choice import Choice
 from lcdsl.plan.model import Plan
@@ -166,7 +167,7 @@ def budget_choices(plan: Plan, model: nn.Module) -> list[dict[str, Any]]:
         for name in budget.tasks:
             task = tasks[name]
             w = task.view.gather([by_name[p].detach() for p in task.parameters])  # the view's shape
-            distortions.append(task.operator.distortions(w).tolist())
+            distortions.append(checked_table(task.operator, w, 0.0, f"task {name} (budget '{budget.shown}')").tolist())
         picked = allocate(budget.costs, distortions, budget.limit)
         rows = [
             {
