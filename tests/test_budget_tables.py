@@ -149,3 +149,32 @@ def test_option_cost_refuses_what_it_cannot_price():
         option_cost(Choice(options=(Quant(k=2),), labels=("k=2",)), (4,), "bits")
     with pytest.raises(ValueError, match="positions"):
         option_cost(Quant(k=2), (4,), "flops", positions=0)
+
+
+def test_a_raising_or_malformed_table_is_a_plugin_error_wherever_it_is_read():
+    from lcdsl.budget.tables import checked_table
+    from lcdsl.errors import PluginError
+
+    class Raising(Quant):
+        @classmethod
+        def distortion_table(cls, w, options, mu=0.0):
+            raise RuntimeError("boom")
+
+    class Short(Quant):
+        @classmethod
+        def distortion_table(cls, w, options, mu=0.0):
+            return torch.zeros(1, dtype=torch.float64)
+
+    class NotFinite(Quant):
+        @classmethod
+        def distortion_table(cls, w, options, mu=0.0):
+            return torch.full((len(options),), float("nan"), dtype=torch.float64)
+
+    w = torch.tensor([0.0, 1.0, 5.0, 9.0])
+    cases = ((Raising, "raised RuntimeError: boom"), (Short, "returned 1 values for 2 options"), (NotFinite, "not finite"))
+    for cls, message in cases:
+        choice = Choice(options=(cls(k=2), cls(k=3)), labels=("k=2", "k=3"))
+        with pytest.raises(PluginError, match=message):
+            checked_table(choice, w, 0.0, "task fc1.weight")
+    good = Choice(options=(Quant(k=2), Quant(k=3)), labels=("k=2", "k=3"))
+    assert torch.equal(checked_table(good, w, 0.0, "task fc1.weight"), good.distortions(w))

@@ -18,8 +18,8 @@ def checked_table(choice: Choice, target: torch.Tensor, mu: float, where: str) -
         where: the task and budget, for messages (``task fc1.weight (budget 'within 40kB')``).
 
     Raises:
-        PluginError: an operator's ``distortion_table`` hook raised, or gave something other than
-            one finite number per option.
+        PluginError: an operator's ``distortion_table`` hook raised (also for the wrong number of
+            values, which :meth:`Choice.distortions` refuses), or gave a value that is not finite.
     """
     try:
         table = choice.distortions(target, mu)
@@ -27,6 +27,6 @@ def checked_table(choice: Choice, target: torch.Tensor, mu: float, where: str) -
         raise
     except Exception as exc:  # a plugin's distortion_table hook may raise anything
         raise PluginError(f"the distortion table of {where} raised {type(exc).__name__}: {exc}") from exc
-    if table.numel() != len(choice.options) or not bool(torch.isfinite(table).all()):
-        raise PluginError(f"the distortion table of {where} is not one finite number per option")
+    if not bool(torch.isfinite(table).all()):
+        raise PluginError(f"the distortion table of {where} holds values that are not finite: {table.tolist()}")
     return table
