@@ -19,6 +19,7 @@ from lcdsl.engine.schedule import (
     HOLD_PULL,
     LOSS_JUMP,
     MIN_GROWTH,
+    REARRANGE,
     SETTLE,
     START_PENALTY,
     auto_mu,
@@ -108,6 +109,18 @@ def test_a_loss_rise_a_backoff_and_the_cap_slow_the_growth() -> None:
     assert auto_mu(schedule, rose, scale=400.0) < plain
     assert auto_mu(schedule, base, scale=400.0, backoff=1) == pytest.approx(2e-4 * math.sqrt(plain / 2e-4))
     assert auto_mu(schedule, base, scale=400.0, cap=3e-4) == 3e-4
+
+
+def test_a_compressed_model_still_being_rearranged_slows_the_growth() -> None:
+    """Δ(θ) moved by more than REARRANGE of the distortion left: the growth's square root."""
+    schedule = Auto(steps=20)
+    base = [record(0, 0, 400.0, None), record(1, 1e-4, 400.0), record(2, 2e-4, 300.0, change=0.0)]
+    plain = auto_mu(schedule, base, scale=400.0) / 2e-4
+    assert plain > MIN_GROWTH**2  # room for the square root to show
+    moving = base[:2] + [attrs.evolve(base[2], change=300.0 * REARRANGE * 1.01)]
+    assert auto_mu(schedule, moving, scale=400.0) / 2e-4 == pytest.approx(math.sqrt(plain))
+    still = base[:2] + [attrs.evolve(base[2], change=300.0 * REARRANGE * 0.99)]
+    assert auto_mu(schedule, still, scale=400.0) / 2e-4 == pytest.approx(plain)
 
 
 def test_stability_limits_of_the_optimizers() -> None:
