@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -22,7 +23,11 @@ from lcdsl.engine.schedule import (
     REARRANGE,
     SETTLE,
     START_PENALTY,
+    PENALTY_HOLD_PULL,
     auto_mu,
+    release_mu,
+    next_iterations,
+    penalty_distortion_scale,
     divergence,
     feasible,
     holds_multipliers,
@@ -34,7 +39,8 @@ from lcdsl.engine.schedule import (
 from lcdsl.errors import SpecError
 from lcdsl.language import format_spec, parse
 from lcdsl.plan.settings import Auto, Explicit, Geometric, Settings, settings_data, settings_from_spec
-from tests.test_engine import accuracy, data, full_batch_l_step, mlp, plan_for
+from lcdsl.plan.model import Plan
+from tests.test_engine import HardThreshold, accuracy, data, full_batch_l_step, mlp, plan_for, task
 
 # ------------------------------------------------------------------ the setting
 
@@ -194,6 +200,69 @@ def test_pull_is_the_share_of_the_gap_sgd_closes() -> None:
     assert holds_multipliers(heavy, 0, 0.99 * edge, 500) and not holds_multipliers(heavy, 0, 1.01 * edge, 500)
     assert holds_multipliers(heavy, 0, 1.0, 0)  # an L step that never took the penalty moved nothing
     assert not holds_multipliers(attrs.evolve(plain, optimizer="adam"), 0, 1e-9, 1)
+
+
+def held(step: int, mu: float, distortion: float) -> StepRecord:
+    return attrs.evolve(record(step, mu, distortion), held=True)
+
+
+def test_after_held_steps_mu_grows_to_the_release_and_stays_above_it() -> None:
+    direct = record(0, 0, 1000.0, None)
+    # a constraint form meets Δ(θ) gradually: ×max_growth at most, even toward a far release
+    schedule = Auto(steps=20)
+    assert auto_mu(schedule, [direct, held(1, 1e-5, 1000.0)], scale=1000.0, release=1e-3) == pytest.approx(4e-5)
+    assert auto_mu(schedule, [direct, held(1, 1e-5, 1000.0)], scale=1000.0, release=2e-5) == pytest.approx(2e-5)
+    # a penalty form whose λ was never updated goes to the release in one step: its next C step
+    # chooses the size, and it should choose it from weights the L step could pull
+    jump = auto_mu(schedule, [direct, held(1, 1e-5, 1000.0)], scale=1000.0, release=1e-3, penalty_form=True)
+    assert jump == pytest.approx(1e-3)
+    released_once = [direct, record(1, 1e-5, 900.0), held(2, 2e-5, 900.0)]
+    assert auto_mu(schedule, released_once, scale=1000.0, release=1e-3, penalty_form=True) == pytest.approx(8e-5)
+    # once released, μ does not fall back below the μ at which the next L step can act
+    slow = [direct, record(1, 1e-4, 1000.0), record(2, 2e-4, 10.0)]  # D fell ×100: the plan grows slowly
+    planned = auto_mu(schedule, slow, scale=1000.0)
+    assert planned < 2.5e-4
+    assert auto_mu(schedule, slow, scale=1000.0, release=1e-4) == pytest.approx(planned)
+    assert auto_mu(schedule, slow, scale=1000.0, release=5e-4) == pytest.approx(5e-4)
+
+
+def test_the_next_l_steps_iterations_follow_the_epochs() -> None:
+    settings = Settings(epochs=2, first_epochs=4)
+    assert next_iterations(settings, 1, 940) == 470  # the first L step had 4 epochs, the second 2
+    assert next_iterations(settings, 5, 470) == 470
+    assert next_iterations(Settings(epochs=3, first_epochs=3), 1, 900) == 900
+    assert next_iterations(settings, 1, None) is None
+
+
+def test_a_penalty_forms_distortions_count_from_the_first_released_step() -> None:
+    # at μ → 0⁺ a penalty form keeps nothing: D₀ = ‖w‖² says how far w is from no model at all
+    direct = record(0, 0, 1000.0, None)
+    assert penalty_distortion_scale([direct, held(1, 1e-5, 990.0)], 1000.0) == 1000.0
+    history = [direct, held(1, 1e-5, 990.0), record(2, 1e-3, 55.0), record(3, 2e-3, 5.0)]
+    assert penalty_distortion_scale(history, 1000.0) == 55.0
+    assert penalty_distortion_scale([direct, record(1, 1e-3, 1e-9)], 1000.0) == pytest.approx(1e-4 * 1000.0)
+
+
+@attrs.frozen
+class PenaltyHard(HardThreshold):
+    """HardThreshold that says it is a penalty form (it keeps nothing at μ → 0⁺)."""
+
+    penalty_form: ClassVar[bool] = True
+
+
+def test_a_penalty_form_goes_to_the_release_at_once_and_counts_from_there() -> None:
+    model = mlp()
+    settings = attrs.evolve(AUTO, mu=Auto(steps=4, retries=0), epochs=1, first_epochs=1)
+    plan = Plan(tasks=(task(model, ["2.weight"], PenaltyHard(alpha=1e-3)),), dense=("0.weight", "0.bias", "2.bias"),
+                dense_numel=sum(p.numel() for n, p in model.named_parameters() if n != "2.weight"), settings=settings)
+    engine = Engine(model, plan)
+    records = engine.run(full_batch_l_step(), accuracy)
+    direct, first, second = records[0], records[1], records[2]
+    assert first.held and not second.held  # μ₀ = 0.04/‖w‖² cannot pull; the next μ can
+    assert second.mu == pytest.approx(release_mu(settings, 1, 15, PENALTY_HOLD_PULL))  # one step, not ×max_growth
+    assert second.mu > first.mu * settings.mu.max_growth
+    assert engine.distortion_scale == pytest.approx(min(direct.distortion, second.distortion))
+    assert engine.convergence().scale == engine.distortion_scale
 
 
 def test_auto_keeps_lambda_while_the_l_step_cannot_pull_w() -> None:

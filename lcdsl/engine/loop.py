@@ -93,6 +93,8 @@ class EngineLoop:
         (at least ``1e-4 · ‖w‖²``, :func:`~lcdsl.engine.schedule.distortion_scale`); 0 before it."""
         if not self.history:
             return 0.0
+        if self.adaptive and self._penalty_forms:
+            return rules.penalty_distortion_scale(self.history, self._weight_norm2)
         return rules.distortion_scale(self.history[0].distortion, self._weight_norm2)
 
     @property
@@ -103,9 +105,14 @@ class EngineLoop:
         return tolerance * self.distortion_scale
 
     @property
+    def _penalty_forms(self) -> bool:
+        """Whether a task's operator is a penalty form (it decides its own size)."""
+        return any(s.task.operator.penalty_form for s in self._tasks)
+
+    @property
     def _hold_share(self) -> float:
         """The pull below which ``auto`` holds ``λ`` (:func:`~lcdsl.engine.schedule.hold_share`)."""
-        return rules.hold_share(any(s.task.operator.penalty_form for s in self._tasks))
+        return rules.hold_share(self._penalty_forms)
 
     def next_mu(self, k: int) -> float:
         """The μ of LC step ``k + 1`` (``k`` 0-based): ``mus[k]`` of a fixed schedule; under
@@ -117,7 +124,10 @@ class EngineLoop:
         return rules.auto_mu(
             self.settings.mu, self.history, scale=self.distortion_scale, backoff=self._backoff,
             cap=rules.mu_cap(self.settings, k),
-            release=rules.release_mu(self.settings, k, self.history[-1].iterations, self._hold_share),
+            release=rules.release_mu(
+                self.settings, k, rules.next_iterations(self.settings, k, self.history[-1].iterations), self._hold_share
+            ),
+            penalty_form=self._penalty_forms,
         )  # fmt: skip
 
     def _warn(self, step: int, mu: float, kind: str, message: str) -> None:

@@ -18,8 +18,13 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
   :data:`REARRANGE` of the distortion left (the compressed model is still being rearranged); it stays in
   [:data:`MIN_GROWTH`, ``max_growth``]. After a step whose multipliers were held (below), μ
   grows by ``max_growth`` but not past the μ at which the next L step pulls enough to release
-  them (:func:`release_mu`): the L step could not move ``w``, so its distortion says nothing, and
-  ``w`` must then meet ``Δ(θ)`` gradually, not in one jump.
+  them (:func:`release_mu`, for an L step of :func:`next_iterations`): the L step could not move
+  ``w``, so its distortion says nothing, and ``w`` must then meet ``Δ(θ)`` gradually, not in one
+  jump. A penalty form whose multipliers were never released goes to that μ at once: its C step
+  chooses the size, and should choose it from weights the L step can pull, not from the reference
+  (LeNet300 rank selection: 11.19 % at ×4.1 against 11.51 % at ×4.2, seed 0). Once released, μ
+  does not fall below the release again (the plan's growth can be smaller than the fall of the
+  pull when the L steps get shorter).
 - **Stability**: SGD on ``μ/2 ‖w − t‖²`` diverges once ``lr · μ`` passes the optimizer's limit
   (:func:`sgd_limit`); μ stays below :data:`STABLE_SHARE` of it.
 - **Divergence** (:func:`divergence`): an L-step loss more than :data:`LOSS_JUMP` times the
@@ -34,6 +39,9 @@ The rules of ``auto`` (``D`` is ``‖w − Δ(θ)‖²`` after a C step, ``D₀`
   anyway, ``λ/μ`` piles up the residuals of L steps that could not move ``w`` and the C step's
   target ``w − λ/μ`` runs away from ``w``: ``‖w − Δ(θ)‖²`` grows and the compressed model
   swings from one step to the next (what a slow start used to do on every LeNet300 row).
+- **Scale**: ``D₀`` is direct compression's distortion, except with a penalty form, whose ``D₀``
+  at μ → 0⁺ is ``‖w‖²`` (it keeps nothing): its distortions count from the first step whose
+  multipliers were released (:func:`penalty_distortion_scale`).
 - **Feasible** (:func:`feasible`): ``D ≤ tolerance · D₀`` and the last C step moved ``Δ(θ)`` by
   at most as much (squared). The run stops at a feasible step whose L-step loss has
   :func:`settled` (moved by at most :data:`SETTLE`): reaching ``w = Δ(θ)`` is not the end while
@@ -54,7 +62,7 @@ from lcdsl.plan.settings import Auto, Settings
 __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "REARRANGE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
     "DEFAULT_TOLERANCE", "HOLD_PULL", "PENALTY_HOLD_PULL", "hold_share", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "release_mu",
-    "mu_cap", "distortion_scale", "auto_mu", "divergence", "feasible",
+    "mu_cap", "distortion_scale", "penalty_distortion_scale", "next_iterations", "auto_mu", "divergence", "feasible",
     "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
 
@@ -172,6 +180,31 @@ def distortion_scale(direct: float, weight_norm2: float) -> float:
     return max(direct, _SCALE_FLOOR * weight_norm2)
 
 
+def penalty_distortion_scale(history: Sequence[StepRecord], weight_norm2: float) -> float:
+    """:func:`distortion_scale` for a plan with a penalty form: the distortion after the first
+    LC step whose multipliers were not held, once there is one (and if it is less than ``D₀``).
+
+    A penalty form decides its own size, and at μ → 0⁺ it keeps nothing: its ``D₀`` is ``‖w‖²``,
+    how far the reference is from no model at all, not from the compressed model the run makes.
+    The first step whose L step could act is the first whose C step chose a size from weights
+    pulled toward it; its distortion is what the run has to close (LeNet300 rank selection at
+    α = 1e-6: 55 against ``D₀`` = 1031)."""
+    scale = distortion_scale(history[0].distortion, weight_norm2)
+    released = next((r for r in history[1:] if not r.held), None)
+    if released is None:
+        return scale
+    return min(scale, distortion_scale(released.distortion, weight_norm2))
+
+
+def next_iterations(settings: Settings, k: int, last: int | None) -> int | None:
+    """The iterations the L step of LC step ``k`` (0-based) will take, from the last step's
+    ``last``: the first L step lasts ``first_epochs``, every later one ``epochs`` (a trainer that
+    counts L steps otherwise makes this an estimate)."""
+    if last is None or k != 1 or settings.first_epochs == settings.epochs:
+        return last
+    return max(1, round(last * settings.epochs / settings.first_epochs))
+
+
 def _estimated_power(last: StepRecord, previous: StepRecord) -> float:
     """``p`` in ``D ∝ μ^-p`` from two steps, in [0.5, 2]; 1 when they cannot tell."""
     if not (last.mu > previous.mu > 0 and last.distortion > 0 and previous.distortion > 0):
@@ -181,7 +214,7 @@ def _estimated_power(last: StepRecord, previous: StepRecord) -> float:
 
 
 def release_mu(settings: Settings, k: int, iterations: int | None, share: float = HOLD_PULL) -> float | None:
-    """The μ at which LC step ``k``'s L step, of ``iterations`` like the last one's, has a
+    """The μ at which LC step ``k``'s L step, of ``iterations`` (:func:`next_iterations`), has a
     :func:`pull` of ``share``; None without a pull (Adam) or iterations."""
     if settings.optimizer != "sgd" or not iterations:
         return None
@@ -190,7 +223,7 @@ def release_mu(settings: Settings, k: int, iterations: int | None, share: float 
 
 def auto_mu(
     schedule: Auto, history: Sequence[StepRecord], *, scale: float, backoff: int = 0, cap: float | None = None,
-    release: float | None = None,
+    release: float | None = None, penalty_form: bool = False,
 ) -> float:
     """The μ of the next LC step under ``schedule``, from the records so far (see the module doc).
 
@@ -200,7 +233,10 @@ def auto_mu(
         backoff: how often this step was rolled back: the growth is square-rooted that often.
         cap: the largest μ (:func:`mu_cap`), or None.
         release: the μ at which the next L step pulls enough to release the multipliers
-            (:func:`release_mu`): after a held step μ grows by ``max_growth`` but not past it.
+            (:func:`release_mu`): after a held step μ grows by ``max_growth`` but not past it,
+            and once released it does not fall below it.
+        penalty_form: the plan has a penalty form: while every step so far was held it goes
+            to the release in one step (the size is decided by the first C step after an L step that acts).
     """
     k = history[-1].step
     if k == 0:
@@ -212,7 +248,9 @@ def auto_mu(
     if last.held:  # the L step could not move w: nothing to plan from, nothing to lose by growing to the release
         mu = last.mu * schedule.max_growth ** (0.5**backoff)
         if release is not None:
-            mu = min(mu, max(release, last.mu * MIN_GROWTH))
+            floor = max(release, last.mu * MIN_GROWTH)
+            never_released = all(r.held for r in history[1:])
+            mu = floor if penalty_form and never_released and backoff == 0 else min(mu, floor)
         return mu if cap is None else min(mu, cap)
     target = schedule.tolerance * scale
     left = schedule.steps - k
@@ -226,6 +264,8 @@ def auto_mu(
     growth = min(schedule.max_growth, max(MIN_GROWTH, growth))
     growth **= 0.5**backoff
     mu = last.mu * growth
+    if release is not None and backoff == 0:
+        mu = max(mu, release)  # released: a μ the next L step cannot act at would hold λ again
     return mu if cap is None else min(mu, cap)
 
 
@@ -287,12 +327,16 @@ class Convergence:
     """``tolerance`` times the distortion scale: feasible at or below it."""
     tolerance: float
     """The schedule's tolerance (``auto``'s, or :data:`DEFAULT_TOLERANCE` for fixed schedules)."""
+    scale: float | None = None
+    """What ``tolerance`` multiplies (:func:`distortion_scale`, :func:`penalty_distortion_scale`);
+    None: ``direct``."""
 
     @property
     def message(self) -> str:
         """One line for people: ``converged: …`` or ``not converged: ‖w − Δ(θ)‖² = … at the last μ``."""
         numbers = f"‖w − Δ(θ)‖² = {self.distortion:.4g} at the last μ = {self.mu:.3g}"
-        detail = f"(direct compression {self.direct:.4g}, feasible at ≤ {self.target:.3g})"
+        scale = "" if self.scale in (None, self.direct) else f" = {self.tolerance:g} × {self.scale:.4g}"
+        detail = f"(direct compression {self.direct:.4g}, feasible at ≤ {self.target:.3g}{scale})"
         if self.converged:
             return f"converged: {numbers} {detail}"
         if self.distortion > self.direct:  # farther than direct compression: the L step ran away
@@ -313,7 +357,7 @@ def convergence(history: Sequence[StepRecord], schedule: object, scale: float) -
     last = history[-1]
     return Convergence(
         converged=last.distortion <= target, distortion=last.distortion, mu=last.mu,
-        direct=history[0].distortion, target=target, tolerance=tolerance,
+        direct=history[0].distortion, target=target, tolerance=tolerance, scale=scale,
     )  # fmt: skip
 
 
@@ -354,7 +398,8 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
         (
             f"the multiplier step waits until an L step can close {HOLD_PULL:g} of the gap between w and Δ(θ) "
             f"({PENALTY_HOLD_PULL:g} with a penalty form; SGD: 1 − exp(−iterations·lr·μ/(1 − momentum))); "
-            f"until then μ grows ×{schedule.max_growth:g}, up to the μ where it can"
+            f"until then μ grows ×{schedule.max_growth:g}, up to the μ where it can (a penalty form: to it at once), "
+            "and once released it stays at least there"
         ),
         (
             f"a step whose L-step loss and ‖w − Δ(θ)‖² both jump ×{LOSS_JUMP:g}, or whose "
@@ -363,6 +408,7 @@ def auto_rules(schedule: Auto, settings: Settings | None = None) -> list[str]:
         ),
         (
             f"stops when ‖w − Δ(θ)‖² and the change of Δ(θ) are ≤ {schedule.tolerance:g} × direct compression's "
+            "(a penalty form: × the distortion after its first step with λ released) "
             f"and the L-step loss moved ≤ {SETTLE:.0%}, or after {schedule.steps} LC steps"
         ),
     ]
