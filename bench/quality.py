@@ -20,7 +20,8 @@ Usage::
     .venv/bin/python bench/quality.py --schedule auto --seeds 0,1,2   # the spec's μ replaced by auto
 
 ``--schedule auto`` runs each row with its ``mu = …`` line removed, so the default adaptive
-schedule (``mu = auto(…)``) decides μ; its runs go to ``<row>-auto-seed<s>`` in ``--work`` and
+schedule (``mu = auto(…)``) decides μ (``mu = auto(steps=N)`` when the hand schedule has N ≠ 20
+LC steps, as the LeNet5 rows' 8: the same budget); its runs go to ``<row>-auto-seed<s>`` in ``--work`` and
 its results to ``…-auto.json``. Every row reports, per seed: the final test error, the final
 ``‖w − Δ(θ)‖²``, direct compression's, their ratio (converged: ≤ 1e-3), and the median and
 spread (max − min) of the final errors.
@@ -51,7 +52,8 @@ from rich.table import Table
 from lcdsl.cli import main as lcdsl_main
 from lcdsl.cli.train import build_model, load_reference
 from lcdsl.language.parser import load as load_spec
-from lcdsl.plan.settings import Settings, settings_from_spec
+from lcdsl.language import parse
+from lcdsl.plan.settings import Auto, Settings, settings_from_spec
 from lcdsl.training.data import Dataset, load_data
 from lcdsl.training.epochs import Batches, error_rate
 
@@ -130,13 +132,22 @@ class DoesNotFit(Exception):
     layer's size on digits' 64 inputs."""
 
 
+def _hand_steps(text: str) -> int | None:
+    """How many LC steps the spec's own μ schedule has (None: it sets none)."""
+    settings = settings_from_spec(parse(text))
+    return None if isinstance(settings.mu, Auto) else len(settings.mu.values())
+
+
 def _spec_path(row: Row, work: Path, schedule: str = "hand") -> str:
     """The row's spec file; with ``schedule="auto"`` a copy in ``work`` without its ``mu`` line."""
     if row.spec.endswith(".lc") and schedule == "hand":
         return str(ROOT / row.spec)
     text = (ROOT / row.spec).read_text() if row.spec.endswith(".lc") else row.spec
     if schedule == "auto":
+        steps = _hand_steps(text)
         text = "".join(line for line in text.splitlines(keepends=True) if not line.replace(" ", "").startswith("mu="))
+        if steps is not None and steps != Auto().steps:  # the same budget of LC steps as the hand schedule
+            text = f"mu = auto(steps={steps})\n" + text
     path = work / (f"{row.name}.lc" if schedule == "hand" else f"{row.name}-{schedule}.lc")
     path.write_text(text)
     return str(path)
