@@ -99,7 +99,7 @@ def _pct(x: float) -> str:
 
 
 def render(table: dict[str, Any], plain: dict[str, float]) -> Table:
-    out = Table(title="LeNet300 / Fashion-MNIST: the spec's μ schedule against auto (final test error %)")
+    out = Table(title="the spec's μ schedule against auto (final test error %)")
     for column in ("row", "schedule", "per seed", "median", "spread", "final ‖w−Δ‖² / direct", "size", "plain loop"):
         out.add_column(column)
     for row, entry in table.items():

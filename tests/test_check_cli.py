@@ -150,6 +150,29 @@ def test_check_sizes_penalty_forms_on_the_reference_at_the_first_and_last_mu(
     assert "penalty forms on lenet300's initial weights" in out and "give --reference REF" in out
 
 
+def test_check_sizes_penalty_forms_at_the_decades_of_mu_auto_may_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lcdsl.engine.schedule import mu_cap, probe_mus
+    from lcdsl.plan.settings import Settings
+
+    ref = tmp_path / "ref.pt"
+    _reference_with_spectrum(ref)
+    spec = tmp_path / "rs.lc"
+    spec.write_text("lr = 0.1\nfc* : lowrank(alpha=1e-3)\n")  # no mu: auto picks it in the run
+    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref), "--json"]) == 0
+    penalties = json.loads(capsys.readouterr().out)["penalty_forms"]
+    settings = Settings(lr=0.1)
+    assert penalties["ends"] is None and penalties["mus"] == list(probe_mus(settings))
+    assert penalties["mus"][0] == 1e-3 and penalties["mus"][-1] <= mu_cap(settings, 19) < 10 * penalties["mus"][-1]
+    fc1 = penalties["tasks"][0]
+    at = {a["mu"]: a["kept"] for a in fc1["at"]}
+    assert at[1.0] == "rank 2 of 64" and at[0.001] == "rank 0 of 64"  # σ² > 2·1e-3·364/μ: 0.728 at μ = 1, 728 at 1e-3
+    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "at μ = 0.001" in out and "auto picks μ during the run" in out
+
+
 def test_check_without_penalty_forms_prints_no_penalty_table(capsys: pytest.CaptureFixture[str]) -> None:
     spec = next(s for s in SPECS if s.name == "lenet300-prune.lc")
     assert main(["check", str(spec), "--model", "lenet300", "--json"]) == 0

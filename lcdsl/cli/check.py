@@ -16,7 +16,8 @@ from lcdsl.language.parser import load
 from lcdsl.operators.base import describe
 from lcdsl.plan.binder import check_spec
 from lcdsl.plan.model import Plan
-from lcdsl.plan.settings import settings_from_spec
+from lcdsl.engine.schedule import probe_mus
+from lcdsl.plan.settings import Auto, settings_from_spec
 from lcdsl.plan.summary import budget_choices, chosen_storages, penalty_sizes, plan_summary, schedule_ends
 from lcdsl.report.console import console
 from lcdsl.report.plan import PENALTY_NOTE, budget_table, penalty_table, plan_table
@@ -66,13 +67,17 @@ def _reference_model(path: str, model_name: str) -> nn.Module:
 
 
 def _penalties(plan: Plan, model: nn.Module, weights: str) -> dict[str, Any] | None:
-    """What the penalty forms keep at the schedule's first and last μ on the model's weights, as
-    data (``None`` without penalty forms); ``ends`` is None when the schedule picks μ in the run."""
+    """What the penalty forms keep on the model's weights, as data (``None`` without penalty
+    forms): at the schedule's first and last μ (``ends``), or, under ``auto``, which picks μ in
+    the run (``ends`` None), at the decades of μ it may pass through (``mus``)."""
     if not any(task.operator.penalty_form for task in plan.tasks):
         return None
     ends = schedule_ends(plan)
-    rows = penalty_sizes(plan, model, ends) if ends is not None else []
-    return {"weights": weights, "ends": list(ends) if ends else None, "tasks": rows}
+    mus = ends if ends is not None else probe_mus(plan.settings) if isinstance(plan.settings.mu, Auto) else ()
+    return {
+        "weights": weights, "ends": list(ends) if ends else None, "mus": list(mus),
+        "tasks": penalty_sizes(plan, model, mus) if mus else [],
+    }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,13 +147,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_penalties(penalties: dict[str, Any], *, reference: bool) -> None:
     out = console()
-    if penalties["ends"] is None:
+    if not penalties["mus"]:
         out.print(
             "penalty forms: their sizes depend on μ, which this schedule picks during the run; "
             "they are not known before it"
         )
         return
-    out.print(penalty_table(penalties["tasks"], tuple(penalties["ends"]), penalties["weights"]))
+    ends = penalties["ends"] is not None
+    out.print(penalty_table(penalties["tasks"], penalties["mus"], penalties["weights"], ends=ends))
     out.print(PENALTY_NOTE)
+    if not ends:
+        out.print(
+            "auto picks μ during the run: the size is settled at the first steps whose L step can move the "
+            "weights (the run's console and report.json show each step's μ and size)"
+        )
     if not reference:
         out.print("(give --reference REF, trained weights, to size them on the weights LC starts from)")

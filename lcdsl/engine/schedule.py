@@ -63,7 +63,7 @@ __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "REARRANGE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
     "DEFAULT_TOLERANCE", "HOLD_PULL", "PENALTY_HOLD_PULL", "hold_share", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "release_mu",
     "mu_cap", "distortion_scale", "penalty_distortion_scale", "next_iterations", "auto_mu", "divergence", "feasible",
-    "Convergence", "convergence", "auto_rules", "fixed_schedule_warnings", "unstable",
+    "Convergence", "convergence", "probe_mus", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
 
 START_PENALTY = 0.02
@@ -360,6 +360,16 @@ def convergence(history: Sequence[StepRecord], schedule: object, scale: float) -
         converged=last.distortion <= target, distortion=last.distortion, mu=last.mu,
         direct=history[0].distortion, target=target, tolerance=tolerance, scale=scale,
     )  # fmt: skip
+
+
+def probe_mus(settings: Settings) -> tuple[float, ...]:
+    """Decades of μ an ``auto`` run may pass through, at which ``lcdsl check`` shows what a
+    penalty form keeps before the run: 1e-3 up to the largest μ the run allows at its last step
+    (:func:`mu_cap`; 10 under an optimizer without a cap)."""
+    steps = settings.mu.steps if isinstance(settings.mu, Auto) else 1
+    cap = mu_cap(settings, steps - 1) or 10.0
+    top = max(-3, math.floor(math.log10(cap)))
+    return tuple(10.0**e for e in range(-3, top + 1))
 
 
 def _stability_rule(settings: Settings, steps: int) -> str:

@@ -5,6 +5,7 @@ file stores them, and are part of the totals."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
@@ -114,21 +115,22 @@ def _kept_text(at: dict[str, Any]) -> str:
     return f"{at['kept']} · {size}{ratio}" if at["kept"] else f"{size}{ratio}"
 
 
-def penalty_table(rows: list[dict[str, Any]], ends: tuple[float, float], weights: str) -> Table:
-    """What each penalty form keeps at the schedule's first and last μ (rows of
-    :func:`lcdsl.plan.summary.penalty_sizes` at ``ends``), on ``weights`` (where they came from)."""
+def penalty_table(rows: list[dict[str, Any]], mus: Sequence[float], weights: str, *, ends: bool = True) -> Table:
+    """What each penalty form keeps at each μ of ``mus`` (rows of
+    :func:`lcdsl.plan.summary.penalty_sizes` at ``mus``), on ``weights`` (where they came from):
+    the schedule's first and last μ (``ends``), or the μ an ``auto`` run may pass through."""
     table = Table(title=f"penalty forms on {weights}", title_justify="left")
     table.add_column("task", justify="left")
     table.add_column("operator", justify="left")
     table.add_column("weights", justify="right")
-    for mu, which in zip(ends, ("first", "last")):
-        table.add_column(f"at the {which} μ = {mu:.3g}", justify="left")
+    for mu, which in zip(mus, ("first ", "last ") if ends else ("",) * len(mus)):
+        table.add_column(f"at the {which}μ = {mu:.3g}" if ends else f"at μ = {mu:.3g}", justify="left")
     for row in rows:
         table.add_row(row["task"], row["operator"], f"{row['weights']:,}", *(_kept_text(at) for at in row["at"]))
     if len(rows) > 1:
         weights_total = sum(row["weights"] for row in rows)
         totals = []
-        for i in range(len(ends)):
+        for i in range(len(mus)):
             ats = [row["at"][i] for row in rows]
             known = all(at["bits"] is not None for at in ats)
             bits = sum(at["bits"] for at in ats) if known else None
