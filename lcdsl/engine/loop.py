@@ -127,7 +127,6 @@ class EngineLoop:
             release=rules.release_mu(
                 self.settings, k, rules.next_iterations(self.settings, k, self.history[-1].iterations), self._hold_share
             ),
-            penalty_form=self._penalty_forms,
         )  # fmt: skip
 
     def _warn(self, step: int, mu: float, kind: str, message: str) -> None:
