@@ -63,7 +63,7 @@ from lcdsl.plan.settings import Auto, Settings
 __all__ = [
     "START_PENALTY", "MIN_GROWTH", "MARGIN_STEPS", "LOSS_RISE", "REARRANGE", "LOSS_JUMP", "DISTORTION_JUMP", "STABLE_SHARE",
     "DEFAULT_TOLERANCE", "HOLD_PULL", "PENALTY_HOLD_PULL", "hold_share", "SETTLE", "settled", "sgd_limit", "pull", "holds_multipliers", "release_mu",
-    "mu_cap", "distortion_scale", "penalty_distortion_scale", "next_iterations", "auto_mu", "divergence", "feasible",
+    "mu_cap", "distortion_scale", "penalty_distortion_scale", "first_released", "next_iterations", "auto_mu", "divergence", "feasible",
     "Convergence", "convergence", "probe_mus", "auto_rules", "fixed_schedule_warnings", "unstable",
 ]  # fmt: skip
 
@@ -192,10 +192,15 @@ def penalty_distortion_scale(history: Sequence[StepRecord], weight_norm2: float)
     α = 1e-6: 72 against ``D₀`` = 1031; aiming at 1e-4 of ``D₀`` left μ at 0.02 and the run at
     11.51–11.53 % test error, at 1e-4 of 72 μ ends at 0.6–0.8 and the run at 11.10–11.19 %)."""
     scale = distortion_scale(history[0].distortion, weight_norm2)
-    released = next((r for r in history[1:] if not r.held), None)
+    released = first_released(history)
     if released is None:
         return scale
     return min(scale, distortion_scale(released.distortion, weight_norm2))
+
+
+def first_released(history: Sequence[StepRecord]) -> StepRecord | None:
+    """The first LC step's record whose multipliers were not held; None while every one was."""
+    return next((r for r in history[1:] if not r.held), None)
 
 
 def next_iterations(settings: Settings, k: int, last: int | None) -> int | None:
@@ -250,8 +255,7 @@ def auto_mu(
         mu = last.mu * schedule.max_growth ** (0.5**backoff)
         if release is not None:
             floor = max(release, last.mu * MIN_GROWTH)
-            never_released = all(r.held for r in history[1:])
-            mu = floor if never_released and backoff == 0 else min(mu, floor)
+            mu = floor if first_released(history) is None and backoff == 0 else min(mu, floor)
         return mu if cap is None else min(mu, cap)
     target = schedule.tolerance * scale
     left = schedule.steps - k
@@ -328,15 +332,14 @@ class Convergence:
     """``tolerance`` times the distortion scale: feasible at or below it."""
     tolerance: float
     """The schedule's tolerance (``auto``'s, or :data:`DEFAULT_TOLERANCE` for fixed schedules)."""
-    scale: float | None = None
-    """What ``tolerance`` multiplies (:func:`distortion_scale`, :func:`penalty_distortion_scale`);
-    None: ``direct``."""
+    scale: float
+    """What ``tolerance`` multiplies (:func:`distortion_scale`, :func:`penalty_distortion_scale`)."""
 
     @property
     def message(self) -> str:
         """One line for people: ``converged: …`` or ``not converged: ‖w − Δ(θ)‖² = … at the last μ``."""
         numbers = f"‖w − Δ(θ)‖² = {self.distortion:.4g} at the last μ = {self.mu:.3g}"
-        scale = "" if self.scale in (None, self.direct) else f" = {self.tolerance:g} × {self.scale:.4g}"
+        scale = "" if self.scale == self.direct else f" = {self.tolerance:g} × {self.scale:.4g}"
         detail = f"(direct compression {self.direct:.4g}, feasible at ≤ {self.target:.3g}{scale})"
         if self.converged:
             return f"converged: {numbers} {detail}"
