@@ -263,6 +263,14 @@ def test_a_penalty_form_goes_to_the_release_and_counts_from_there() -> None:
     assert second.mu > first.mu * settings.mu.max_growth
     assert engine.distortion_scale == pytest.approx(min(direct.distortion, second.distortion))
     assert engine.convergence().scale == engine.distortion_scale
+    assert engine.convergence().scale == pytest.approx(second.distortion)  # the record's, not D₀ = ‖w‖²
+    assert f"= 0.0001 × {second.distortion:.4g}" in engine.convergence().message
+    # a fixed schedule holds nothing: its scale is its first step's distortion
+    model = mlp()
+    fixed = Engine(model, attrs.evolve(plan, settings=attrs.evolve(settings, mu=Explicit(mus=(1.0, 2.0)))))
+    records = fixed.run(full_batch_l_step(), accuracy)
+    assert fixed.distortion_scale == pytest.approx(min(records[0].distortion, records[1].distortion))
+    assert fixed.distortion_scale < records[0].distortion
 
 
 def test_auto_keeps_lambda_while_the_l_step_cannot_pull_w() -> None:

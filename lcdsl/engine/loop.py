@@ -90,10 +90,12 @@ class EngineLoop:
     @property
     def distortion_scale(self) -> float:
         """What distortions are measured against: direct compression's ``‖w − Δ(θ)‖²``
-        (at least ``1e-4 · ‖w‖²``, :func:`~lcdsl.engine.schedule.distortion_scale`); 0 before it."""
+        (at least ``1e-4 · ‖w‖²``, :func:`~lcdsl.engine.schedule.distortion_scale`); with a penalty
+        form, the distortion after its first released step
+        (:func:`~lcdsl.engine.schedule.penalty_distortion_scale`); 0 before direct compression."""
         if not self.history:
             return 0.0
-        if self.adaptive and self._penalty_forms:
+        if self._penalty_forms:  # any schedule: a penalty form's D₀ at μ → 0⁺ is ‖w‖²
             return rules.penalty_distortion_scale(self.history, self._weight_norm2)
         return rules.distortion_scale(self.history[0].distortion, self._weight_norm2)
 
