@@ -118,17 +118,23 @@ def _reference_with_spectrum(path: Path) -> None:
     torch.save(record, path)
 
 
+def _penalties_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> tuple[Path, Path, dict]:
+    """``lcdsl check --json`` of the spec ``text`` on the spectrum reference: the reference, the
+    spec file and the JSON's ``penalty_forms``."""
+    ref = tmp_path / "ref.pt"
+    _reference_with_spectrum(ref)
+    spec = tmp_path / "rs.lc"
+    spec.write_text(text)
+    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref), "--json"]) == 0
+    return ref, spec, json.loads(capsys.readouterr().out)["penalty_forms"]
+
+
 def test_check_sizes_penalty_forms_on_the_reference_at_the_first_and_last_mu(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # rank r + 1 is kept when σ² > 2α(m + n)/μ; fc1 (300×64): 2·1e-3·364/μ is 0.728 at μ = 1
     # (keeps σ = 4, 2) and 0.00728 at μ = 100 (keeps 4, 2, 0.5 but not 0.05)
-    ref = tmp_path / "ref.pt"
-    _reference_with_spectrum(ref)
-    spec = tmp_path / "rs.lc"
-    spec.write_text("mu = geometric(start=1, factor=10, steps=3)\nfc* : lowrank(alpha=1e-3)\n")
-    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref), "--json"]) == 0
-    penalties = json.loads(capsys.readouterr().out)["penalty_forms"]
+    ref, spec, penalties = _penalties_of(tmp_path, capsys, "mu = geometric(start=1, factor=10, steps=3)\nfc* : lowrank(alpha=1e-3)\n")
     assert penalties["ends"] == [1.0, 100.0] and penalties["weights"] == f"the reference {ref}"
     kept = {row["task"]: [at["kept"] for at in row["at"]] for row in penalties["tasks"]}
     assert kept == {
@@ -156,12 +162,7 @@ def test_check_sizes_penalty_forms_at_the_decades_of_mu_auto_may_pass(
     from lcdsl.engine.schedule import mu_cap, probe_mus
     from lcdsl.plan.settings import Settings
 
-    ref = tmp_path / "ref.pt"
-    _reference_with_spectrum(ref)
-    spec = tmp_path / "rs.lc"
-    spec.write_text("lr = 0.1\nfc* : lowrank(alpha=1e-3)\n")  # no mu: auto picks it in the run
-    assert main(["check", str(spec), "--model", "lenet300", "--reference", str(ref), "--json"]) == 0
-    penalties = json.loads(capsys.readouterr().out)["penalty_forms"]
+    ref, spec, penalties = _penalties_of(tmp_path, capsys, "lr = 0.1\nfc* : lowrank(alpha=1e-3)\n")  # no mu: auto
     settings = Settings(lr=0.1)
     assert penalties["ends"] is None and penalties["mus"] == list(probe_mus(settings))
     assert penalties["mus"][0] == 1e-3 and penalties["mus"][-1] <= mu_cap(settings, 19) < 10 * penalties["mus"][-1]

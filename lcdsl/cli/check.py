@@ -73,7 +73,7 @@ def _penalties(plan: Plan, model: nn.Module, weights: str) -> dict[str, Any] | N
     if not any(task.operator.penalty_form for task in plan.tasks):
         return None
     ends = schedule_ends(plan)
-    mus = ends if ends is not None else probe_mus(plan.settings) if isinstance(plan.settings.mu, Auto) else ()
+    mus = ends or (probe_mus(plan.settings) if isinstance(plan.settings.mu, Auto) else ())
     return {
         "weights": weights, "ends": list(ends) if ends else None, "mus": list(mus),
         "tasks": penalty_sizes(plan, model, mus) if mus else [],

@@ -123,8 +123,11 @@ def penalty_table(rows: list[dict[str, Any]], mus: Sequence[float], weights: str
     table.add_column("task", justify="left")
     table.add_column("operator", justify="left")
     table.add_column("weights", justify="right")
-    for mu, which in zip(mus, ("first ", "last ") if ends else ("",) * len(mus)):
-        table.add_column(f"at the {which}μ = {mu:.3g}" if ends else f"at μ = {mu:.3g}", justify="left")
+    labels = [f"at the first μ = {mus[0]:.3g}", f"at the last μ = {mus[-1]:.3g}"] if ends else [
+        f"at μ = {mu:.3g}" for mu in mus
+    ]
+    for label in labels:
+        table.add_column(label, justify="left")
     for row in rows:
         table.add_row(row["task"], row["operator"], f"{row['weights']:,}", *(_kept_text(at) for at in row["at"]))
     if len(rows) > 1:
